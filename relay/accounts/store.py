@@ -1,0 +1,142 @@
+"""Accounts in Redis: one hash per login (hash-tagged for Cluster) plus a set of all logins."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from relay.accounts.passwords import hash_password, verify_password
+from relay.clock import Clock
+from relay.errors import InvalidInput, NotFound, StoreUnavailable
+from relay.redis_client import load_script
+
+__all__ = ["Account", "AccountStore", "validate_login", "validate_password"]
+
+_LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=-]{0,127}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+MIN_PASSWORD_LENGTH = 8
+_INDEX = "accounts"
+
+
+def validate_login(login: str) -> str:
+    if not _LOGIN.fullmatch(login):
+        raise InvalidInput(
+            f"invalid login {login!r}: 1-128 characters of letters, digits and . _ @ + = -,"
+            " starting with a letter or digit"
+        )
+    return login
+
+
+def validate_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    if any(ch in password for ch in "\r\n\x00"):
+        raise InvalidInput("password must not contain line breaks or NUL")
+    return password
+
+
+def _key(login: str) -> str:
+    return f"acct:{{{login}}}"
+
+
+@dataclass(frozen=True)
+class Account:
+    login: str
+    email: str
+    created_at: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"login": self.login, "email": self.email, "created_at": self.created_at}
+
+
+class AccountStore:
+    def __init__(self, redis: aioredis.Redis, clock: Clock) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._create = load_script(redis, __file__, "create.lua")
+
+    async def add(self, login: str, password: str, email: str = "") -> Account:
+        validate_login(login)
+        validate_password(password)
+        if email and not _EMAIL.fullmatch(email):
+            raise InvalidInput(f"invalid contact email {email!r}")
+        password_hash = await asyncio.to_thread(hash_password, password)
+        account = Account(login=login, email=email, created_at=self._clock.now())
+        fields = {
+            "login": login,
+            "email": email,
+            "created_at": repr(account.created_at),
+            "password": password_hash,
+        }
+        # The index may name a login whose hash is gone (never the reverse): it lives in
+        # another Cluster slot, so it is written first and read tolerantly.
+        try:
+            await self._redis.sadd(_INDEX, login)
+            args = [item for pair in fields.items() for item in pair]
+            created = await self._create(keys=[_key(login)], args=args)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        if not created:
+            raise InvalidInput(f"account {login!r} already exists")
+        return account
+
+    async def get(self, login: str) -> Account | None:
+        fields = await self._fields(login)
+        return _account(fields) if fields else None
+
+    async def require(self, login: str) -> Account:
+        account = await self.get(login)
+        if account is None:
+            raise NotFound(f"no account {login!r}")
+        return account
+
+    async def list(self) -> list[Account]:
+        try:
+            logins = sorted(m.decode() for m in await self._redis.smembers(_INDEX))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        accounts = [await self.get(login) for login in logins]
+        return [a for a in accounts if a is not None]
+
+    async def set_password(self, login: str, password: str) -> None:
+        await self.require(login)
+        validate_password(password)
+        password_hash = await asyncio.to_thread(hash_password, password)
+        try:
+            await self._redis.hset(_key(login), "password", password_hash)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def remove(self, login: str) -> None:
+        await self.require(login)
+        try:
+            await self._redis.delete(_key(login))
+            await self._redis.srem(_INDEX, login)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def authenticate(self, login: str, password: str) -> Account | None:
+        """The account when the password matches; None otherwise (unknown login included)."""
+        fields = await self._fields(login) if _LOGIN.fullmatch(login) else {}
+        stored = fields.get("password")
+        ok = await asyncio.to_thread(verify_password, stored, password)
+        return _account(fields) if ok else None
+
+    async def _fields(self, login: str) -> dict[str, str]:
+        try:
+            raw = await self._redis.hgetall(_key(login))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _account(fields: dict[str, str]) -> Account:
+    return Account(
+        login=fields["login"],
+        email=fields.get("email", ""),
+        created_at=float(fields.get("created_at", "0")),
+    )

@@ -1,0 +1,289 @@
+"""The whole configuration as one frozen, typed object.
+
+Loaded from TOML (`--config PATH`), every value overridable by environment variables
+`RELAY_<SECTION>__<KEY>` (e.g. `RELAY_REDIS__URL`, `RELAY_SUBMISSION__MAX_RECIPIENTS`).
+Errors name the key: `submission.max_message_size: not a size: '50 XB'`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from quota import Duration, QuotaError
+from relay.errors import ConfigError
+
+__all__ = ["HostPort", "Settings", "load_settings"]
+
+
+def _duration(value: Any) -> Duration:
+    try:
+        return Duration.parse(value)
+    except QuotaError as exc:
+        raise ValueError(str(exc)) from None
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+}
+
+
+def parse_size(value: Any) -> int:
+    """`"50MB"`, `"512KiB"`, `"1000"` or an int → bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B|B)?\s*", str(value), re.IGNORECASE)
+        if not match:
+            raise ValueError(f"not a size: {value!r} (use e.g. 50MB, 512KiB, 1000)")
+        size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()]
+    if size <= 0:
+        raise ValueError(f"size must be positive: {value!r}")
+    return size
+
+
+DurationField = Annotated[Duration, NoDecode, BeforeValidator(_duration), PlainSerializer(str)]
+SizeField = Annotated[int, BeforeValidator(parse_size)]
+
+
+class HostPort(BaseModel):
+    """`"127.0.0.1:2587"` or `"[::1]:2587"` or `"mx.example.net:25"`."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\s\[\]]+):(\d+)", text.strip())
+        if not match:
+            raise ValueError(f"not host:port: {text!r}")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+        if not 0 < port < 65536:
+            raise ValueError(f"port out of range in {text!r}")
+        return cls(host=host, port=port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _host_port(value: Any) -> HostPort:
+    return value if isinstance(value, HostPort) else HostPort.parse(str(value))
+
+
+HostPortField = Annotated[HostPort, NoDecode, BeforeValidator(_host_port), PlainSerializer(str)]
+
+
+def _ip(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+IPField = Annotated[str, BeforeValidator(_ip)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RedisSettings(Section):
+    url: str = ""
+    """Empty: start the embedded redis-server with data in `embedded_dir`."""
+    embedded_dir: Path = Path("var/redis")
+    timeout: DurationField = Duration(2.0)
+    """Deadline of one Redis call on the submission path; past it the client gets 451."""
+
+
+class TlsSettings(Section):
+    cert: Path = Path("var/tls/cert.pem")
+    key: Path = Path("var/tls/key.pem")
+    self_signed: bool = False
+    """Create a self-signed pair at `cert`/`key` when missing (the dev start)."""
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TlsSettings:
+        if not self.self_signed:
+            for name in ("cert", "key"):
+                path: Path = getattr(self, name)
+                if not path.is_file():
+                    raise ValueError(f"{name}: file not found: {path}")
+        return self
+
+
+class Listener(Section):
+    address: HostPortField
+    tls: Literal["starttls", "implicit"]
+
+
+class SubmissionTimeouts(Section):
+    command: DurationField = Duration(300.0)
+    """Idle time allowed between two commands."""
+    data: DurationField = Duration(600.0)
+    """Time allowed for the whole DATA transfer."""
+
+
+class SubmissionSettings(Section):
+    listeners: list[Listener] = Field(
+        default_factory=lambda: [
+            Listener(address=HostPort(host="127.0.0.1", port=2587), tls="starttls"),
+            Listener(address=HostPort(host="127.0.0.1", port=2465), tls="implicit"),
+        ]
+    )
+    max_message_size: SizeField = 50_000_000
+    max_recipients: int = Field(100, gt=0)
+    max_line_length: int = Field(8192, ge=1000)
+    """Longest line accepted in DATA, CRLF included (RFC 5321 says 1000; real mail breaks it)."""
+    timeouts: SubmissionTimeouts = SubmissionTimeouts()
+
+
+class Egress(Section):
+    ip: IPField
+    helo: str
+
+
+class DeliveryTimeouts(Section):
+    connect: DurationField = Duration(30.0)
+    command: DurationField = Duration(300.0)
+    data: DurationField = Duration(600.0)
+
+
+class DeliverySettings(Section):
+    workers: int = Field(32, ge=0)
+    """Concurrent deliveries in this process; 0 accepts mail without delivering it."""
+    egress: list[Egress] = Field(default_factory=list)
+    """Source IP + HELO name of each egress address; empty: the system picks the source."""
+    routes: dict[str, HostPortField] = Field(default_factory=dict)
+    """Static next hops: `"example.com"` or `"*"` → `"host:port"`. Others go by MX."""
+    mx_port: int = Field(25, gt=0, lt=65536)
+    """Destination port for MX-routed delivery (tests point it at a sink)."""
+    retry_interval: DurationField = Duration(900.0)
+    lease: DurationField = Duration(900.0)
+    """How long a claimed job stays with its worker before another may take it."""
+    poll_interval: DurationField = Duration(1.0)
+    timeouts: DeliveryTimeouts = DeliveryTimeouts()
+
+    @field_validator("routes")
+    @classmethod
+    def _route_keys(cls, routes: dict[str, HostPort]) -> dict[str, HostPort]:
+        return {key.strip().lower().rstrip("."): value for key, value in routes.items()}
+
+
+class DnsSettings(Section):
+    servers: list[HostPortField] = Field(default_factory=list)
+    """Resolvers as `"ip:port"`; empty: the system resolvers."""
+    timeout: DurationField = Duration(5.0)
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _default_port(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [v if ":" in str(v) and not _is_bare_ipv6(v) else f"{v}:53" for v in value]
+        return value
+
+
+def _is_bare_ipv6(value: Any) -> bool:
+    text = str(value)
+    return text.count(":") > 1 and not text.startswith("[")
+
+
+class SinkSettings(Section):
+    address: HostPortField = HostPort(host="127.0.0.1", port=2525)
+    dir: Path = Path("var/sink")
+
+
+class LogSettings(Section):
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="RELAY_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    hostname: str = "relay.localhost"
+    redis: RedisSettings = RedisSettings()
+    tls: TlsSettings = TlsSettings(self_signed=True)
+    submission: SubmissionSettings = SubmissionSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    dns: DnsSettings = DnsSettings()
+    sink: SinkSettings = SinkSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init values; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError naming the key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # an environment value that is not valid JSON where JSON is due
+        raise ConfigError(f"environment: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{key}: {message}" if key else message)
+    return "; ".join(problems)

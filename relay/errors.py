@@ -1,0 +1,29 @@
+"""The one error root of the relay package; dependency errors are translated into these."""
+
+
+class RelayError(Exception):
+    """Base of every error raised by `relay`."""
+
+
+class ConfigError(RelayError):
+    """The configuration cannot be loaded; the message names the key and the problem."""
+
+
+class StoreUnavailable(RelayError):
+    """Redis did not answer (down, unreachable, or past the deadline)."""
+
+
+class NotFound(RelayError):
+    """An account, message or job that does not exist."""
+
+
+class InvalidInput(RelayError, ValueError):
+    """A value given by an operator or client that cannot be used (names the value)."""
+
+
+class EmbeddedRedisError(RelayError):
+    """The embedded redis-server could not be found or started."""
+
+
+class DeliveryError(RelayError):
+    """A delivery attempt failed before any recipient outcome was known."""

@@ -1,0 +1,28 @@
+"""The Redis client the whole relay shares, and loading of the Lua scripts beside the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+__all__ = ["connect", "load_script"]
+
+
+def connect(url: str, *, timeout: float, max_connections: int = 64) -> aioredis.Redis:
+    """A bounded pool that waits for a free connection instead of raising when exhausted."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
+
+
+def load_script(redis: aioredis.Redis, beside: str, name: str) -> AsyncScript:
+    """Register `name` (a .lua file in the folder of module file `beside`)."""
+    source = (Path(beside).parent / name).read_text(encoding="utf-8")
+    return redis.register_script(source)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a real redis-server on a free port, a fake clock, TLS certificates."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+import trustme
+
+from relay.clock import FakeClock
+from relay.embedded_redis import EmbeddedRedis
+from relay.redis_client import connect
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_server.url, timeout=5.0)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_cert(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cert chain, key) files for the relay's listeners, valid for localhost and 127.0.0.1."""
+    cert = ca.issue_cert("localhost", "127.0.0.1", "relay.test")
+    folder = tmp_path_factory.mktemp("tls")
+    chain, key = folder / "cert.pem", folder / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(key))
+    for n, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(chain), append=n > 0)
+    return chain, key

@@ -1,0 +1,50 @@
+import pytest
+
+from relay.accounts import AccountStore
+from relay.errors import InvalidInput, NotFound
+
+
+@pytest.fixture
+def accounts(redis, clock):
+    return AccountStore(redis, clock)
+
+
+async def test_add_then_authenticate(accounts):
+    await accounts.add("alice", "correct horse", email="alice@example.com")
+    account = await accounts.authenticate("alice", "correct horse")
+    assert account is not None and account.email == "alice@example.com"
+    assert await accounts.authenticate("alice", "wrong password") is None
+    assert await accounts.authenticate("nobody", "correct horse") is None
+
+
+async def test_password_is_not_stored_in_clear(accounts, redis):
+    await accounts.add("bob", "s3cret-pass")
+    stored = await redis.hget("acct:{bob}", "password")
+    assert b"s3cret-pass" not in stored and stored.startswith(b"$argon2id$")
+
+
+async def test_duplicate_and_invalid_input_change_nothing(accounts):
+    await accounts.add("carol", "password1")
+    with pytest.raises(InvalidInput, match="already exists"):
+        await accounts.add("carol", "password2")
+    assert await accounts.authenticate("carol", "password1") is not None
+    with pytest.raises(InvalidInput, match="invalid login"):
+        await accounts.add("bad login{x}", "password1")
+    with pytest.raises(InvalidInput, match="too short"):
+        await accounts.add("dave", "short")
+    with pytest.raises(InvalidInput, match="contact email"):
+        await accounts.add("erin", "password1", email="not-an-email")
+    assert [a.login for a in await accounts.list()] == ["carol"]
+
+
+async def test_passwd_and_remove(accounts):
+    await accounts.add("frank", "password1")
+    await accounts.set_password("frank", "password2")
+    assert await accounts.authenticate("frank", "password1") is None
+    assert await accounts.authenticate("frank", "password2") is not None
+    await accounts.remove("frank")
+    assert await accounts.get("frank") is None
+    with pytest.raises(NotFound):
+        await accounts.remove("frank")
+    with pytest.raises(NotFound):
+        await accounts.set_password("frank", "password3")
