@@ -26,3 +26,13 @@ def load_script(redis: aioredis.Redis, beside: str, name: str) -> AsyncScript:
     """Register `name` (a .lua file in the folder of module file `beside`)."""
     source = (Path(beside).parent / name).read_text(encoding="utf-8")
     return redis.register_script(source)
+
+
+def text(value: object) -> str:
+    """A Redis reply (bytes: the client does not decode, bodies are binary) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def text_dict(raw: object) -> dict[str, str]:
+    assert isinstance(raw, dict)
+    return {text(k): text(v) for k, v in raw.items()}

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from relay.accounts.passwords import hash_password, verify_password
 from relay.clock import Clock
 from relay.errors import InvalidInput, NotFound, StoreUnavailable
-from relay.redis_client import load_script
+from relay.redis_client import load_script, text, text_dict
 
 __all__ = ["Account", "AccountStore", "validate_login", "validate_password"]
 
@@ -96,7 +96,7 @@ class AccountStore:
 
     async def list(self) -> list[Account]:
         try:
-            logins = sorted(m.decode() for m in await self._redis.smembers(_INDEX))
+            logins = sorted(text(m) for m in await self._redis.smembers(_INDEX))
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
         accounts = [await self.get(login) for login in logins]
@@ -131,7 +131,7 @@ class AccountStore:
             raw = await self._redis.hgetall(_key(login))
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return text_dict(raw)
 
 
 def _account(fields: dict[str, str]) -> Account:

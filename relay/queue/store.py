@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from relay.clock import Clock
 from relay.errors import NotFound, StoreUnavailable
 from relay.queue.model import Envelope, Job, QueuedMessage, split_by_domain
-from relay.redis_client import load_script
+from relay.redis_client import load_script, text, text_dict
 
 __all__ = ["QueueStore", "StoredMessage"]
 
@@ -144,7 +144,8 @@ class QueueStore:
         if not raw:
             raise NotFound(f"no message {message_id!r} in the queue")
         body = raw.pop(b"body", b"")
-        return StoredMessage(meta=_message(message_id, _decode_dict(raw)), body=body)
+        assert isinstance(body, bytes)
+        return StoredMessage(meta=_message(message_id, text_dict(raw)), body=body)
 
     async def next_due(self) -> float | None:
         """When the earliest job (claimed or not) comes due; None when the queue is empty."""
@@ -156,11 +157,11 @@ class QueueStore:
 
     async def list_messages(self, limit: int = 100) -> list[QueuedMessage]:
         try:
-            ids = await self._redis.zrange(_MESSAGES, 0, limit - 1)
+            ids = [text(i) for i in await self._redis.zrange(_MESSAGES, 0, limit - 1)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for mid in ids:
                     pipe.hmget(
-                        _msg_key(mid.decode()),
+                        _msg_key(mid),
                         ["mail_from", "recipients", "account", "created_at", "size", "jobs_left"],
                     )
                 rows = await pipe.execute()
@@ -168,7 +169,7 @@ class QueueStore:
             raise StoreUnavailable(f"redis: {exc}") from None
         names = ["mail_from", "recipients", "account", "created_at", "size", "jobs_left"]
         return [
-            _message(mid.decode(), {k: v.decode() for k, v in zip(names, row, strict=True)})
+            _message(mid, {k: text(v) for k, v in zip(names, row, strict=True)})
             for mid, row in zip(ids, rows, strict=True)
             if row[0] is not None
         ]
@@ -179,7 +180,7 @@ class QueueStore:
         try:
             for n in range(len(split_by_domain(meta.recipients))):
                 job_id = f"{message_id}.{n}"
-                fields = _decode_dict(await self._redis.hgetall(_job_key(job_id)))
+                fields = text_dict(await self._redis.hgetall(_job_key(job_id)))
                 if fields:
                     due = await self._redis.zscore(_DUE, job_id)
                     jobs.append(_job(job_id, fields, due_at=float(due or 0)))
@@ -196,10 +197,6 @@ class QueueStore:
 
 def _decode_pairs(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-
-
-def _decode_dict(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def _job(job_id: str, fields: dict[str, str], due_at: float) -> Job:

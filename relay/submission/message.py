@@ -1,0 +1,39 @@
+"""Pure edits a submission server makes to a message: trace header, missing Message-ID/Date."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+__all__ = ["received_header", "stamp"]
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def received_header(
+    *, helo: str, peer_ip: str, hostname: str, protocol: str, queue_id: str, now: float
+) -> bytes:
+    """RFC 5321 trace line; `protocol` is ESMTPSA for authenticated TLS (RFC 3848)."""
+    helo = re.sub(r"[^\x21-\x7e]", "?", helo)[:255]
+    date = email.utils.formatdate(now, usegmt=True)
+    return (
+        f"Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} with {protocol}"
+        f" id {queue_id};\r\n\t{date}\r\n"
+    ).encode("ascii")
+
+
+def stamp(body: bytes, *, received: bytes, hostname: str, queue_id: str, now: float) -> bytes:
+    """Prepend the trace header; add Message-ID and Date when the client sent none."""
+    match = _HEADER_END.search(body)
+    head = body[: match.start()] if match else body
+    names = {
+        line.split(b":", 1)[0].strip().lower()
+        for line in head.splitlines()
+        if line[:1] not in (b" ", b"\t") and b":" in line
+    }
+    added = b""
+    if b"message-id" not in names:
+        added += f"Message-ID: <{queue_id}@{hostname}>\r\n".encode("ascii")
+    if b"date" not in names:
+        added += f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode("ascii")
+    return received + added + body

@@ -1,0 +1,208 @@
+"""Submission end to end over real TLS sockets, with the real queue in a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiosmtplib
+import pytest
+
+from relay.accounts import AccountStore
+from relay.config import HostPort, Listener, SubmissionSettings
+from relay.queue import QueueStore
+from relay.redis_client import connect
+from relay.submission.server import start_listeners
+from relay.submission.service import SubmissionService
+from relay.tls import server_context
+from tests.conftest import free_port
+
+PASSWORD = "correct horse battery"
+ENHANCED = r"^[245]\.\d{1,3}\.\d{1,3} "
+
+
+@dataclass
+class Stack:
+    starttls_port: int
+    implicit_port: int
+    queue: QueueStore
+    client_tls: ssl.SSLContext
+
+
+async def start_stack(redis, clock, server_cert, ca, redis_client=None, **limits) -> tuple:
+    accounts = AccountStore(redis, clock)
+    queue = QueueStore(redis_client or redis, clock)
+    settings = SubmissionSettings(**limits)
+    service = SubmissionService(
+        accounts=accounts,
+        queue=queue,
+        settings=settings,
+        hostname="relay.test",
+        clock=clock,
+        store_timeout=1.0,
+    )
+    listeners = [
+        Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="starttls"),
+        Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="implicit"),
+    ]
+    servers = await start_listeners(
+        listeners=listeners,
+        settings=settings,
+        service=service,
+        tls=server_context(*server_cert),
+        hostname="relay.test",
+    )
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    stack = Stack(listeners[0].address.port, listeners[1].address.port, queue, client_tls)
+    return stack, servers
+
+
+@pytest.fixture
+async def stack(redis, clock, server_cert, ca) -> AsyncIterator[Stack]:
+    await AccountStore(redis, clock).add("alice", PASSWORD)
+    stack, servers = await start_stack(
+        redis, clock, server_cert, ca, max_message_size=10_000, max_recipients=3
+    )
+    yield stack
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def client(stack: Stack, *, implicit: bool = False, starttls: bool = True) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(
+        hostname="127.0.0.1",
+        port=stack.implicit_port if implicit else stack.starttls_port,
+        use_tls=implicit,
+        start_tls=starttls if not implicit else False,
+        tls_context=stack.client_tls,
+        timeout=10,
+    )
+
+
+MESSAGE = b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello Bob.\r\n"
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+async def test_authenticated_message_is_queued_intact(stack, implicit, mechanism):
+    async with client(stack, implicit=implicit) as smtp:
+        await smtp.ehlo()
+        auth = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
+        await auth("alice", PASSWORD)
+        _, reply = await smtp.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
+    assert reply.startswith("2.0.0 Queued as ")
+    queue_id = reply.split()[-1]
+    stored = await stack.queue.load(queue_id)
+    assert stored.meta.account == "alice" and stored.meta.recipients == ("bob@example.com",)
+    assert stored.body.endswith(MESSAGE)
+    assert stored.body.startswith(b"Received: from ")
+    assert b"with ESMTPSA id " + queue_id.encode() in stored.body
+    assert f"Message-ID: <{queue_id}@relay.test>".encode() in stored.body
+
+
+async def test_auth_is_not_offered_before_starttls(stack):
+    async with client(stack, starttls=False) as smtp:
+        await smtp.ehlo()
+        assert "auth" not in smtp.esmtp_extensions and "starttls" in smtp.esmtp_extensions
+        reply = await smtp.execute_command(b"AUTH", b"PLAIN", _plain("alice", PASSWORD))
+        assert reply.code == 530 and reply.message.startswith("5.7.0")
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<a@example.org>")
+        assert reply.code == 530 and reply.message.startswith("5.7.0")
+
+
+async def test_mail_before_auth_is_refused(stack):
+    for implicit in (False, True):
+        async with client(stack, implicit=implicit) as smtp:
+            await smtp.ehlo()
+            reply = await smtp.execute_command(b"MAIL", b"FROM:<a@example.org>")
+            assert (reply.code, reply.message) == (530, "5.7.0 Authentication required")
+            reply = await smtp.execute_command(b"RCPT", b"TO:<b@example.com>")
+            assert reply.code == 530
+
+
+@pytest.mark.parametrize("login,password", [("alice", "wrong password"), ("nobody", PASSWORD)])
+async def test_wrong_password_and_unknown_login_get_the_same_535(stack, login, password):
+    async with client(stack, implicit=True) as smtp:
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as caught:
+            await smtp.login(login, password)
+        assert caught.value.code == 535
+        assert caught.value.message == "5.7.8 Authentication credentials invalid"
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<a@example.org>")
+        assert reply.code == 530, "a failed AUTH must not open the relay"
+
+
+async def test_size_limits(stack):
+    async with client(stack) as smtp:
+        await smtp.login("alice", PASSWORD)
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<a@example.org> SIZE=20000")
+        assert reply.code == 552 and reply.message.startswith("5.3.4")
+        await smtp.mail("a@example.org")
+        await smtp.rcpt("b@example.com")
+        with pytest.raises(aiosmtplib.SMTPDataError) as caught:
+            await smtp.data(MESSAGE + (b"x" * 70 + b"\r\n") * 300)
+        assert caught.value.code == 552 and caught.value.message.startswith("5.3.4")
+    assert await stack.queue.count() == 0
+
+
+async def test_too_many_recipients(stack):
+    async with client(stack) as smtp:
+        await smtp.login("alice", PASSWORD)
+        await smtp.mail("a@example.org")
+        for n in range(3):
+            await smtp.rcpt(f"r{n}@example.com")
+        reply = await smtp.execute_command(b"RCPT", b"TO:<r3@example.com>")
+        assert reply.code == 452 and reply.message.startswith("4.5.3 Too many recipients")
+
+
+async def test_bad_syntax_gets_enhanced_5xx(stack):
+    async with client(stack) as smtp:
+        await smtp.login("alice", PASSWORD)
+        for command, args, code in [
+            (b"MAIL", b"FROM:", 501),
+            (b"MAIL", b"FROM:<not an address", 501),
+            (b"MAIL", b"FROM:<no-domain>", 501),
+            (b"BOGUS", b"", 500),
+        ]:
+            reply = await smtp.execute_command(command, *([args] if args else []))
+            assert reply.code == code, (command, args, reply)
+            assert __import__("re").match(ENHANCED, reply.message), reply.message
+        await smtp.mail("a@example.org")
+        reply = await smtp.execute_command(b"RCPT", b"TO:<postmaster>")
+        assert reply.code == 501 and reply.message.startswith("5.1.3")
+
+
+async def test_null_sender_is_accepted_and_stored_as_empty(stack):
+    async with client(stack) as smtp:
+        await smtp.login("alice", PASSWORD)
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<>")
+        assert reply.code == 250
+        await smtp.rcpt("b@example.com")
+        response = await smtp.data(MESSAGE)
+    stored = await stack.queue.load(response.message.split()[-1])
+    assert stored.meta.mail_from == ""
+
+
+async def test_redis_down_at_data_gives_451_never_250(redis, clock, server_cert, ca):
+    await AccountStore(redis, clock).add("alice", PASSWORD)
+    dead = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    stack, servers = await start_stack(redis, clock, server_cert, ca, redis_client=dead)
+    try:
+        async with client(stack) as smtp:
+            await smtp.login("alice", PASSWORD)
+            await smtp.mail("a@example.org")
+            await smtp.rcpt("b@example.com")
+            with pytest.raises(aiosmtplib.SMTPDataError) as caught:
+                await smtp.data(MESSAGE)
+            assert caught.value.code == 451 and caught.value.message.startswith("4.3.0")
+    finally:
+        await dead.aclose()
+        for server in servers:
+            server.close()
+
+
+def _plain(login: str, password: str) -> bytes:
+    return base64.b64encode(f"\0{login}\0{password}".encode())
