@@ -238,7 +238,7 @@ class Settings(BaseSettings):
 
     hostname: str = "relay.localhost"
     redis: RedisSettings = RedisSettings()
-    tls: TlsSettings = TlsSettings(self_signed=True)
+    tls: TlsSettings = TlsSettings.model_construct()  # validated when configured
     submission: SubmissionSettings = SubmissionSettings()
     delivery: DeliverySettings = DeliverySettings()
     dns: DnsSettings = DnsSettings()

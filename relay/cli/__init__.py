@@ -1,0 +1,45 @@
+"""The `relay` command: one argparse tree; each area registers its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from relay.cli import accounts, queue, service
+from relay.cli.common import Failure, run_command
+from relay.config import LogSettings
+from relay.logging import configure_logging
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Outbound SMTP relay: submission, queue, delivery."
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML config (default: $RELAY_CONFIG, else config/relay.toml if present)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    service.register(commands)
+    accounts.register(commands)
+    queue.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Operator commands print their results on stdout; only warnings go to stderr.
+    # `relay run` and `relay sink` reconfigure from the config's [log] section.
+    configure_logging(LogSettings(level="warning"))
+    try:
+        return run_command(args)
+    except Failure as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

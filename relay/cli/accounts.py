@@ -1,0 +1,105 @@
+"""`relay account add|list|show|passwd|remove`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from relay.accounts import Account, AccountStore
+from relay.accounts.passwords import generate_password
+from relay.app import open_redis
+from relay.cli.common import load, print_json, read_password
+from relay.clock import SystemClock
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    account = commands.add_parser("account", help="manage SMTP credentials")
+    sub = account.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = sub.add_parser("add", help="create a login (prints a generated password if none given)")
+    add.add_argument("login")
+    add.add_argument("--password-stdin", action="store_true", help="read the password on stdin")
+    add.add_argument("--email", default="", help="contact address for notices")
+    add.set_defaults(handler=_add)
+
+    listing = sub.add_parser("list", help="list logins")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+
+    show = sub.add_parser("show", help="show one login")
+    show.add_argument("login")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+
+    passwd = sub.add_parser("passwd", help="set a new password (generated if none given)")
+    passwd.add_argument("login")
+    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.set_defaults(handler=_passwd)
+
+    remove = sub.add_parser("remove", help="delete a login")
+    remove.add_argument("login")
+    remove.set_defaults(handler=_remove)
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+async def _add(args: argparse.Namespace) -> int:
+    settings = load(args)
+    password = read_password(args.password_stdin)
+    generated = password is None
+    password = password or generate_password()
+    async with open_redis(settings) as redis:
+        account = await AccountStore(redis, SystemClock()).add(args.login, password, args.email)
+    print(f"created account {account.login}")
+    if generated:
+        print(f"password: {password}")
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    async with open_redis(load(args)) as redis:
+        accounts = await AccountStore(redis, SystemClock()).list()
+    if args.json:
+        print_json([a.as_dict() for a in accounts])
+    else:
+        for account in accounts:
+            print(_line(account))
+    return 0
+
+
+async def _show(args: argparse.Namespace) -> int:
+    async with open_redis(load(args)) as redis:
+        account = await AccountStore(redis, SystemClock()).require(args.login)
+    if args.json:
+        print_json(account.as_dict())
+    else:
+        print(f"login:    {account.login}")
+        print(f"email:    {account.email or '-'}")
+        print(f"created:  {_when(account.created_at)}")
+    return 0
+
+
+async def _passwd(args: argparse.Namespace) -> int:
+    settings = load(args)
+    password = read_password(args.password_stdin, prompt="New password: ")
+    generated = password is None
+    password = password or generate_password()
+    async with open_redis(settings) as redis:
+        await AccountStore(redis, SystemClock()).set_password(args.login, password)
+    print(f"password changed for {args.login}")
+    if generated:
+        print(f"password: {password}")
+    return 0
+
+
+async def _remove(args: argparse.Namespace) -> int:
+    async with open_redis(load(args)) as redis:
+        await AccountStore(redis, SystemClock()).remove(args.login)
+    print(f"removed account {args.login}")
+    return 0
+
+
+def _line(account: Account) -> str:
+    return f"{account.login:<32} {account.email or '-':<32} {_when(account.created_at)}"

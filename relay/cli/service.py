@@ -1,0 +1,115 @@
+"""`relay run`, `relay sink` and `relay send`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from relay.app import install_stop_signals, serve
+from relay.cli.common import Failure, load, read_password
+from relay.config import HostPort, Settings
+from relay.logging import configure_logging
+from relay.send import build_test_message, send_message
+from relay.tls import client_context
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser("run", help="start the relay (listeners and delivery workers)")
+    run.set_defaults(handler=_run)
+
+    sink = commands.add_parser("sink", help="a catch-all SMTP server storing mail as .eml files")
+    sink.add_argument("--listen", metavar="HOST:PORT", help="default: sink.address of the config")
+    sink.add_argument("--dir", metavar="PATH", help="default: sink.dir of the config")
+    sink.set_defaults(handler=_sink)
+
+    send = commands.add_parser("send", help="submit a test message with AUTH over TLS")
+    send.add_argument("--login", required=True)
+    send.add_argument("--password-stdin", action="store_true")
+    send.add_argument("--to", required=True, action="append", metavar="ADDRESS")
+    send.add_argument("--from", dest="sender", metavar="ADDRESS", help="default: LOGIN@hostname")
+    send.add_argument("--subject", default="Test message from relay send")
+    send.add_argument("--body", default="Hello from the relay.\n")
+    send.add_argument("--server", metavar="HOST:PORT", help="default: the first listener")
+    send.add_argument("--tls", choices=["starttls", "implicit"], help="default: the listener's")
+    send.add_argument("--cafile", metavar="PATH", help="trust this CA (default: tls.cert)")
+    send.add_argument("--insecure", action="store_true", help="do not verify the certificate")
+    send.set_defaults(handler=_send)
+
+
+def _first_message_hint(settings: Settings) -> str:
+    listener = settings.submission.listeners[0]
+    addresses = ", ".join(str(x.address) for x in settings.submission.listeners)
+    return "\n".join(
+        [
+            "",
+            f"Relay listening on {addresses}.",
+            "Send a first message:",
+            "  .venv/bin/relay account add demo        # prints the generated password",
+            "  .venv/bin/relay send --login demo --to someone@example.com",
+            f"  (submits over {listener.tls} to {listener.address}; the dev config routes every"
+            f" domain to the sink, which stores it under {settings.sink.dir}/)",
+            "",
+        ]
+    )
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = load(args)
+    configure_logging(settings.log)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    if settings.tls.self_signed:
+        print(_first_message_hint(settings), file=sys.stderr)
+    await serve(settings, stop=stop)
+    return 0
+
+
+async def _sink(args: argparse.Namespace) -> int:
+    from relay.sink import Sink, start_sink
+
+    settings = load(args)
+    configure_logging(settings.log)
+    address = HostPort.parse(args.listen) if args.listen else settings.sink.address
+    directory = Path(args.dir) if args.dir else settings.sink.dir
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    try:
+        server = await start_sink(Sink(directory=directory), address.host, address.port)
+    except OSError as exc:
+        raise Failure(f"sink cannot listen on {address}: {exc.strerror or exc}") from None
+    print(f"sink listening on {address}, storing mail in {directory}/", file=sys.stderr)
+    await stop.wait()
+    server.close()
+    return 0
+
+
+async def _send(args: argparse.Namespace) -> int:
+    settings = load(args)
+    listener = settings.submission.listeners[0]
+    address = HostPort.parse(args.server) if args.server else listener.address
+    tls_mode = args.tls or listener.tls
+    cafile = Path(args.cafile) if args.cafile else settings.tls.cert
+    context = client_context(cafile=cafile if cafile.is_file() else None, verify=not args.insecure)
+    password = read_password(args.password_stdin)
+    if password is None:
+        raise Failure("no password: use --password-stdin or run in a terminal")
+    sender = args.sender or f"{args.login}@{settings.hostname}"
+    message = build_test_message(sender, args.to, args.subject, args.body, settings.hostname)
+    result = await send_message(
+        host=address.host,
+        port=address.port,
+        tls=tls_mode,
+        login=args.login,
+        password=password,
+        mail_from=sender,
+        recipients=args.to,
+        message=message,
+        ssl_context=context,
+    )
+    for rcpt, (code, text) in result.refused.items():
+        print(f"refused {rcpt}: {code} {text}")
+    code, text = result.reply
+    print(f"{code} {text}")
+    return 0

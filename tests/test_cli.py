@@ -1,0 +1,100 @@
+"""The `relay` command as an operator runs it: real processes, a real embedded Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RELAY = [sys.executable, "-m", "relay"]
+
+
+def relay(*args: str, cwd: Path, stdin: str = "", env: dict[str, str] | None = None):
+    return subprocess.run(
+        [*RELAY, *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})},
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "relay.toml").write_text(
+        '[redis]\nembedded_dir = "var/redis"\n[tls]\nself_signed = true\n'
+    )
+    return tmp_path
+
+
+def test_account_lifecycle_with_embedded_redis(workdir):
+    cfg = ["--config", "relay.toml"]
+    created = relay(*cfg, "account", "add", "alice", "--email", "a@example.com", cwd=workdir)
+    assert created.returncode == 0, created.stderr
+    assert "created account alice" in created.stdout
+    assert created.stdout.count("password: ") == 1, "a generated password is printed once"
+    added = relay(
+        *cfg, "account", "add", "bob", "--password-stdin", cwd=workdir, stdin="a long password\n"
+    )
+    assert added.returncode == 0 and "password:" not in added.stdout
+
+    listed = relay(*cfg, "account", "list", "--json", cwd=workdir)
+    assert [a["login"] for a in json.loads(listed.stdout)] == ["alice", "bob"]
+    shown = json.loads(relay(*cfg, "account", "show", "alice", "--json", cwd=workdir).stdout)
+    assert shown["email"] == "a@example.com" and "password" not in shown
+
+    duplicate = relay(*cfg, "account", "add", "alice", cwd=workdir)
+    assert duplicate.returncode == 1
+    assert duplicate.stderr.strip() == "relay: account 'alice' already exists"
+    assert relay(*cfg, "account", "remove", "bob", cwd=workdir).returncode == 0
+    missing = relay(*cfg, "account", "show", "bob", cwd=workdir)
+    assert missing.returncode == 1 and "no account 'bob'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    queue = relay(*cfg, "queue", "list", cwd=workdir)
+    assert queue.returncode == 0 and "0 message(s) in the queue" in queue.stdout
+
+
+@pytest.mark.parametrize(
+    "toml,expected",
+    [
+        ("bogus = 1\n", "bogus: unknown key"),
+        ('[submission]\nmax_message_size = "50XB"\n', "submission.max_message_size: not a size"),
+        ('[delivery]\nretry_interval = "soon"\n', "delivery.retry_interval: not a duration"),
+        ('[[delivery.egress]]\nip = "300.1.1.1"\nhelo = "x"\n', "delivery.egress.0.ip: not an IP"),
+        ('[tls]\ncert = "missing.pem"\nkey = "missing.pem"\n', "tls: Value error, cert: file"),
+        ("[submission]\nmax_recipients = 0\n", "submission.max_recipients:"),
+        ("this is not toml", "invalid TOML"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, toml, expected):
+    (tmp_path / "bad.toml").write_text(toml)
+    result = relay("--config", "bad.toml", "account", "list", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("relay: config error: "), result.stderr
+    assert expected.replace("Value error, ", "") in lines[0], lines[0]
+
+
+def test_bad_environment_override_is_named(tmp_path):
+    (tmp_path / "ok.toml").write_text("")
+    result = relay(
+        "--config",
+        "ok.toml",
+        "queue",
+        "list",
+        cwd=tmp_path,
+        env={"RELAY_SUBMISSION__MAX_RECIPIENTS": "many"},
+    )
+    assert result.returncode == 2
+    assert "submission.max_recipients" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path):
+    result = relay("--config", "nope.toml", "run", cwd=tmp_path)
+    assert result.returncode == 2 and "nope.toml: config file not found" in result.stderr

@@ -1,0 +1,137 @@
+"""A `250` is a promise: it survives `kill -9` of the relay and of Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from relay.accounts import AccountStore
+from relay.clock import SystemClock
+from relay.embedded_redis import EmbeddedRedis
+from relay.queue import Envelope, QueueStore
+from relay.redis_client import connect
+from relay.sink import Sink
+from tests.conftest import free_port
+
+PASSWORD = "correct horse battery"
+
+
+def write_config(path: Path, redis_url: str, server_cert, submit_port: int, sink_port: int):
+    cert, key = server_cert
+    path.write_text(
+        f"""
+hostname = "relay.test"
+[redis]
+url = "{redis_url}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[[submission.listeners]]
+address = "127.0.0.1:{submit_port}"
+tls = "implicit"
+[delivery]
+poll_interval = "50ms"
+retry_interval = "1s"
+[[delivery.egress]]
+ip = "127.0.0.2"
+helo = "out1.relay.test"
+[delivery.routes]
+"*" = "127.0.0.1:{sink_port}"
+[log]
+format = "json"
+"""
+    )
+
+
+async def start_relay(config: Path, port: int, **env: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "--config",
+        str(config),
+        "run",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    for _ in range(500):
+        if process.returncode is not None:
+            raise AssertionError((await process.stderr.read()).decode())  # type: ignore[union-attr]
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return process
+        except OSError:
+            await asyncio.sleep(0.02)
+    raise TimeoutError("relay process did not start")
+
+
+async def submit(port: int, ca, n: int) -> str:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=port, use_tls=True, tls_context=context, timeout=10
+    ) as smtp:
+        await smtp.login("alice", PASSWORD)
+        body = f"Subject: crash test {n}\r\n\r\nmessage {n}\r\n".encode()
+        _, reply = await smtp.sendmail("alice@example.org", [f"r{n}@example.com"], body)
+    assert reply.startswith("2.0.0 Queued as ")
+    return reply.split()[-1]
+
+
+@pytest.mark.timeout(90)
+async def test_accepted_mail_survives_kill_9_of_the_relay(
+    redis, redis_server, clock, server_cert, ca, tmp_path
+):
+    await AccountStore(redis, clock).add("alice", PASSWORD)
+    submit_port = free_port()
+    sink = Sink()
+    async with sink.serving() as server:
+        sink_port = server.sockets[0].getsockname()[1]
+        config = tmp_path / "relay.toml"
+        write_config(config, redis_server.url, server_cert, submit_port, sink_port)
+
+        # Accept only, then SIGKILL: nothing was delivered yet, all of it is in Redis.
+        relay = await start_relay(config, submit_port, RELAY_DELIVERY__WORKERS="0")
+        ids = [await submit(submit_port, ca, n) for n in range(20)]
+        relay.send_signal(signal.SIGKILL)
+        await relay.wait()
+        assert sink.count == 0
+
+        relay = await start_relay(config, submit_port)
+        try:
+            messages = await sink.wait_for(20, timeout=30)
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(relay.wait(), 20) == 0
+    delivered = {re.search(rb" id ([0-9a-f]+);", m.data).group(1).decode() for m in messages}
+    assert delivered == set(ids)
+
+
+async def test_queued_message_survives_kill_9_of_redis(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    server.start()
+    client = connect(server.url, timeout=2)
+    queue = QueueStore(client, SystemClock())
+    envelope = Envelope(mail_from="a@example.org", recipients=("b@example.com",), account="x")
+    queue_id = await queue.enqueue(envelope, b"Subject: durable\r\n\r\nbody\r\n")
+    server.kill()
+    await client.aclose()
+    server.start()
+    client = connect(server.url, timeout=2)
+    try:
+        stored = await QueueStore(client, SystemClock()).load(queue_id)
+        assert stored.body == b"Subject: durable\r\n\r\nbody\r\n"
+    finally:
+        await client.aclose()
+        server.stop()
