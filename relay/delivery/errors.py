@@ -1,0 +1,32 @@
+"""Delivery errors that happen before any recipient outcome is known (routing, DNS)."""
+
+from __future__ import annotations
+
+from relay.errors import DeliveryError
+
+__all__ = ["PermanentRouteError", "RouteError", "TransientRouteError"]
+
+
+class RouteError(DeliveryError):
+    """No next hop for a domain; `code` and `status` become every recipient's outcome."""
+
+    code: int = 451
+    status: str = "4.4.0"
+
+    def __init__(self, message: str, *, status: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        if code is not None:
+            self.code = code
+
+
+class PermanentRouteError(RouteError):
+    """The domain cannot receive mail (NXDOMAIN, null MX): bounce now."""
+
+    code = 550
+
+
+class TransientRouteError(RouteError):
+    """DNS did not answer usefully (SERVFAIL, timeout, no usable MX host): retry later."""
+
+    code = 451
