@@ -42,9 +42,7 @@ class Duration:
             total += float(match.group(1)) * _UNITS[match.group(2)]
             pos = match.end()
         if pos != len(value):
-            raise InvalidValue(
-                f"not a duration: {text!r} (use e.g. 30s, 15m, 1h30m, 7d, 250ms)"
-            )
+            raise InvalidValue(f"not a duration: {text!r} (use e.g. 30s, 15m, 1h30m, 7d, 250ms)")
         return cls(total)
 
     def __str__(self) -> str:

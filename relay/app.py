@@ -57,6 +57,7 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 
 async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event) -> None:
     clock = clock or SystemClock()
+    settings.tls.require_files()
     if settings.tls.self_signed and ensure_self_signed(
         settings.tls.cert, settings.tls.key, settings.hostname
     ):

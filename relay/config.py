@@ -21,7 +21,6 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -131,14 +130,14 @@ class TlsSettings(Section):
     self_signed: bool = False
     """Create a self-signed pair at `cert`/`key` when missing (the dev start)."""
 
-    @model_validator(mode="after")
-    def _files_exist(self) -> TlsSettings:
-        if not self.self_signed:
-            for name in ("cert", "key"):
-                path: Path = getattr(self, name)
-                if not path.is_file():
-                    raise ValueError(f"{name}: file not found: {path}")
-        return self
+    def require_files(self) -> None:
+        """Checked by the commands that serve TLS, not at load: `relay account` needs none."""
+        if self.self_signed:
+            return
+        for name in ("cert", "key"):
+            path: Path = getattr(self, name)
+            if not path.is_file():
+                raise ConfigError(f"tls.{name}: file not found: {path}")
 
 
 class Listener(Section):
@@ -207,14 +206,17 @@ class DnsSettings(Section):
     @field_validator("servers", mode="before")
     @classmethod
     def _default_port(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [v if ":" in str(v) and not _is_bare_ipv6(v) else f"{v}:53" for v in value]
-        return value
+        return [_with_dns_port(str(v)) for v in value] if isinstance(value, list) else value
 
 
-def _is_bare_ipv6(value: Any) -> bool:
-    text = str(value)
-    return text.count(":") > 1 and not text.startswith("[")
+def _with_dns_port(text: str) -> str:
+    """`10.0.0.1` → `10.0.0.1:53`, `::1` → `[::1]:53`, `[::1]` → `[::1]:53`."""
+    text = text.strip()
+    if text.startswith("["):
+        return text if "]:" in text else f"{text}:53"
+    if text.count(":") > 1:
+        return f"[{text}]:53"
+    return text if ":" in text else f"{text}:53"
 
 
 class SinkSettings(Section):
@@ -233,12 +235,11 @@ class Settings(BaseSettings):
         extra="forbid",
         env_prefix="RELAY_",
         env_nested_delimiter="__",
-        nested_model_default_partial_update=True,
     )
 
     hostname: str = "relay.localhost"
     redis: RedisSettings = RedisSettings()
-    tls: TlsSettings = TlsSettings.model_construct()  # validated when configured
+    tls: TlsSettings = TlsSettings()
     submission: SubmissionSettings = SubmissionSettings()
     delivery: DeliverySettings = DeliverySettings()
     dns: DnsSettings = DnsSettings()

@@ -34,9 +34,15 @@ class _RelayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler we installed, so configuring twice replaces it instead of doubling."""
 
 
-def _not_login_data_notice(record: logging.LogRecord) -> bool:
-    """aiosmtpd warns "login_data is deprecated" on every AUTH, about its own internals."""
-    return "login_data is deprecated" not in record.getMessage()
+# aiosmtpd warnings about its own internals, logged on every AUTH or implicit-TLS connection:
+# the first is about a deprecated attribute it reads itself, the second does not see the TLS
+# of an implicit-TLS listener (upstream #274; the handler checks the transport instead).
+_AIOSMTPD_NOISE = ("login_data is deprecated", "auth_required == True but auth_require_tls")
+
+
+def _not_aiosmtpd_noise(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(noise in message for noise in _AIOSMTPD_NOISE)
 
 
 def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) -> None:
@@ -57,7 +63,7 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
         rendering.append(structlog.dev.ConsoleRenderer(colors=_isatty(out)))
 
     handler = _RelayHandler(out)
-    handler.addFilter(_not_login_data_notice)
+    handler.addFilter(_not_aiosmtpd_noise)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=rendering)
     )

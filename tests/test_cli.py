@@ -67,7 +67,6 @@ def test_account_lifecycle_with_embedded_redis(workdir):
         ('[submission]\nmax_message_size = "50XB"\n', "submission.max_message_size: not a size"),
         ('[delivery]\nretry_interval = "soon"\n', "delivery.retry_interval: not a duration"),
         ('[[delivery.egress]]\nip = "300.1.1.1"\nhelo = "x"\n', "delivery.egress.0.ip: not an IP"),
-        ('[tls]\ncert = "missing.pem"\nkey = "missing.pem"\n', "tls: Value error, cert: file"),
         ("[submission]\nmax_recipients = 0\n", "submission.max_recipients:"),
         ("this is not toml", "invalid TOML"),
     ],
@@ -95,6 +94,25 @@ def test_bad_environment_override_is_named(tmp_path):
     assert "submission.max_recipients" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_missing_certificate_is_named_at_run(tmp_path):
+    (tmp_path / "relay.toml").write_text('[tls]\ncert = "missing.pem"\nkey = "missing.pem"\n')
+    result = relay("--config", "relay.toml", "run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "relay: config error: tls.cert: file not found: missing.pem"
+    )
+
+
 def test_missing_config_file(tmp_path):
     result = relay("--config", "nope.toml", "run", cwd=tmp_path)
     assert result.returncode == 2 and "nope.toml: config file not found" in result.stderr
+
+
+def test_dns_servers_get_port_53_by_default(monkeypatch):
+    from relay.config import load_settings
+
+    monkeypatch.setenv(
+        "RELAY_DNS__SERVERS", '["10.0.0.1", "::1", "[2001:db8::1]", "127.0.0.1:5353"]'
+    )
+    servers = [str(s) for s in load_settings(None).dns.servers]
+    assert servers == ["10.0.0.1:53", "[::1]:53", "[2001:db8::1]:53", "127.0.0.1:5353"]

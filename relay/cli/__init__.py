@@ -27,7 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     service.register(commands)
     accounts.register(commands)
     queue.register(commands)
+    _accept_config_anywhere(parser)
     return parser
+
+
+def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`relay --config X run` and `relay run --config X` both work."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument(
+                    "--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML config file"
+                )
+                _accept_config_anywhere(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

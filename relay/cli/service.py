@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
 from relay.app import install_stop_signals, serve
 from relay.cli.common import Failure, load, read_password
-from relay.config import HostPort, Settings
+from relay.config import HostPort, Settings, SinkSettings
 from relay.logging import configure_logging
 from relay.send import build_test_message, send_message
-from relay.tls import client_context
+from relay.sink import serve_sink
+from relay.tls import client_context, server_context
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,21 +69,29 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _sink(args: argparse.Namespace) -> int:
-    from relay.sink import Sink, start_sink
-
     settings = load(args)
     configure_logging(settings.log)
-    address = HostPort.parse(args.listen) if args.listen else settings.sink.address
-    directory = Path(args.dir) if args.dir else settings.sink.dir
+    sink = SinkSettings(
+        address=HostPort.parse(args.listen) if args.listen else settings.sink.address,
+        dir=Path(args.dir) if args.dir else settings.sink.dir,
+    )
+    # Offer STARTTLS with the relay's certificate when there is one, as a real MX would.
+    cert, key = settings.tls.cert, settings.tls.key
+    tls = server_context(cert, key) if cert.is_file() and key.is_file() else None
     stop = asyncio.Event()
     install_stop_signals(stop)
-    try:
-        server = await start_sink(Sink(directory=directory), address.host, address.port)
-    except OSError as exc:
-        raise Failure(f"sink cannot listen on {address}: {exc.strerror or exc}") from None
-    print(f"sink listening on {address}, storing mail in {directory}/", file=sys.stderr)
-    await stop.wait()
-    server.close()
+    serving = asyncio.create_task(serve_sink(sink, tls_context=tls))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if serving.done():
+        exc = serving.exception()
+        if isinstance(exc, OSError):
+            raise Failure(f"sink cannot listen on {sink.address}: {exc.strerror or exc}")
+        serving.result()
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
     return 0
 
 
