@@ -35,3 +35,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
+
+# Whole-path throughput through the relay against a direct-to-sink baseline (loopback only).
+bench: $(STAMP)
+	$(BIN)/python -m bench.e2e

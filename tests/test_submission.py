@@ -206,3 +206,56 @@ async def test_redis_down_at_data_gives_451_never_250(redis, clock, server_cert,
 
 def _plain(login: str, password: str) -> bytes:
     return base64.b64encode(f"\0{login}\0{password}".encode())
+
+
+async def test_auth_edge_cases_get_clear_replies(stack):
+    async with client(stack) as smtp:
+        await smtp.ehlo()
+        reply = await smtp.execute_command(b"AUTH", b"PLAIN", b"not-base64!")
+        assert (reply.code, reply.message[:5]) == (501, "5.5.2")
+        reply = await smtp.execute_command(b"AUTH", b"PLAIN", base64.b64encode(b"no-nuls"))
+        assert (reply.code, reply.message[:5]) == (501, "5.5.2")
+        reply = await smtp.execute_command(b"AUTH", b"CRAM-MD5")
+        assert (reply.code, reply.message[:5]) == (504, "5.5.4")
+        reply = await smtp.execute_command(b"AUTH", b"LOGIN")
+        assert reply.code == 334
+        reply = await smtp.execute_command(b"*")
+        assert reply.code == 501 and reply.message.startswith("5.")
+        reply = await smtp.execute_command(b"AUTH", b"LOGIN", base64.b64encode(b"alice"))
+        assert reply.code == 334
+        reply = await smtp.execute_command(base64.b64encode(PASSWORD.encode()))
+        assert (reply.code, reply.message) == (235, "2.7.0 Authentication successful")
+        reply = await smtp.execute_command(b"AUTH", b"PLAIN", _plain("alice", PASSWORD))
+        assert (reply.code, reply.message[:5]) == (503, "5.5.1")
+        for command in (b"NOOP", b"RSET"):
+            reply = await smtp.execute_command(command)
+            assert reply.code == 250 and reply.message.startswith("2.0.0")
+
+
+async def test_over_long_lines_are_refused_and_the_session_goes_on(stack):
+    async with client(stack) as smtp:
+        await smtp.login("alice", PASSWORD)
+        reply = await smtp.execute_command(b"NOOP", b"x" * 5000)
+        assert (reply.code, reply.message[:5]) == (500, "5.5.2")
+        await smtp.mail("a@example.org")
+        await smtp.rcpt("b@example.com")
+        with pytest.raises(aiosmtplib.SMTPDataError) as caught:
+            await smtp.data(b"Subject: long\r\n\r\n" + b"y" * 20_000 + b"\r\n")
+        assert (caught.value.code, caught.value.message[:5]) == (500, "5.5.2")
+        _, reply = await smtp.sendmail("a@example.org", ["b@example.com"], MESSAGE)
+        assert reply.startswith("2.0.0 Queued")
+    assert await stack.queue.count() == 1
+
+
+async def test_client_vanishing_mid_data_queues_nothing(stack):
+    async with client(stack, implicit=True) as smtp:
+        await smtp.login("alice", PASSWORD)
+        await smtp.mail("a@example.org")
+        await smtp.rcpt("b@example.com")
+        await smtp.execute_command(b"DATA")
+        smtp.transport.write(b"Subject: half\r\n\r\nhalf a message")  # no final dot
+        smtp.close()
+    async with client(stack) as smtp:  # the server still serves others
+        await smtp.login("alice", PASSWORD)
+        await smtp.sendmail("a@example.org", ["b@example.com"], MESSAGE)
+    assert await stack.queue.count() == 1

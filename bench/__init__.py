@@ -1,0 +1,1 @@
+"""`make bench`: load through the real relay on loopback, measured against a baseline."""
