@@ -108,6 +108,8 @@ async def test_auth_is_not_offered_before_starttls(stack):
     async with client(stack, starttls=False) as smtp:
         await smtp.ehlo()
         assert "auth" not in smtp.esmtp_extensions and "starttls" in smtp.esmtp_extensions
+        for extension in ("size", "8bitmime", "smtputf8", "enhancedstatuscodes"):
+            assert extension in smtp.esmtp_extensions
         reply = await smtp.execute_command(b"AUTH", b"PLAIN", _plain("alice", PASSWORD))
         assert reply.code == 530 and reply.message.startswith("5.7.0")
         reply = await smtp.execute_command(b"MAIL", b"FROM:<a@example.org>")

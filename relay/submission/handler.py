@@ -83,6 +83,17 @@ class SubmissionHandler:
         log.info("auth.ok", account=account.login, peer=peer)
         return AuthResult(success=True, auth_data=account.login, message=str(replies.AUTH_OK))
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to an EHLO hook
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+
     # --- transaction ---
 
     async def handle_MAIL(
