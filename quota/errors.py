@@ -7,3 +7,7 @@ class QuotaError(Exception):
 
 class InvalidValue(QuotaError, ValueError):
     """A rate, duration or limit that cannot be parsed or is out of range."""
+
+
+class QuotaUnavailable(QuotaError):
+    """The store (Redis) did not answer; callers must refuse temporarily, never allow."""
