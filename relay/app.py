@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from quota import QuotaStore
 from relay.accounts import AccountStore
 from relay.clock import Clock, SystemClock
 from relay.config import Settings
@@ -24,9 +25,17 @@ from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
 from relay.tls import ensure_self_signed, server_context
 
-__all__ = ["open_redis", "serve"]
+__all__ = ["open_redis", "quota_store", "serve"]
 
 log = structlog.get_logger("relay")
+
+
+def quota_store(redis: aioredis.Redis, settings: Settings) -> QuotaStore:
+    return QuotaStore(
+        redis,
+        default_per_minute=settings.quota.per_minute.count,
+        per_recipient=settings.quota.per_recipient.count,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -74,6 +83,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
         service = SubmissionService(
             accounts=AccountStore(redis, clock),
             queue=queue,
+            quota=quota_store(redis, settings),
             settings=settings.submission,
             hostname=settings.hostname,
             clock=clock,

@@ -30,7 +30,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from quota import Duration, QuotaError
+from quota import Duration, QuotaError, RateSpec
 from relay.errors import ConfigError
 
 __all__ = ["HostPort", "Settings", "load_settings"]
@@ -187,10 +187,33 @@ class DeliverySettings(Section):
     mx_port: int = Field(25, gt=0, lt=65536)
     """Destination port for MX-routed delivery (tests point it at a sink)."""
     retry_interval: DurationField = Duration(900.0)
+    max_age: DurationField = Duration(7 * 86400.0)
+    """Past this age (held time excluded) a message still undelivered fails with a notice."""
+    delay_notice_after: DurationField = Duration(3600.0)
+    """Age at which the sender gets one delay notice for recipients still being retried."""
     lease: DurationField = Duration(900.0)
     """How long a claimed job stays with its worker before another may take it."""
     poll_interval: DurationField = Duration(1.0)
     timeouts: DeliveryTimeouts = DeliveryTimeouts()
+    cooldown: DurationField = Duration(1800.0)
+    """How long an egress IP rests for a destination domain after a block or failures."""
+    cooldown_after: int = Field(3, ge=1)
+    """Connection failures of one IP (that another IP got past) before it cools down."""
+    failover_ips: int = Field(3, ge=1)
+    """Egress IPs tried within one attempt when an IP is blocked or cannot connect."""
+    max_connections_per_destination: int = Field(10, ge=1)
+    """Concurrent sessions of this process to one destination (its set of MX hosts)."""
+    session_idle: DurationField = Duration(5.0)
+    """An idle session to a destination stays open this long for the next message."""
+    session_max_messages: int = Field(100, ge=1)
+    """Messages sent over one session before it is closed and a new one opened."""
+
+    @field_validator("retry_interval", "max_age")
+    @classmethod
+    def _positive(cls, value: Duration) -> Duration:
+        if value.seconds <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
 
     @field_validator("routes")
     @classmethod
@@ -224,6 +247,28 @@ class SinkSettings(Section):
     dir: Path = Path("var/sink")
 
 
+def _per_minute(value: Any) -> RateSpec:
+    try:
+        rate = RateSpec.parse(value)
+    except QuotaError as exc:
+        raise ValueError(str(exc)) from None
+    if rate.period.seconds != 60:
+        raise ValueError(f"give it per minute, e.g. 100/min (not {value!r})")
+    return rate
+
+
+PerMinuteField = Annotated[RateSpec, NoDecode, BeforeValidator(_per_minute), PlainSerializer(str)]
+
+
+class QuotaSettings(Section):
+    per_minute: PerMinuteField = RateSpec.parse("100/min")
+    """Recipients per rolling minute that one plan allows when it does not say (plans add up)."""
+    per_recipient: PerMinuteField = RateSpec.parse("100/min")
+    """Messages per minute from one credential to one recipient address (contract 004, §6)."""
+    new_account_daily: int = Field(1000, ge=0)
+    """Daily quota of the plan `relay account add` creates when not given --daily; 0: none."""
+
+
 class LogSettings(Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -244,6 +289,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     dns: DnsSettings = DnsSettings()
     sink: SinkSettings = SinkSettings()
+    quota: QuotaSettings = QuotaSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -46,6 +46,20 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients: at most {limit} 
 BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax: {address}")
 BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+OVER_QUOTA = Reply(452, "4.7.1", "Daily quota {limit} reached; next free slot at {when}")
+OVER_RATE = Reply(
+    451, "4.7.1", "Rate limit of {limit} recipients per minute reached; retry at {when}"
+)
+OVER_RECIPIENT_RATE = Reply(
+    451, "4.7.1", "Limit of {limit} messages per minute to {recipient} reached; retry at {when}"
+)
+ACCOUNT_EXPIRED = Reply(
+    550, "5.7.1", "Account suspended (expired): no active plan; renew it with your provider"
+)
+ACCOUNT_SUSPENDED = Reply(
+    451, "4.7.1", "Account suspended ({reason}); contact your provider's support to lift it"
+)
+ACCOUNT_DENIED = Reply(550, "5.7.1", "Account suspended ({reason}) for good; contact support")
 STORE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary failure, please try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, please try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")

@@ -57,3 +57,19 @@ def server_cert(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tup
     for n, blob in enumerate(cert.cert_chain_pems):
         blob.write_to_path(str(chain), append=n > 0)
     return chain, key
+
+
+PASSWORD = "correct horse battery"
+
+
+async def add_sender(
+    redis: aioredis.Redis, login: str = "alice", *, daily: int = 1000, per_minute: int = 1000
+) -> None:
+    """An account that can send: a login with PASSWORD and one plan."""
+    from quota import Plan, QuotaStore
+    from relay.accounts import AccountStore
+    from relay.clock import SystemClock
+
+    await AccountStore(redis, SystemClock()).add(login, PASSWORD)
+    store = QuotaStore(redis, default_per_minute=per_minute, per_recipient=100)
+    await store.add_plan(login, Plan("test", daily=daily, per_minute=per_minute))

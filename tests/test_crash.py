@@ -13,15 +13,12 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from relay.accounts import AccountStore
 from relay.clock import SystemClock
 from relay.embedded_redis import EmbeddedRedis
 from relay.queue import Envelope, QueueStore
 from relay.redis_client import connect
 from relay.sink import Sink
-from tests.conftest import free_port
-
-PASSWORD = "correct horse battery"
+from tests.conftest import PASSWORD, add_sender, free_port
 
 
 def write_config(path: Path, redis_url: str, server_cert, submit_port: int, sink_port: int):
@@ -93,7 +90,7 @@ async def submit(port: int, ca, n: int) -> str:
 async def test_accepted_mail_survives_kill_9_of_the_relay(
     redis, redis_server, clock, server_cert, ca, tmp_path
 ):
-    await AccountStore(redis, clock).add("alice", PASSWORD)
+    await add_sender(redis)
     submit_port = free_port()
     sink = Sink()
     async with sink.serving() as server:

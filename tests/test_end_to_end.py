@@ -9,15 +9,13 @@ from collections.abc import AsyncIterator
 import aiosmtplib
 import pytest
 
-from relay.accounts import AccountStore
 from relay.app import serve
 from relay.config import Settings
 from relay.queue import QueueStore
 from relay.sink import Sink
-from tests.conftest import free_port
+from tests.conftest import PASSWORD, add_sender, free_port
 from tests.support.dns_server import DnsServer
 
-PASSWORD = "correct horse battery"
 EGRESS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 MESSAGE = (
     b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: end to end\r\n\r\n"
@@ -101,7 +99,7 @@ async def test_message_goes_through_static_route(
     redis, redis_server, clock, server_cert, ca, dns, sink, listener
 ):
     received, port = sink
-    await AccountStore(redis, clock).add("alice", PASSWORD)
+    await add_sender(redis)
     settings = relay_settings(redis_server.url, server_cert, dns, routes={"*": f"127.0.0.1:{port}"})
     task, stop = await run_relay(settings)
     try:
@@ -131,7 +129,7 @@ async def test_mx_lookup_path(redis, redis_server, clock, server_cert, ca, dns, 
         "mx1.example.com. A 127.0.0.1\n"
         "mx2.example.com. A 127.0.0.1\n"
     )
-    await AccountStore(redis, clock).add("alice", PASSWORD)
+    await add_sender(redis)
     settings = relay_settings(redis_server.url, server_cert, dns, mx_port=port)
     task, stop = await run_relay(settings)
     try:
@@ -154,7 +152,7 @@ async def test_transient_failure_is_retried_after_the_interval(
         return "451 4.3.0 try again later" if len(attempts) == 1 else None
 
     sink = Sink(reply_for_rcpt=refuse_first)
-    await AccountStore(redis, clock).add("alice", PASSWORD)
+    await add_sender(redis)
     async with sink.serving() as server:
         port = server.sockets[0].getsockname()[1]
         settings = relay_settings(
@@ -176,7 +174,7 @@ async def test_transient_failure_is_retried_after_the_interval(
 
 async def test_permanent_failure_leaves_the_queue(redis, redis_server, clock, server_cert, ca, dns):
     sink = Sink(reply_for_rcpt=lambda peer, rcpt: "550 5.1.1 no such user")
-    await AccountStore(redis, clock).add("alice", PASSWORD)
+    await add_sender(redis)
     async with sink.serving() as server:
         port = server.sockets[0].getsockname()[1]
         settings = relay_settings(

@@ -3,66 +3,21 @@
 from __future__ import annotations
 
 import base64
-import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiosmtplib
 import pytest
 
-from relay.accounts import AccountStore
-from relay.config import HostPort, Listener, SubmissionSettings
-from relay.queue import QueueStore
 from relay.redis_client import connect
-from relay.submission.server import start_listeners
-from relay.submission.service import SubmissionService
-from relay.tls import server_context
-from tests.conftest import free_port
+from tests.conftest import PASSWORD, add_sender, free_port
+from tests.support.submission import Stack, client, start_stack
 
-PASSWORD = "correct horse battery"
 ENHANCED = r"^[245]\.\d{1,3}\.\d{1,3} "
-
-
-@dataclass
-class Stack:
-    starttls_port: int
-    implicit_port: int
-    queue: QueueStore
-    client_tls: ssl.SSLContext
-
-
-async def start_stack(redis, clock, server_cert, ca, redis_client=None, **limits) -> tuple:
-    accounts = AccountStore(redis, clock)
-    queue = QueueStore(redis_client or redis, clock)
-    settings = SubmissionSettings(**limits)
-    service = SubmissionService(
-        accounts=accounts,
-        queue=queue,
-        settings=settings,
-        hostname="relay.test",
-        clock=clock,
-        store_timeout=1.0,
-    )
-    listeners = [
-        Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="starttls"),
-        Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="implicit"),
-    ]
-    servers = await start_listeners(
-        listeners=listeners,
-        settings=settings,
-        service=service,
-        tls=server_context(*server_cert),
-        hostname="relay.test",
-    )
-    client_tls = ssl.create_default_context()
-    ca.configure_trust(client_tls)
-    stack = Stack(listeners[0].address.port, listeners[1].address.port, queue, client_tls)
-    return stack, servers
 
 
 @pytest.fixture
 async def stack(redis, clock, server_cert, ca) -> AsyncIterator[Stack]:
-    await AccountStore(redis, clock).add("alice", PASSWORD)
+    await add_sender(redis)
     stack, servers = await start_stack(
         redis, clock, server_cert, ca, max_message_size=10_000, max_recipients=3
     )
@@ -70,17 +25,6 @@ async def stack(redis, clock, server_cert, ca) -> AsyncIterator[Stack]:
     for server in servers:
         server.close()
         await server.wait_closed()
-
-
-def client(stack: Stack, *, implicit: bool = False, starttls: bool = True) -> aiosmtplib.SMTP:
-    return aiosmtplib.SMTP(
-        hostname="127.0.0.1",
-        port=stack.implicit_port if implicit else stack.starttls_port,
-        use_tls=implicit,
-        start_tls=starttls if not implicit else False,
-        tls_context=stack.client_tls,
-        timeout=10,
-    )
 
 
 MESSAGE = b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello Bob.\r\n"
@@ -189,7 +133,7 @@ async def test_null_sender_is_accepted_and_stored_as_empty(stack):
 
 
 async def test_redis_down_at_data_gives_451_never_250(redis, clock, server_cert, ca):
-    await AccountStore(redis, clock).add("alice", PASSWORD)
+    await add_sender(redis)
     dead = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
     stack, servers = await start_stack(redis, clock, server_cert, ca, redis_client=dead)
     try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from relay.cli import accounts, queue, service
+from relay.cli import accounts, plans, queue, service
 from relay.cli.common import Failure, run_command
 from relay.config import LogSettings
 from relay.logging import configure_logging
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service.register(commands)
     accounts.register(commands)
+    plans.register(commands)
     queue.register(commands)
     _accept_config_anywhere(parser)
     return parser

@@ -7,8 +7,9 @@ import datetime as dt
 
 from relay.accounts import Account, AccountStore
 from relay.accounts.passwords import generate_password
-from relay.app import open_redis
-from relay.cli.common import load, print_json, read_password
+from relay.accounts.provisioning import create_account, remove_account
+from relay.app import open_redis, quota_store
+from relay.cli.common import Failure, load, print_json, read_password
 from relay.clock import SystemClock
 
 
@@ -20,6 +21,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add.add_argument("login")
     add.add_argument("--password-stdin", action="store_true", help="read the password on stdin")
     add.add_argument("--email", default="", help="contact address for notices")
+    add.add_argument(
+        "--daily", type=int, help="first plan's daily quota (default: quota.new_account_daily)"
+    )
     add.set_defaults(handler=_add)
 
     listing = sub.add_parser("list", help="list logins")
@@ -50,9 +54,23 @@ async def _add(args: argparse.Namespace) -> int:
     password = read_password(args.password_stdin)
     generated = password is None
     password = password or generate_password()
+    daily = settings.quota.new_account_daily if args.daily is None else args.daily
+    if daily < 0:
+        raise Failure(f"--daily must not be negative: {daily}")
     async with open_redis(settings) as redis:
-        account = await AccountStore(redis, SystemClock()).add(args.login, password, args.email)
+        account, plan = await create_account(
+            AccountStore(redis, SystemClock()),
+            quota_store(redis, settings),
+            login=args.login,
+            password=password,
+            email=args.email,
+            daily=daily,
+        )
     print(f"created account {account.login}")
+    if plan is None:
+        print("no plan: add one with `relay plan add` before it can send")
+    else:
+        print(f"plan {plan.id}: {plan.daily} recipients per rolling 24 h")
     if generated:
         print(f"password: {password}")
     return 0
@@ -95,8 +113,11 @@ async def _passwd(args: argparse.Namespace) -> int:
 
 
 async def _remove(args: argparse.Namespace) -> int:
-    async with open_redis(load(args)) as redis:
-        await AccountStore(redis, SystemClock()).remove(args.login)
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        await remove_account(
+            AccountStore(redis, SystemClock()), quota_store(redis, settings), args.login
+        )
     print(f"removed account {args.login}")
     return 0
 

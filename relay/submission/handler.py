@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 from base64 import b64decode
 
@@ -30,6 +31,19 @@ def _peer_ip(session: Session) -> str:
 class SubmissionHandler:
     def __init__(self, service: Submission) -> None:
         self._service = service
+        self._open: dict[Session, tuple[str, str]] = {}
+        """Session → (account, quota transaction) between MAIL and the end of the transaction."""
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    def end_transaction(self, session: Session) -> None:
+        """The transaction ended without DATA succeeding (RSET, EHLO, failed DATA, QUIT,
+        disconnect, timeout): give its reserved quota back. Called from sync server code."""
+        opened = self._open.pop(session, None)
+        if opened is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._service.release(*opened))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     # --- AUTH (async, so the slow password check never blocks the loop) ---
 
@@ -104,14 +118,15 @@ class SubmissionHandler:
             return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        self.end_transaction(session)  # a transaction is always ended before, but be sure
+        self._open[session] = (str(session.auth_data), self._service.new_transaction())
         return str(replies.SENDER_OK)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        refusal = self._service.check_recipient(
-            str(session.auth_data), address, len(envelope.rcpt_tos)
-        )
+        account, tx = self._open[session]
+        refusal = await self._service.check_recipient(account, address, len(envelope.rcpt_tos), tx)
         if refusal is not None:
             return refusal
         envelope.rcpt_tos.append(address)
@@ -121,7 +136,9 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         mail_from = envelope.mail_from or ""
         content = envelope.original_content or b""
+        _, tx = self._open.pop(session)  # from here on, accept() commits or releases it
         return await self._service.accept(
+            tx,
             Submitted(
                 account=str(session.auth_data),
                 mail_from="" if mail_from == "<>" else mail_from,
@@ -129,7 +146,7 @@ class SubmissionHandler:
                 body=content,
                 peer_ip=_peer_ip(session),
                 helo=session.host_name or "",
-            )
+            ),
         )
 
     async def handle_exception(self, error: Exception) -> str:

@@ -53,6 +53,18 @@ class SubmissionSMTP(SMTP):
         self._reset_timeout(self.data_timeout)
         await super().smtp_DATA(arg)
 
+    # aiosmtpd discards a transaction in one place, whatever ended it (RSET, EHLO, HELO, or
+    # DATA failing or succeeding); a lost connection (QUIT, timeout, reset) ends it too.
+    def _set_post_data_state(self) -> None:
+        if self.session is not None:
+            self.event_handler.end_transaction(self.session)
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is not None:
+            self.event_handler.end_transaction(self.session)
+        super().connection_lost(error)
+
     def _timeout_cb(self) -> None:
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():

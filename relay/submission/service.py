@@ -9,12 +9,14 @@ from typing import Protocol
 
 import structlog
 
+from quota import QuotaStore, QuotaUnavailable
 from relay import replies
 from relay.accounts import Account, AccountStore
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
 from relay.queue import Envelope, QueueStore
+from relay.submission import policy
 from relay.submission.addresses import is_mailbox
 from relay.submission.message import received_header, stamp
 
@@ -42,9 +44,15 @@ class Submission(Protocol):
 
     def check_sender(self, account: str, address: str) -> str | None: ...
 
-    def check_recipient(self, account: str, address: str, accepted: int) -> str | None: ...
+    def new_transaction(self) -> str: ...
 
-    async def accept(self, message: Submitted) -> str: ...
+    async def check_recipient(
+        self, account: str, address: str, accepted: int, tx: str
+    ) -> str | None: ...
+
+    async def accept(self, tx: str, message: Submitted) -> str: ...
+
+    async def release(self, account: str, tx: str) -> None: ...
 
 
 class SubmissionService:
@@ -53,6 +61,7 @@ class SubmissionService:
         *,
         accounts: AccountStore,
         queue: QueueStore,
+        quota: QuotaStore,
         settings: SubmissionSettings,
         hostname: str,
         clock: Clock,
@@ -61,6 +70,7 @@ class SubmissionService:
     ) -> None:
         self._accounts = accounts
         self._queue = queue
+        self._quota = quota
         self._settings = settings
         self._hostname = hostname
         self._clock = clock
@@ -77,16 +87,49 @@ class SubmissionService:
             return None
         return str(replies.BAD_SENDER)
 
-    def check_recipient(self, account: str, address: str, accepted: int) -> str | None:
-        """A refusal reply for this recipient, or None to accept it."""
+    def new_transaction(self) -> str:
+        return self._quota.new_transaction()
+
+    async def check_recipient(
+        self, account: str, address: str, accepted: int, tx: str
+    ) -> str | None:
+        """A refusal reply for this recipient, or None once one unit of every limit is
+        reserved for it (one Redis round trip; released if the transaction does not end in
+        an accepted DATA)."""
         if not is_mailbox(address):
             return replies.BAD_RECIPIENT.format(address=address[:100])
         if accepted >= self._settings.max_recipients:
             return replies.TOO_MANY_RECIPIENTS.format(limit=self._settings.max_recipients)
-        return None
+        now = self._clock.now()
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                decision = await self._quota.reserve(account, tx, address, now)
+        except (QuotaUnavailable, TimeoutError) as exc:
+            log.error("quota.unavailable", account=account, error=str(exc) or "timeout")
+            return str(replies.STORE_UNAVAILABLE)
+        refusal = policy.refusal(decision, address, now)
+        if refusal is not None:
+            log.info(
+                "quota.refused",
+                account=account,
+                verdict=decision.verdict.name.lower(),
+                limit=decision.limit,
+                retry_at=decision.retry_at,
+            )
+        return refusal
 
-    async def accept(self, message: Submitted) -> str:
-        """Store the message durably and return the 250, or a 4xx if it could not be stored."""
+    async def release(self, account: str, tx: str) -> None:
+        """Give back what an unfinished transaction reserved. Failing, the units stay counted
+        until they leave the window: the safe side of a quota."""
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                await self._quota.release(account, tx, self._clock.now())
+        except (QuotaUnavailable, TimeoutError) as exc:
+            log.warning("quota.release_failed", account=account, error=str(exc) or "timeout")
+
+    async def accept(self, tx: str, message: Submitted) -> str:
+        """Store the message durably and return the 250, or a 4xx if it could not be stored.
+        The quota reserved at RCPT is committed with the 250, released with the 4xx."""
         queue_id = self._queue.new_id()
         now = self._clock.now()
         body = stamp(
@@ -111,7 +154,15 @@ class SubmissionService:
                 await self._queue.enqueue(envelope, body, message_id=queue_id)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("queue.store_failed", account=message.account, error=str(exc))
+            await self.release(message.account, tx)
             return str(replies.STORE_UNAVAILABLE)
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                await self._quota.commit(message.account, tx)
+        except (QuotaUnavailable, TimeoutError) as exc:
+            # The message is stored: the 250 stands. The reservation stays counted (its
+            # record expires), which is what committing means.
+            log.warning("quota.commit_failed", account=message.account, error=str(exc))
         log.info(
             "message.queued",
             queue_id=queue_id,
