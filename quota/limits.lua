@@ -11,7 +11,7 @@
 -- KEYS[2]  minute window hash (1-second buckets; same layout)
 -- KEYS[3]  plans hash         (plan id -> JSON {daily, per_minute?, starts?, expires?})
 -- KEYS[4]  state hash         (suspended -> reason, permanent -> 1)
--- KEYS[5]  reservation hash of the transaction (field -> units)
+-- KEYS[5]  reservation hash of the transaction ("day:second:recipient key" -> units)
 -- KEYS[6]  per-recipient counter of the current minute (reserve only)
 -- ARGV[2]  now (ms)
 -- reserve: ARGV[3] units, ARGV[4] default per-minute limit of one plan,
@@ -31,14 +31,16 @@ local day = math.floor(now / DAY_WIDTH)
 local sec = math.floor(now / MIN_WIDTH)
 
 local function slide(key, cur, span)
-  local o = tonumber(redis.call('HGET', key, 'o'))
-  if not o then return 0 end
+  -- returns the total left in the window and whether the window exists
+  local head = redis.call('HMGET', key, 'o', 't')
+  local o = tonumber(head[1])
+  if not o then return 0, false end
   local limit = cur - span          -- buckets at or below this index have left the window
-  local total = tonumber(redis.call('HGET', key, 't') or '0')
-  if o > limit then return total end
+  local total = tonumber(head[2] or '0')
+  if o > limit then return total, true end
   if limit - o >= span - 1 then     -- idle for a whole window: everything left
     redis.call('DEL', key)
-    return 0
+    return 0, false
   end
   for i = o, limit do
     local c = redis.call('HGET', key, i)
@@ -48,7 +50,7 @@ local function slide(key, cur, span)
     end
   end
   redis.call('HSET', key, 'o', limit + 1, 't', total)
-  return total
+  return total, true
 end
 
 local function frees_at(key, cur, span, width, need)
@@ -64,8 +66,8 @@ local function frees_at(key, cur, span, width, need)
   return -1
 end
 
-local function add(key, cur, span, n)
-  if not redis.call('HGET', key, 'o') then
+local function add(key, cur, span, n, exists)
+  if not exists then
     redis.call('HSET', key, 'o', cur - span + 1)
   end
   redis.call('HINCRBY', key, cur, n)
@@ -91,14 +93,13 @@ local function release()
   local fields = redis.call('HGETALL', KEYS[5])
   local returned = 0
   for i = 1, #fields, 2 do
-    local field, n = fields[i], tonumber(fields[i + 1])
-    local kind, rest = string.sub(field, 1, 1), string.sub(field, 2)
-    if kind == 'd' then
-      returned = returned + give_back(KEYS[1], rest, n)
-    elseif kind == 's' then
-      give_back(KEYS[2], rest, n)
-    elseif kind == 'r' and redis.call('EXISTS', rest) == 1 then
-      if redis.call('DECRBY', rest, n) <= 0 then redis.call('DEL', rest) end
+    -- field: "<day bucket>:<second bucket>:<per-recipient counter key>"
+    local d, s, r = string.match(fields[i], '^(%d+):(%d+):(.+)$')
+    local n = tonumber(fields[i + 1])
+    returned = returned + give_back(KEYS[1], d, n)
+    give_back(KEYS[2], s, n)
+    if redis.call('EXISTS', r) == 1 and redis.call('DECRBY', r, n) <= 0 then
+      redis.call('DEL', r)
     end
   end
   redis.call('DEL', KEYS[5])
@@ -124,11 +125,11 @@ local function reserve(units)
   end
   if not active then return {4} end
 
-  local used = slide(KEYS[1], day, DAY_SPAN)
+  local used, day_exists = slide(KEYS[1], day, DAY_SPAN)
   if used + units > daily then
     return {1, frees_at(KEYS[1], day, DAY_SPAN, DAY_WIDTH, used + units - daily), daily}
   end
-  local recent = slide(KEYS[2], sec, MIN_SPAN)
+  local recent, min_exists = slide(KEYS[2], sec, MIN_SPAN)
   if recent + units > per_minute then
     return {2, frees_at(KEYS[2], sec, MIN_SPAN, MIN_WIDTH, recent + units - per_minute),
             per_minute}
@@ -138,13 +139,11 @@ local function reserve(units)
     return {3, (day + 1) * DAY_WIDTH, tonumber(ARGV[5])}
   end
 
-  add(KEYS[1], day, DAY_SPAN, units)
-  add(KEYS[2], sec, MIN_SPAN, units)
+  add(KEYS[1], day, DAY_SPAN, units, day_exists)
+  add(KEYS[2], sec, MIN_SPAN, units, min_exists)
   redis.call('INCRBY', KEYS[6], units)
   redis.call('PEXPIRE', KEYS[6], 2 * DAY_WIDTH)
-  redis.call('HINCRBY', KEYS[5], 'd' .. day, units)
-  redis.call('HINCRBY', KEYS[5], 's' .. sec, units)
-  redis.call('HINCRBY', KEYS[5], 'r' .. KEYS[6], units)
+  redis.call('HINCRBY', KEYS[5], day .. ':' .. sec .. ':' .. KEYS[6], units)
   redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[6]))
   return {0, used + units, daily}
 end
