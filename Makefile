@@ -36,6 +36,8 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
 
-# Whole-path throughput through the relay against a direct-to-sink baseline (loopback only).
+# Measured, never timed tests: whole-path throughput against a direct-to-sink baseline, and
+# quota decisions/s against a bare Redis round trip (loopback only; JSON in var/bench/).
 bench: $(STAMP)
 	$(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.quota

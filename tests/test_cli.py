@@ -116,3 +116,74 @@ def test_dns_servers_get_port_53_by_default(monkeypatch):
     )
     servers = [str(s) for s in load_settings(None).dns.servers]
     assert servers == ["10.0.0.1:53", "[::1]:53", "[2001:db8::1]:53", "127.0.0.1:5353"]
+
+
+def test_plans_and_usage(workdir):
+    cfg = ["--config", "relay.toml"]
+    created = relay(*cfg, "account", "add", "carol", "--daily", "500", cwd=workdir)
+    assert created.returncode == 0 and "500 recipients per rolling 24 h" in created.stdout
+    added = relay(
+        *cfg,
+        "plan",
+        "add",
+        "carol",
+        "--daily",
+        "1000",
+        "--per-minute",
+        "20",
+        "--expires",
+        "2099-01-01",
+        cwd=workdir,
+    )
+    assert added.returncode == 0, added.stderr
+    assert "1000/24h, 20/min, until 2099-01-01 00:00:00Z" in added.stdout
+    plans = json.loads(relay(*cfg, "plan", "list", "carol", "--json", cwd=workdir).stdout)
+    assert sorted(p["daily"] for p in plans) == [500, 1000] and all(p["active"] for p in plans)
+
+    usage = json.loads(relay(*cfg, "usage", "carol", "--json", cwd=workdir).stdout)
+    assert (usage["used"], usage["daily"], usage["remaining"]) == (0, 1500, 1500)
+    assert usage["state"] == "active" and usage["per_minute"] == 120  # 100 (default) + 20
+    text = relay(*cfg, "usage", "carol", cwd=workdir).stdout
+    assert "last 24 h:    0 of 1500 recipients (1500 left)" in text
+
+    first = next(p["id"] for p in plans if p["daily"] == 500)
+    assert relay(*cfg, "plan", "remove", "carol", first, cwd=workdir).returncode == 0
+    gone = relay(*cfg, "plan", "remove", "carol", first, cwd=workdir)
+    assert gone.returncode == 1 and f"no plan '{first}'" in gone.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["plan", "add", "nobody", "--daily", "10"], "no account 'nobody'"),
+        (["plan", "add", "dave", "--daily", "0"], "daily quota must be positive: 0"),
+        (["plan", "add", "dave", "--daily", "-3"], "daily quota must be positive: -3"),
+        (
+            ["plan", "add", "dave", "--daily", "5", "--starts", "tomorrow"],
+            "--starts: not an ISO date or time: 'tomorrow'",
+        ),
+        (
+            [
+                "plan",
+                "add",
+                "dave",
+                "--daily",
+                "5",
+                "--starts",
+                "2030-01-02",
+                "--expires",
+                "2030-01-01",
+            ],
+            "a plan must expire after it starts",
+        ),
+        (["usage", "nobody"], "no account 'nobody'"),
+        (["account", "add", "erin", "--daily", "-1"], "--daily must not be negative: -1"),
+    ],
+)
+def test_bad_plan_input_is_refused_and_changes_nothing(workdir, args, message):
+    cfg = ["--config", "relay.toml"]
+    assert relay(*cfg, "account", "add", "dave", "--daily", "0", cwd=workdir).returncode == 0
+    result = relay(*cfg, *args, cwd=workdir)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(relay(*cfg, "plan", "list", "dave", "--json", cwd=workdir).stdout) == []
