@@ -60,9 +60,15 @@ ACCOUNT_SUSPENDED = Reply(
     451, "4.7.1", "Account suspended ({reason}); contact your provider's support to lift it"
 )
 ACCOUNT_DENIED = Reply(550, "5.7.1", "Account suspended ({reason}) for good; contact support")
+CONTENT_LISTED = Reply(
+    554, "5.7.1", "Refused: {what} is on the blocklist {zone}; the account is suspended"
+)
 STORE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary failure, please try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, please try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
+AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed logins; try again in {wait}")
+TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Too many connections, try again later")
+TOO_MANY_FROM_IP = Reply(421, "4.7.0", "Too many connections from {ip}, try again later")
 
 # Default enhanced code for a bare reply, by reply code (RFC 3463 / RFC 5321 usage).
 _DEFAULT_STATUS = {

@@ -102,16 +102,17 @@ class DnsblClient:
         self._max_cache = max_cache
         self._cache: dict[tuple[str, str], tuple[float, Listing | None]] = {}
 
-    async def check_ip(self, ip: str) -> LookupResult:
-        return await self._check(ip, [z for z in self.zones if z.kind == "ip"])
+    async def check_ip(self, ip: str, *, fresh: bool = False) -> LookupResult:
+        """`fresh`: ask the lists even if the cache has an answer (the monitor does)."""
+        return await self._check(ip, [z for z in self.zones if z.kind == "ip"], fresh)
 
-    async def check_domain(self, domain: str) -> LookupResult:
-        return await self._check(domain, [z for z in self.zones if z.kind == "domain"])
+    async def check_domain(self, domain: str, *, fresh: bool = False) -> LookupResult:
+        return await self._check(domain, [z for z in self.zones if z.kind == "domain"], fresh)
 
-    async def _check(self, subject: str, zones: list[Zone]) -> LookupResult:
+    async def _check(self, subject: str, zones: list[Zone], fresh: bool) -> LookupResult:
         started = time.perf_counter()
         outcomes = await asyncio.gather(
-            *(self._lookup(subject, zone) for zone in zones), return_exceptions=True
+            *(self._lookup(subject, zone, fresh) for zone in zones), return_exceptions=True
         )
         listings, failures = [], []
         for zone, outcome in zip(zones, outcomes, strict=True):
@@ -123,11 +124,11 @@ class DnsblClient:
                 listings.append(outcome)
         return LookupResult(tuple(listings), tuple(failures), time.perf_counter() - started)
 
-    async def _lookup(self, subject: str, zone: Zone) -> Listing | None:
+    async def _lookup(self, subject: str, zone: Zone, fresh: bool) -> Listing | None:
         key = (zone.name, subject)
         now = self._clock()
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and not fresh:
             return cached[1]
         try:
             name = query_name(subject, zone)

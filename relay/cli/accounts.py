@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from relay.abuse.factory import suspension_service
 from relay.accounts import Account, AccountStore
 from relay.accounts.passwords import generate_password
 from relay.accounts.provisioning import create_account, remove_account
@@ -39,6 +40,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     passwd.add_argument("login")
     passwd.add_argument("--password-stdin", action="store_true")
     passwd.set_defaults(handler=_passwd)
+
+    history = sub.add_parser("history", help="suspensions and audit log of a login")
+    history.add_argument("login")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(handler=_history)
 
     remove = sub.add_parser("remove", help="delete a login")
     remove.add_argument("login")
@@ -106,7 +112,13 @@ async def _passwd(args: argparse.Namespace) -> int:
     password = password or generate_password()
     async with open_redis(settings) as redis:
         await AccountStore(redis, SystemClock()).set_password(args.login, password)
+        quota = quota_store(redis, settings)
+        lifted = await suspension_service(redis, settings, SystemClock(), quota).password_changed(
+            args.login
+        )
     print(f"password changed for {args.login}")
+    for s in lifted:
+        print(f"suspension {s.id} lifted: a first offence ends with a password change")
     if generated:
         print(f"password: {password}")
     return 0
@@ -119,6 +131,33 @@ async def _remove(args: argparse.Namespace) -> int:
             AccountStore(redis, SystemClock()), quota_store(redis, settings), args.login
         )
     print(f"removed account {args.login}")
+    return 0
+
+
+async def _history(args: argparse.Namespace) -> int:
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        await AccountStore(redis, SystemClock()).require(args.login)
+        service = suspension_service(redis, settings, SystemClock(), quota_store(redis, settings))
+        suspensions = await service.store.of_account(args.login)
+        entries = await service.audit.entries(account=args.login, limit=1000)
+    if args.json:
+        print_json(
+            {
+                "suspensions": [x.as_dict() for x in suspensions],
+                "audit": [e.as_dict() for e in entries],
+            }
+        )
+        return 0
+    print(f"{args.login}: {len(suspensions)} suspension(s)")
+    for x in suspensions:
+        print(
+            f"  {x.id}  {_when(x.created_at)}  {x.kind.value:<10} offence {x.terms.offence}"
+            f"  {x.status.value:<7} {x.reason}"
+        )
+    print("audit:")
+    for e in entries:
+        print(f"  {_when(e.at)}  {e.actor:<24} {e.action:<10} {e.subject:<12} {e.reason}")
     return 0
 
 

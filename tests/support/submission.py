@@ -27,7 +27,15 @@ class Stack:
 
 
 async def start_stack(
-    redis, clock, server_cert, ca, redis_client=None, quota_client=None, per_minute=1000, **limits
+    redis,
+    clock,
+    server_cert,
+    ca,
+    redis_client=None,
+    quota_client=None,
+    per_minute=1000,
+    content_check=None,
+    **limits,
 ) -> tuple:
     """`redis_client` / `quota_client`: another Redis for the queue / the quota (e.g. a dead
     one); both default to `redis`."""
@@ -43,6 +51,7 @@ async def start_stack(
         hostname="relay.test",
         clock=clock,
         store_timeout=1.0,
+        content_check=content_check,
     )
     listeners = [
         Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="starttls"),
