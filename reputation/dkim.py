@@ -1,0 +1,150 @@
+"""DKIM signing (RFC 6376, relaxed/relaxed; RFC 8463 Ed25519) with `cryptography`.
+
+dkimpy signs RSA in pure Python (~7 ms a message, a throughput cap); `cryptography` signs the
+same in a fraction of that (numbers: `python -m bench.dkim`). dkimpy stays the independent
+verifier in the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from reputation.errors import ReputationError
+
+__all__ = ["DEFAULT_HEADERS", "DkimKey", "dns_record", "generate_key", "sign"]
+
+Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
+DEFAULT_HEADERS = (
+    "from", "to", "cc", "subject", "date", "message-id", "reply-to", "in-reply-to",
+    "references", "mime-version", "content-type", "content-transfer-encoding",
+    "list-unsubscribe", "list-unsubscribe-post",
+)  # fmt: skip
+_WSP = re.compile(rb"[ \t]+")
+
+
+class DkimError(ReputationError):
+    """A key that cannot be used, or a message that cannot be signed."""
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str
+    selector: str
+    algorithm: Algorithm
+    private_pem: bytes
+
+    def _private(self) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+        key = _load(self.private_pem)
+        if not isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+            raise DkimError(f"{self.domain}: unsupported key type {type(key).__name__}")
+        return key
+
+
+@functools.lru_cache(maxsize=1024)
+def _load(pem: bytes) -> object:
+    """Loading an RSA key checks it (tens of ms): once per key, not once per message."""
+    return serialization.load_pem_private_key(pem, password=None)
+
+
+def generate_key(domain: str, selector: str, algorithm: Algorithm, bits: int = 2048) -> DkimKey:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", selector):
+        raise DkimError(f"invalid selector {selector!r}: letters, digits and -")
+    private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if algorithm == "rsa-sha256":
+        if bits < 1024:
+            raise DkimError("RSA keys shorter than 1024 bits are not accepted by verifiers")
+        private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return DkimKey(domain.lower().rstrip("."), selector, algorithm, pem)
+
+
+def dns_record(key: DkimKey) -> tuple[str, str]:
+    """(name, TXT value) to publish."""
+    public = key._private().public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        value = f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+    else:
+        der = public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        value = f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+    return f"{key.selector}._domainkey.{key.domain}", value
+
+
+def _split(message: bytes) -> tuple[list[bytes], bytes]:
+    """Header fields (each with its folded lines, CRLF-terminated) and the body."""
+    text = re.sub(rb"\r?\n", b"\r\n", message)
+    head, sep, body = text.partition(b"\r\n\r\n")
+    if not sep:
+        head, body = text, b""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        elif line:
+            fields.append(line)
+    return fields, body
+
+
+def _relaxed_header(field: bytes) -> bytes:
+    name, _, value = field.partition(b":")
+    value = _WSP.sub(b" ", value.replace(b"\r\n", b"")).strip(b" ")
+    return name.strip().lower() + b":" + value
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    lines = [_WSP.sub(b" ", line).rstrip(b" ") for line in body.split(b"\r\n")]
+    while lines and lines[-1] == b"":
+        lines.pop()
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def sign(
+    message: bytes, key: DkimKey, *, now: int, headers: Sequence[str] = DEFAULT_HEADERS
+) -> bytes:
+    """The `DKIM-Signature:` field (CRLF-terminated) to put in front of the message."""
+    fields, body = _split(message)
+    body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
+    by_name: dict[bytes, list[bytes]] = {}
+    for field in fields:
+        by_name.setdefault(field.partition(b":")[0].strip().lower(), []).append(field)
+    signed: list[bytes] = []
+    names: list[str] = []
+    for name in headers:
+        instances = by_name.get(name.encode())
+        if instances:  # the last instance, as verifiers take them bottom-up
+            signed.append(_relaxed_header(instances[-1]))
+            names.append(name)
+    if "from" not in names:
+        raise DkimError("the message has no From: header")
+    tags = (
+        f"v=1; a={key.algorithm}; c=relaxed/relaxed; d={key.domain}; s={key.selector};"
+        f" t={now}; h={':'.join(names)}; bh={body_hash}; b="
+    )
+    data = b"".join(h + b"\r\n" for h in signed) + _relaxed_header(
+        b"DKIM-Signature: " + tags.encode()
+    )
+    private = key._private()
+    if isinstance(private, rsa.RSAPrivateKey):
+        signature = private.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:  # RFC 8463: Ed25519 over the SHA-256 of the data
+        signature = private.sign(hashlib.sha256(data).digest())
+    b64 = base64.b64encode(signature).decode()
+    folded = "\r\n\t".join(b64[i : i + 72] for i in range(0, len(b64), 72))
+    return f"DKIM-Signature: {tags}\r\n\t{folded}\r\n".encode()
