@@ -4,6 +4,10 @@ Baseline, in the same run: the same load sent straight to the same sink (plain S
 relay). The ratio relay/baseline is what to compare across machines; absolute numbers on a
 shared 2-core machine are noisy. Loopback only; bounded in count and time.
 
+Delivery only: N messages put straight into the queue of a running relay, delivered from 4
+egress IPs to the sink; once with sessions reused (several messages per SMTP session), once
+with a new session per message.
+
     .venv/bin/python -m bench.e2e [--messages 1000] [--sessions 20]
 """
 
@@ -24,9 +28,12 @@ from pathlib import Path
 
 import aiosmtplib
 
+from quota import QuotaStore
 from relay.accounts import AccountStore
+from relay.accounts.provisioning import create_account
 from relay.clock import SystemClock
 from relay.embedded_redis import EmbeddedRedis
+from relay.queue import Envelope, QueueStore
 from relay.redis_client import connect
 from relay.tls import ensure_self_signed
 
@@ -67,12 +74,13 @@ async def wait_port(port: int, within: float = 20) -> None:
     raise TimeoutError(f"nothing listens on {port} after {within}s")
 
 
-async def spawn(*args: str) -> asyncio.subprocess.Process:
+async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "relay",
         *args,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -155,9 +163,17 @@ async def main(messages: int, sessions: int) -> list[Result]:
             f'[[delivery.egress]]\nip = "127.0.0.{i}"\nhelo = "out{i}.bench"\n' for i in range(2, 6)
         )
         + f'[delivery.routes]\n"*" = "127.0.0.1:{sink_port}"\n[log]\nlevel = "warning"\n'
+        + '[quota]\nper_minute = "1000000000/min"\n'
     )
     redis = connect(redis_server.url, timeout=5)
-    await AccountStore(redis, SystemClock()).add("bench", PASSWORD)
+    # A plan large enough that the quota never refuses (without a plan an account cannot send).
+    await create_account(
+        AccountStore(redis, SystemClock()),
+        QuotaStore(redis, default_per_minute=10**9, per_recipient=10**9),
+        login="bench",
+        password=PASSWORD,
+        daily=10**9,
+    )
     await redis.aclose()
     results = []
     processes = []
@@ -218,6 +234,18 @@ async def main(messages: int, sessions: int) -> list[Result]:
                 latencies,
             )
         )
+        for process in (relay, sink):
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+        for name, env in [
+            ("delivery only: 4 IPs, sessions reused", {}),
+            ("delivery only: 4 IPs, 1 session/msg", {"RELAY_DELIVERY__SESSION_MAX_MESSAGES": "1"}),
+        ]:
+            results.append(
+                await delivery_only(
+                    name, config, redis_server.url, work, sink_port, submit_port, messages, env
+                )
+            )
     finally:
         for process in processes:
             if process.returncode is None:
@@ -225,6 +253,49 @@ async def main(messages: int, sessions: int) -> list[Result]:
                 await process.wait()
         redis_server.stop()
     return results
+
+
+async def delivery_only(
+    name: str,
+    config: Path,
+    redis_url: str,
+    work: Path,
+    sink_port: int,
+    submit_port: int,
+    messages: int,
+    env: dict[str, str],
+) -> Result:
+    """Queue `messages` straight into a running relay; time until the sink has them all."""
+    folder = work / f"delivered-{len(os.listdir(work))}"
+    sink = await spawn(
+        "--config", str(config), "sink", "--listen", f"127.0.0.1:{sink_port}", "--dir", str(folder)
+    )
+    relay = await spawn("--config", str(config), "run", env=env)
+    redis = connect(redis_url, timeout=5)
+    queue = QueueStore(redis, SystemClock())
+    try:
+        await wait_port(sink_port)
+        await wait_port(submit_port)
+        latencies: list[float] = []
+
+        async def put(n: int) -> None:
+            started = time.perf_counter()
+            envelope = Envelope("bench@example.org", (f"d{n}@example.com",), "bench")
+            await queue.enqueue(envelope, BODY)
+            latencies.append(time.perf_counter() - started)
+
+        started = time.monotonic()
+        for first in range(0, messages, 50):
+            await asyncio.gather(*(put(n) for n in range(first, min(first + 50, messages))))
+        accepted = time.monotonic()
+        done = await wait_files(folder, messages, 300)
+    finally:
+        await redis.aclose()
+        for process in (relay, sink):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+    return result(name, messages, 0, started, accepted, done, latencies)
 
 
 def report(results: list[Result]) -> None:
@@ -237,7 +308,7 @@ def report(results: list[Result]) -> None:
             f"{r.scenario:<40} {r.messages:>6} {r.sessions:>5} {r.accepted_per_s:>11}"
             f" {r.delivered_per_s:>12} {r.accept_p50_ms:>8} {r.accept_p99_ms:>8}"
         )
-    base, relay = results[0], results[-1]
+    base, relay = results[0], results[1]
     print(f"ratio relay/baseline, delivered/s: {relay.delivered_per_s / base.delivered_per_s:.2f}")
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)

@@ -7,20 +7,30 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 
+import dns.resolver
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from quota import QuotaStore
+from relay.abuse.complaints import TraceStore
+from relay.abuse.content import ContentGuard
+from relay.abuse.factory import dnsbl_client, suspension_service
+from relay.abuse.monitor import MonitorSettings, ReputationMonitor
+from relay.abuse.traffic import TrafficLog
 from relay.accounts import AccountStore
 from relay.clock import Clock, SystemClock
 from relay.config import Settings
+from relay.delivery.egress_state import egress_state
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.queue import QueueStore
 from relay.redis_client import connect
+from relay.sender_auth import DkimKeyStore, DkimSigner, SpfChecker
+from relay.sender_auth.spf import install_resolver
+from relay.submission.guard import AuthGuard, AuthPolicy
 from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
 from relay.tls import ensure_self_signed, server_context
@@ -64,6 +74,18 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             await asyncio.to_thread(embedded.stop)
 
 
+def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
+    if settings.sender_auth.spf == "off":
+        return None
+    install_resolver(make_resolver(settings.dns, dns.resolver.Resolver))
+    return SpfChecker(
+        [e.ip for e in settings.delivery.egress],
+        helo=settings.hostname,
+        timeout=settings.sender_auth.spf_timeout.seconds,
+        clock=clock.now,
+    )
+
+
 async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event) -> None:
     clock = clock or SystemClock()
     settings.tls.require_files()
@@ -79,11 +101,31 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             settings=settings.delivery,
             resolver=make_resolver(settings.dns),
             clock=clock,
+            egress_state=egress_state(redis, clock, settings.delivery),
+            hostname=settings.hostname,
+        )
+        quota = quota_store(redis, settings)
+        suspensions = suspension_service(redis, settings, clock, quota)
+        dnsbl = dnsbl_client(settings, clock)
+        traffic = TrafficLog(redis)
+        guard = ContentGuard(
+            dnsbl=dnsbl,
+            suspensions=suspensions,
+            traffic=traffic,
+            clock=clock,
+            deadline=settings.reputation.data_check_deadline.seconds,
         )
         service = SubmissionService(
             accounts=AccountStore(redis, clock),
             queue=queue,
-            quota=quota_store(redis, settings),
+            quota=quota,
+            content_check=guard.check if settings.reputation.data_check else None,
+            trace=TraceStore(redis).remember,
+            spf=spf_checker(settings, clock),
+            spf_mode=settings.sender_auth.spf,
+            dkim=DkimSigner(DkimKeyStore(redis), clock=clock.now)
+            if settings.sender_auth.dkim
+            else None,
             settings=settings.submission,
             hostname=settings.hostname,
             clock=clock,
@@ -96,10 +138,32 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             service=service,
             tls=tls,
             hostname=settings.hostname,
+            guard=AuthGuard(
+                redis,
+                AuthPolicy.from_settings(settings.submission.auth_guard),
+                clock,
+                settings.redis.timeout.seconds,
+            ),
         )
         delivering = (
             asyncio.create_task(worker.run(stop)) if settings.delivery.workers > 0 else None
         )
+        monitor = ReputationMonitor(
+            dnsbl=dnsbl,
+            egress=settings.delivery.egress,
+            egress_state=egress_state(redis, clock, settings.delivery),
+            traffic=traffic,
+            suspensions=suspensions,
+            notifier=suspensions.notifier,
+            clock=clock,
+            settings=MonitorSettings(
+                interval=settings.reputation.monitor_interval.seconds,
+                window=settings.reputation.attribution_window.seconds,
+                attribution=settings.reputation.attribution,
+                min_share=settings.reputation.attribution_share,
+            ),
+        )
+        monitoring = asyncio.create_task(monitor.run(stop)) if dnsbl.zones else None
         log.info(
             "relay.started",
             listeners=[f"{x.address} ({x.tls})" for x in settings.submission.listeners],
@@ -110,8 +174,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
         log.info("relay.stopping")
         for server in servers:
             server.close()
-        if delivering is not None:
-            await delivering
+        for task in (delivering, monitoring):
+            if task is not None:
+                await task
         for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)

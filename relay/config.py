@@ -152,6 +152,26 @@ class SubmissionTimeouts(Section):
     """Time allowed for the whole DATA transfer."""
 
 
+class AuthGuardSettings(Section):
+    """AUTH brute force: failures of one login or from one client address (IPv6: its /64)
+    are counted in Redis; past `delay_after` each failure is answered slowly, past the lock
+    thresholds the login or the address gets `454 4.7.0` for `lockout`."""
+
+    delay_after: int = Field(3, ge=0)
+    first_delay: DurationField = Duration(1.0)
+    """Delay of the first slowed failure; it doubles with each further one, up to `max_delay`."""
+    max_delay: DurationField = Duration(8.0)
+    lock_after: int = Field(10, ge=1)
+    """Failures of one login before it is locked (except from addresses it succeeded from)."""
+    ip_lock_after: int = Field(30, ge=1)
+    """Failures from one client address (whatever the logins) before it is locked."""
+    window: DurationField = Duration(900.0)
+    """A streak of failures is forgotten this long after its last failure."""
+    lockout: DurationField = Duration(900.0)
+    known_ip_for: DurationField = Duration(30 * 86400.0)
+    """An address a login succeeded from stays exempt from that login's lock this long."""
+
+
 class SubmissionSettings(Section):
     listeners: list[Listener] = Field(
         default_factory=lambda: [
@@ -164,6 +184,11 @@ class SubmissionSettings(Section):
     max_line_length: int = Field(8192, ge=1000)
     """Longest line accepted in DATA, CRLF included (RFC 5321 says 1000; real mail breaks it)."""
     timeouts: SubmissionTimeouts = SubmissionTimeouts()
+    max_connections: int = Field(1000, ge=1)
+    """Open sessions of this process over all listeners; more get `421 4.3.2`."""
+    max_connections_per_ip: int = Field(50, ge=1)
+    """Open sessions of this process from one client address; more get `421 4.7.0`."""
+    auth_guard: AuthGuardSettings = AuthGuardSettings()
 
 
 class Egress(Section):
@@ -269,6 +294,52 @@ class QuotaSettings(Section):
     """Daily quota of the plan `relay account add` creates when not given --daily; 0: none."""
 
 
+class ListZone(Section):
+    zone: str
+    kind: Literal["ip", "domain"]
+    """ip: egress IPs are looked up (RBL); domain: sender and link domains (SURBL, DBL)."""
+    meanings: dict[str, str] = Field(default_factory=dict)
+    """Return code → meaning, e.g. {"127.0.0.2" = "SBL"}; other 127/8 codes list too."""
+
+
+class ReputationSettings(Section):
+    zones: list[ListZone] = Field(default_factory=list)
+    """Blocklists to watch. Empty: no lookups at all (the dev default: no internet)."""
+    monitor_interval: DurationField = Duration(300.0)
+    lookup_timeout: DurationField = Duration(2.0)
+    cache_ttl: DurationField = Duration(300.0)
+    data_check: bool = True
+    """Check sender and link domains on the domain lists at DATA (554 5.7.1 when listed)."""
+    data_check_deadline: DurationField = Duration(3.0)
+    """Past this the message is accepted unchecked (lookups fail open)."""
+    attribution: Literal["all", "share"] = "all"
+    """On an egress IP listing, suspend every account that sent through it in the window,
+    or only those whose share of its traffic is at least `attribution_share`."""
+    attribution_share: float = Field(0.1, ge=0.0, le=1.0)
+    attribution_window: DurationField = Duration(86400.0)
+    second_offence_min: DurationField = Duration(5 * 86400.0)
+    """Contract 004: a second block lasts at least 5 days."""
+    offence_growth: float = Field(2.0, ge=1.0)
+    deny_from_offence: int = Field(3, ge=2)
+    operators: list[str] = Field(default_factory=list)
+    """Alert recipients (IP listings, new suspensions)."""
+    support: str = "your provider's support"
+    """How customers reach support, written in their suspension notices."""
+    notices_from: str = ""
+    """From: of notices; default postmaster@hostname."""
+
+
+class SenderAuthSettings(Section):
+    spf: Literal["off", "warn", "enforce"] = "off"
+    """At MAIL FROM, check that the sender domain's SPF authorizes our egress IPs: warn logs
+    and adds an X-Relay-SPF header; enforce refuses with 550 5.7.23. DNS trouble passes."""
+    spf_include: str = ""
+    """The name customers include (`include:NAME`); default `_spf.<hostname>`."""
+    spf_timeout: DurationField = Duration(3.0)
+    dkim: bool = True
+    """Sign with the key of the From: domain when `relay dkim add` made one."""
+
+
 class LogSettings(Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -290,6 +361,8 @@ class Settings(BaseSettings):
     dns: DnsSettings = DnsSettings()
     sink: SinkSettings = SinkSettings()
     quota: QuotaSettings = QuotaSettings()
+    reputation: ReputationSettings = ReputationSettings()
+    sender_auth: SenderAuthSettings = SenderAuthSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -60,6 +60,11 @@ ACCOUNT_SUSPENDED = Reply(
     451, "4.7.1", "Account suspended ({reason}); contact your provider's support to lift it"
 )
 ACCOUNT_DENIED = Reply(550, "5.7.1", "Account suspended ({reason}) for good; contact support")
+SPF_NOT_AUTHORIZED = Reply(
+    550,
+    "5.7.23",
+    "SPF of {domain} does not authorize our egress {ip} ({result}); include our record",
+)
 CONTENT_LISTED = Reply(
     554, "5.7.1", "Refused: {what} is on the blocklist {zone}; the account is suspended"
 )

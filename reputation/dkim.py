@@ -20,7 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from reputation.errors import ReputationError
 
-__all__ = ["DEFAULT_HEADERS", "DkimKey", "dns_record", "generate_key", "sign"]
+__all__ = [
+    "DEFAULT_HEADERS",
+    "Algorithm",
+    "DkimError",
+    "DkimKey",
+    "dns_record",
+    "generate_key",
+    "sign",
+]
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 DEFAULT_HEADERS = (

@@ -1,7 +1,7 @@
 import pytest
 
-from relay.errors import NotFound
-from relay.queue import Envelope, QueueStore
+from relay.errors import InvalidInput, NotFound
+from relay.queue import LEASE_LOST, NOTICE_QUEUED, Envelope, Notice, QueueStore
 from relay.queue.model import split_by_domain
 
 
@@ -63,3 +63,115 @@ async def test_reschedule_keeps_pending_recipients_until_due(queue, clock):
     assert retry.last_error == "451 try later"
     [listed] = await queue.list_messages()
     assert listed.id == mid and (await queue.jobs_of(mid))[0].attempts == 1
+
+
+def notice(queue, kind="failure", delay="plain", recipient="sender@example.org") -> Notice:
+    return Notice(
+        id=queue.new_id(),
+        recipient=recipient,
+        account="alice",
+        body=b"Subject: notice\r\n\r\nx\r\n",
+        kind=kind,
+        delay=delay,
+    )
+
+
+async def test_notice_is_queued_with_the_end_of_the_attempt(queue):
+    mid = await queue.enqueue(envelope("a@x.com"), b"body")
+    (job,) = await queue.claim(10, lease=60)
+    note = notice(queue)
+    assert await queue.complete(job, note) == NOTICE_QUEUED
+    with pytest.raises(NotFound):
+        await queue.load(mid)
+    stored = await queue.load(note.id)
+    assert stored.body == note.body
+    assert (stored.meta.mail_from, stored.meta.recipients) == ("", ("sender@example.org",))
+    assert stored.meta.notice == "failure" and stored.meta.account == "alice"
+    (notice_job,) = await queue.claim(10, lease=60)
+    assert (notice_job.message_id, notice_job.domain) == (note.id, "example.org")
+
+
+async def test_stale_lease_queues_no_notice(queue, clock):
+    await queue.enqueue(envelope("a@x.com"), b"body")
+    (job,) = await queue.claim(10, lease=60)
+    clock.advance(61)
+    await queue.claim(10, lease=60)
+    note = notice(queue)
+    assert await queue.complete(job, note) == LEASE_LOST
+    with pytest.raises(NotFound):
+        await queue.load(note.id)
+
+
+async def test_the_delay_notice_is_queued_once_per_message(queue, clock):
+    mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
+    first, second = await queue.claim(10, lease=60)
+    one, two, three = (notice(queue, "delay", "delay") for _ in range(3))
+    assert await queue.reschedule(first, first.recipients, clock.now() + 900, "451", one) == 2
+    assert await queue.reschedule(second, second.recipients, clock.now() + 900, "451", two) == 1
+    assert (await queue.load(mid)).meta.delay_notified
+    with pytest.raises(NotFound):
+        await queue.load(two.id)
+    clock.advance(900)
+    job, _ = [j for j in await queue.claim(10, lease=60) if j.message_id == mid]
+    mixed = notice(queue, "failure", "with-delay")
+    assert await queue.complete(job, mixed) == NOTICE_QUEUED, "a failure is always reported"
+    assert three
+
+
+async def test_hold_while_leased_parks_the_job_when_the_attempt_ends(queue, clock):
+    mid = await queue.enqueue(envelope("a@x.com"), b"body")
+    (job,) = await queue.claim(10, lease=60)
+    assert await queue.hold(mid)
+    assert await queue.reschedule(job, job.recipients, clock.now() + 900, "451 later")
+    clock.advance(10_000)
+    assert await queue.claim(10, lease=60) == []
+    [held] = await queue.jobs_of(mid)
+    assert held.held and held.attempts == 1
+    assert await queue.release(mid)
+    assert [j.id for j in await queue.claim(10, lease=60)] == [job.id]
+
+
+async def test_held_job_whose_worker_died_is_not_claimed_again(queue, clock):
+    mid = await queue.enqueue(envelope("a@x.com"), b"body")
+    (job,) = await queue.claim(10, lease=60)
+    assert await queue.hold(mid)
+    clock.advance(61)  # the lease ends without a finish
+    assert await queue.claim(10, lease=60) == []
+    assert not await queue.complete(job), "its lease is gone"
+    assert (await queue.jobs_of(mid))[0].held
+
+
+async def test_retry_skips_leased_jobs_and_refuses_held_messages(queue, clock):
+    mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
+    [first] = await queue.claim(1, lease=60)
+    assert await queue.retry(mid) == 1, "the unclaimed job only"
+    assert await queue.hold(mid)
+    with pytest.raises(InvalidInput):
+        await queue.retry(mid)
+    with pytest.raises(NotFound):
+        await queue.retry("nope")
+    with pytest.raises(NotFound):
+        await queue.hold("nope")
+    assert first
+
+
+async def test_account_index_follows_the_messages(queue):
+    one = await queue.enqueue(envelope("a@x.com"), b"body")
+    two = await queue.enqueue(envelope("b@x.com"), b"body")
+    assert await queue.messages_of("alice") == sorted([one, two])
+    (job, _) = await queue.claim(10, lease=60)
+    await queue.complete(job)
+    await queue.delete(two if job.message_id == one else one)
+    assert await queue.messages_of("alice") == []
+    assert await queue.hold_account("alice") == 0
+    assert await queue.held_accounts() == ["alice"]
+    assert await queue.release_account("alice") == 0
+    assert await queue.held_accounts() == []
+
+
+async def test_every_queue_key_shares_one_cluster_slot(queue, redis):
+    mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
+    await queue.hold_account("bob")
+    await queue.hold(mid)
+    keys = [k.decode() for k in await redis.keys("*")]
+    assert keys and all(k.startswith("{q}:") for k in keys)

@@ -14,7 +14,8 @@ from quota import Duration
 from relay.config import DeliveryTimeouts, Egress
 from relay.delivery.mx import Hop
 from relay.delivery.outcome import Disposition, RecipientOutcome, is_block_like
-from relay.delivery.smtp_client import send_to_domain
+from relay.delivery.sessions import SessionPool
+from relay.delivery.smtp_client import AttemptReport, attempt_domain, send_to_domain
 from relay.sink import Sink
 from tests.conftest import free_port
 
@@ -311,3 +312,97 @@ async def test_static_route_by_name_without_egress_uses_the_given_helo() -> None
         None,
     )
     assert received.helo == "relay.test"
+
+
+# --- what the report says of the egress IP, for failover ---
+
+
+async def attempt(hops: list[Hop], **kwargs) -> AttemptReport:
+    return await attempt_domain(
+        hops=hops,
+        egress=kwargs.pop("egress", EGRESS),
+        mail_from="a@sender.test",
+        recipients=kwargs.pop("recipients", ["b@dest.test"]),
+        body=BODY,
+        timeouts=kwargs.pop("timeouts", FAST),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("greeting", "problem"),
+    [
+        ("554 5.7.1 client host blocked using zen", "block"),
+        ("421 4.7.0 too many connections from your IP", "block"),
+        ("554 5.3.0 no SMTP service here", None),
+    ],
+)
+async def test_report_blames_the_ip_for_a_block_only(greeting: str, problem: str | None) -> None:
+    sink = Sink(reply_for_connect=lambda ip: greeting)
+    async with running(sink) as port:
+        report = await attempt([hop(port)])
+    assert report.ip_problem == problem and not report.connected
+    assert report.outcomes[0].disposition is Disposition.TRANSIENT
+
+
+async def test_report_says_unreachable_when_nothing_answers() -> None:
+    report = await attempt([hop(free_port()), hop(free_port())])
+    assert (report.ip_problem, report.connected) == ("unreachable", False)
+
+
+async def test_report_of_a_transaction_has_no_ip_problem() -> None:
+    sink = Sink(reply_for_rcpt=lambda ip, rcpt: "550 5.7.1 blocked for policy reasons")
+    async with running(sink) as port:
+        report = await attempt([hop(port)])
+    assert (report.ip_problem, report.connected) == (None, True)
+    assert report.outcomes[0].disposition is Disposition.PERMANENT
+
+
+# --- sessions kept for the next message ---
+
+
+async def test_a_kept_session_carries_the_next_message() -> None:
+    connections: list[str] = []
+    refuse_once = iter(["550 5.1.1 no such user"])
+    sink = Sink(
+        reply_for_connect=lambda ip: connections.append(ip),
+        reply_for_rcpt=lambda ip, rcpt: next(refuse_once, None),
+    )
+    pool = SessionPool(idle=30, max_messages=3)
+    async with running(sink) as port:
+        first = await attempt([hop(port)], sessions=pool)  # all refused: RSET, then kept
+        assert pool.idle_count() == 1
+        second = await attempt([hop(port)], sessions=pool)
+        third = await attempt([hop(port)], sessions=pool)
+        assert pool.idle_count() == 0, "closed after max_messages"
+        fourth = await attempt([hop(port)], sessions=pool)
+        await pool.close()
+    assert first.outcomes[0].disposition is Disposition.PERMANENT
+    for report in (second, third, fourth):
+        assert report.outcomes[0].disposition is Disposition.DELIVERED
+    assert sink.count == 3 and len(connections) == 2 and pool.reused == 2
+
+
+async def test_a_session_the_server_closed_is_replaced_by_a_new_one() -> None:
+    sink = Sink()
+    pool = SessionPool(idle=30, max_messages=100)
+    async with running(sink) as port:
+        await attempt([hop(port)], sessions=pool)
+        sink.close_connections()
+        await asyncio.sleep(0)  # let the client see the close, or not: both must work
+        report = await attempt([hop(port)], sessions=pool)
+        await pool.close()
+    assert report.outcomes[0].disposition is Disposition.DELIVERED and sink.count == 2
+
+
+async def test_sessions_are_kept_per_egress_ip() -> None:
+    sink = Sink()
+    pool = SessionPool(idle=30, max_messages=100)
+    other = Egress(ip="127.0.0.3", helo="out3.relay.test")
+    async with running(sink) as port:
+        await attempt([hop(port)], sessions=pool)
+        await attempt([hop(port)], sessions=pool, egress=other)
+        await attempt([hop(port)], sessions=pool, egress=other)
+        await pool.close()
+    assert [m.peer for m in sink.messages] == ["127.0.0.2", "127.0.0.3", "127.0.0.3"]
+    assert pool.reused == 1

@@ -17,26 +17,30 @@ from relay.abuse.traffic import TrafficLog
 from relay.clock import Clock
 from reputation import DnsblClient, Kind, Listing, extract_links, registrable_domain
 
-__all__ = ["ContentGuard", "sender_domains"]
+__all__ = ["ContentGuard", "from_addresses", "sender_domains"]
 
 log = structlog.get_logger("relay.abuse")
 
 
-def sender_domains(mail_from: str, body: bytes) -> list[str]:
-    """Registrable domains of the envelope sender and of the From: header addresses."""
-    addresses = [mail_from] if mail_from else []
+def from_addresses(body: bytes) -> list[str]:
+    """The addresses of the From: header(s), folded lines joined."""
     head = body.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:64_000]
     lines = head.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
-    from_values, current = [], None
+    values: list[str] = []
+    in_from = False
     for line in lines:
-        if line[:1] in (" ", "\t") and current is not None:
-            from_values[-1] += " " + line.strip()
-        elif line.lower().startswith("from:"):
-            from_values.append(line[5:].strip())
-            current = True
+        if line[:1] in (" ", "\t") and in_from:
+            values[-1] += " " + line.strip()
         else:
-            current = None
-    addresses += [addr for _, addr in email.utils.getaddresses(from_values) if addr]
+            in_from = line.lower().startswith("from:")
+            if in_from:
+                values.append(line[5:].strip())
+    return [addr for _, addr in email.utils.getaddresses(values) if "@" in addr]
+
+
+def sender_domains(mail_from: str, body: bytes) -> list[str]:
+    """Registrable domains of the envelope sender and of the From: header addresses."""
+    addresses = ([mail_from] if mail_from else []) + from_addresses(body)
     found: dict[str, None] = {}
     for address in addresses:
         domain = registrable_domain(address.rpartition("@")[2])

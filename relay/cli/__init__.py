@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from relay.cli import accounts, plans, queue, service
+from relay.cli import abuse, accounts, ip, plans, queue, sender_auth, service
 from relay.cli.common import Failure, run_command
 from relay.config import LogSettings
 from relay.logging import configure_logging
@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     service.register(commands)
     accounts.register(commands)
     plans.register(commands)
+    abuse.register(commands)
+    sender_auth.register(commands)
     queue.register(commands)
+    ip.register(commands)
     _accept_config_anywhere(parser)
     return parser
 

@@ -1,4 +1,4 @@
-"""`relay queue list|show`."""
+"""`relay queue list|show|hold|release|retry|delete`."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import datetime as dt
 
 from relay.app import open_redis
-from relay.cli.common import load, print_json
+from relay.cli.common import Failure, load, print_json
 from relay.clock import SystemClock
 from relay.queue import QueueStore
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    queue = commands.add_parser("queue", help="inspect the delivery queue")
+    queue = commands.add_parser("queue", help="inspect and act on the delivery queue")
     sub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = sub.add_parser("list", help="messages in the queue, oldest first")
     listing.add_argument("--limit", type=int, default=100)
@@ -22,10 +22,30 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_show)
+    for name, text in [
+        ("hold", "stop attempting (held mail does not expire; --account: mail queued later too)"),
+        ("release", "attempt held mail again now"),
+        ("retry", "attempt now instead of at the next retry time"),
+        ("delete", "drop from the queue, without any notice to the sender"),
+    ]:
+        action = sub.add_parser(name, help=text)
+        target = action.add_mutually_exclusive_group(required=True)
+        target.add_argument("id", nargs="?", help="queue id")
+        target.add_argument("--account", metavar="LOGIN", help="every message of the account")
+        action.set_defaults(handler=_act, verb=name)
 
 
 def _when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _flags(held_at: float | None, notice: str) -> str:
+    flags = []
+    if held_at is not None:
+        flags.append("HELD")
+    if notice:
+        flags.append(f"{notice} notice")
+    return f"  [{', '.join(flags)}]" if flags else ""
 
 
 async def _list(args: argparse.Namespace) -> int:
@@ -38,7 +58,10 @@ async def _list(args: argparse.Namespace) -> int:
         return 0
     for m in messages:
         sender = m.mail_from or "<>"
-        print(f"{m.id}  {_when(m.created_at)}  {m.account:<20} {sender} -> {len(m.recipients)}")
+        print(
+            f"{m.id}  {_when(m.created_at)}  {m.account:<20} {sender} -> {len(m.recipients)}"
+            + _flags(m.held_at, m.notice)
+        )
     print(f"{total} message(s) in the queue")
     return 0
 
@@ -56,9 +79,54 @@ async def _show(args: argparse.Namespace) -> int:
     print(f"from:       {meta.mail_from or '<>'}")
     print(f"created:    {_when(meta.created_at)}")
     print(f"size:       {meta.size} bytes")
+    if meta.notice:
+        print(f"notice:     {meta.notice} notice (from <>)")
+    if meta.held_at is not None:
+        print(f"held:       since {_when(meta.held_at)} (not attempted, not expiring)")
+    if meta.delay_notified:
+        print("delay notice sent")
     for job in jobs:
         print(f"job {job.id}: {job.domain} {', '.join(job.recipients)}")
-        print(f"    attempts {job.attempts}, next {_when(job.due_at)}")
+        when = "held" if job.held else f"next {_when(job.due_at)}"
+        print(f"    attempts {job.attempts}, {when}")
         if job.last_error:
             print(f"    last error: {job.last_error}")
+    return 0
+
+
+async def _act(args: argparse.Namespace) -> int:
+    async with open_redis(load(args)) as redis:
+        store = QueueStore(redis, SystemClock())
+        if args.account:
+            return await _act_on_account(store, args.verb, args.account)
+        if args.verb == "hold":
+            changed = await store.hold(args.id)
+            print(f"held {args.id}" if changed else f"{args.id} was already held")
+        elif args.verb == "release":
+            changed = await store.release(args.id)
+            print(f"released {args.id}" if changed else f"{args.id} was not held")
+        elif args.verb == "retry":
+            count = await store.retry(args.id)
+            print(f"{args.id}: {count} job(s) due now")
+        else:
+            await store.delete(args.id)
+            print(f"deleted {args.id}")
+    return 0
+
+
+async def _act_on_account(store: QueueStore, verb: str, login: str) -> int:
+    if verb == "hold":
+        count = await store.hold_account(login)
+        print(f"held {count} message(s) of {login}; mail it queues later is held too")
+    elif verb == "release":
+        if login not in await store.held_accounts() and not await store.messages_of(login):
+            raise Failure(f"account {login!r} has no mail in the queue and is not held")
+        count = await store.release_account(login)
+        print(f"released {count} message(s) of {login}")
+    elif verb == "retry":
+        count = await store.retry_account(login)
+        print(f"{count} message(s) of {login} due now")
+    else:
+        count = await store.delete_account(login)
+        print(f"deleted {count} message(s) of {login}")
     return 0

@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import random
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.exception
 import dns.name
@@ -22,6 +23,8 @@ from dns.resolver import NoResolverConfiguration
 from relay.config import DnsSettings, HostPort
 from relay.delivery.errors import PermanentRouteError, TransientRouteError
 from relay.errors import ConfigError
+
+R = TypeVar("R", bound=dns.resolver.BaseResolver)
 
 __all__ = ["Hop", "make_resolver", "resolve_hops"]
 
@@ -98,10 +101,11 @@ async def resolve_hops(
     raise TransientRouteError(f"{name}: no MX host has an address ({hosts})", status="4.4.4")
 
 
-def make_resolver(dns: DnsSettings) -> AsyncResolver:
-    """A resolver for `dns.servers`, or the system's when the list is empty."""
+def make_resolver(dns: DnsSettings, kind: type[R] = AsyncResolver) -> R:  # type: ignore[assignment]
+    """A resolver for `dns.servers`, or the system's when the list is empty. `kind`: the
+    async resolver of the service, or the blocking one a blocking library needs (pyspf)."""
     if dns.servers:
-        resolver = AsyncResolver(configure=False)
+        resolver = kind(configure=False)
         for server in dns.servers:
             try:
                 ipaddress.ip_address(server.host)
@@ -110,7 +114,7 @@ def make_resolver(dns: DnsSettings) -> AsyncResolver:
         resolver.nameservers = [Do53Nameserver(s.host, port=s.port) for s in dns.servers]
     else:
         try:
-            resolver = AsyncResolver()
+            resolver = kind()
         except NoResolverConfiguration:
             raise ConfigError("dns.servers: empty, and the system has no resolvers") from None
     resolver.lifetime = dns.timeout.seconds

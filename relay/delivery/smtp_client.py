@@ -2,8 +2,10 @@
 
 Hops (and each hop's addresses) are tried in order until one accepts a session; problems
 before the transaction (refused connection, timeout, a 4xx or 5xx greeting, EHLO refused)
-move on to the next one, like Postfix with `smtp_skip_5xx_greeting`. Once MAIL FROM is sent,
-that session's replies decide, and every recipient gets exactly one outcome.
+move on to the next one, like Postfix with `smtp_skip_5xx_greeting`; so does a block-like
+refusal of MAIL FROM. Once MAIL FROM is accepted, that session's replies decide, and every
+recipient gets exactly one outcome. When no hop accepted a session, the report says whether
+the egress IP looks at fault (a block) or nothing answered, so the caller can try another IP.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ipaddress
 import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import aiosmtplib
 import structlog
@@ -27,15 +30,31 @@ from relay.delivery.outcome import (
     RecipientOutcome,
     classify_exception,
     classify_reply,
+    is_block_like,
     split_status,
 )
+from relay.delivery.sessions import PooledSession, SessionPool
 
-__all__ = ["send_to_domain"]
+__all__ = ["AttemptReport", "IpProblem", "attempt_domain", "send_to_domain"]
 
 log = structlog.get_logger()
 
 _QUIT_TIMEOUT = 10.0
 """The message is delivered by then; a server slow to say goodbye must not hold a worker."""
+
+
+IpProblem = Literal["block", "unreachable"]
+"""Why no hop took a session from this IP: a block-like reply, or no reply at all."""
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    outcomes: list[RecipientOutcome]
+    """One per recipient, in the order given."""
+    ip_problem: IpProblem | None = None
+    """Set when no hop accepted a transaction from this egress IP."""
+    connected: bool = False
+    """A server accepted MAIL FROM from this IP (whatever it then said of the recipients)."""
 
 
 async def send_to_domain(
@@ -47,11 +66,39 @@ async def send_to_domain(
     body: bytes,
     timeouts: DeliveryTimeouts,
     helo: str | None = None,
+    sessions: SessionPool | None = None,
 ) -> list[RecipientOutcome]:
-    """Outcomes in the order of `recipients`.
+    """Outcomes in the order of `recipients`; see `attempt_domain`."""
+    report = await attempt_domain(
+        hops=hops,
+        egress=egress,
+        mail_from=mail_from,
+        recipients=recipients,
+        body=body,
+        timeouts=timeouts,
+        helo=helo,
+        sessions=sessions,
+    )
+    return report.outcomes
+
+
+async def attempt_domain(
+    *,
+    hops: list[Hop],
+    egress: Egress | None,
+    mail_from: str,
+    recipients: list[str],
+    body: bytes,
+    timeouts: DeliveryTimeouts,
+    helo: str | None = None,
+    sessions: SessionPool | None = None,
+) -> AttemptReport:
+    """One attempt from one egress IP over the hops in order.
 
     `mail_from` "" or "<>" is the null sender. `helo` is used when there is no egress
-    (default: the machine's FQDN). Never raises for a delivery problem.
+    (default: the machine's FQDN). With `sessions`, an open session to the same server from
+    the same IP is reused, and the session is kept for the next message. Never raises for a
+    delivery problem.
     """
     attempt = _Attempt(
         egress=egress,
@@ -60,12 +107,14 @@ async def send_to_domain(
         body=body,
         timeouts=timeouts,
         helo=egress.helo if egress is not None else helo,
+        sessions=sessions,
     )
     attempt.check_addresses()
     if not attempt.open_recipients():
-        return attempt.results()
+        return AttemptReport(attempt.results())
 
     failure: tuple[BaseException, Hop] | None = None
+    errors: list[BaseException] = []
     for hop, address in _targets(hops, egress):
         try:
             await attempt.via(hop, address)
@@ -78,19 +127,28 @@ async def send_to_domain(
                 egress=attempt.egress_ip,
                 error=" ".join(str(part) for part in classify_exception(failed.error)[1:]),
             )
+            errors.append(failed.error)
             # A reply from a server tells more (a block, say) than a later refused connection.
             if failure is None or not _has_reply(failure[0]) or _has_reply(failed.error):
                 failure = (failed.error, hop)
             continue
-        return attempt.results()
+        return AttemptReport(attempt.results(), connected=True)
 
     if failure is None:
         attempt.fail_open(Disposition.TRANSIENT, LOCAL_TRANSIENT_CODE, "4.4.4", _no_route(hops))
-    else:
-        error, hop = failure
-        _, code, status, text = classify_exception(error)
-        attempt.fail_open(Disposition.TRANSIENT, code, status, text, remote=hop.host)
-    return attempt.results()
+        return AttemptReport(attempt.results())
+    error, hop = failure
+    _, code, status, text = classify_exception(error)
+    attempt.fail_open(Disposition.TRANSIENT, code, status, text, remote=hop.host)
+    return AttemptReport(attempt.results(), _ip_problem(errors))
+
+
+def _ip_problem(errors: list[BaseException]) -> IpProblem | None:
+    """A block-like reply anywhere blames the IP; only silence (refused, timeouts) may."""
+    replies = [e for e in errors if isinstance(e, aiosmtplib.SMTPResponseException)]
+    if any(is_block_like(e.code, e.message) for e in replies):
+        return "block"
+    return None if replies else "unreachable"
 
 
 class _TlsFailed(Exception):
@@ -105,6 +163,10 @@ class _SessionFailed(Exception):
         self.error = error
 
 
+class _StaleSession(Exception):
+    """A reused session turned out closed before MAIL FROM was answered: open a new one."""
+
+
 @dataclass
 class _Attempt:
     egress: Egress | None
@@ -113,6 +175,7 @@ class _Attempt:
     body: bytes
     timeouts: DeliveryTimeouts
     helo: str | None
+    sessions: SessionPool | None = None
     outcomes: dict[int, RecipientOutcome] = field(default_factory=dict)
     remote: str | None = None
     tls: bool = False
@@ -176,15 +239,33 @@ class _Attempt:
 
     async def via(self, hop: Hop, address: str) -> None:
         """Deliver through one server; raise _SessionFailed before the transaction starts."""
+        key = (self.egress_ip or "", address, hop.port)
+        pooled = self.sessions.take(key) if self.sessions is not None else None
+        if pooled is not None:
+            self.remote, self.tls = pooled.remote, pooled.tls
+            try:
+                await self._use(pooled, key, reused=True)
+                return
+            except _StaleSession:
+                pooled.smtp.close()
         try:
             smtp = await self._session(hop, address, tls=True)
         except _TlsFailed as failed:
             log.info("delivery.tls_failed", host=hop.host, address=address, error=str(failed))
             smtp = await self._session(hop, address, tls=False)  # plain text, new connection
+        await self._use(PooledSession(smtp, self.tls, hop.host), key, reused=False)
+
+    async def _use(self, session: PooledSession, key: tuple[str, str, int], reused: bool) -> None:
+        keep = False
         try:
-            await self._transaction(smtp)
+            keep = await self._transaction(session.smtp, reused=reused)
         finally:
-            smtp.close()
+            if keep and self.sessions is not None:
+                self.sessions.give(key, session)
+            elif keep:
+                await _quit(session.smtp, self.timeouts.command.seconds)
+            else:
+                session.smtp.close()
 
     async def _session(self, hop: Hop, address: str, *, tls: bool) -> aiosmtplib.SMTP:
         """Connected, greeted, EHLO done, and STARTTLS done when offered and `tls`."""
@@ -221,7 +302,8 @@ class _Attempt:
             raise
         return smtp
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP) -> None:
+    async def _transaction(self, smtp: aiosmtplib.SMTP, *, reused: bool) -> bool:
+        """Send to the open recipients; True when the session can take another message."""
         pending = self.open_recipients()
         encoding = "ascii"
         options = []
@@ -245,9 +327,9 @@ class _Attempt:
                         )
                 pending = self.open_recipients()
                 if not pending:
-                    return
+                    return True
         try:
-            await smtp.mail(self.sender, options=options, encoding=encoding)
+            await self._mail(smtp, options, encoding, reused=reused)
             accepted = []
             for index in pending:
                 try:
@@ -262,17 +344,43 @@ class _Attempt:
                 reply = await smtp.data(self.body, timeout=self.timeouts.data.seconds)
                 for index in accepted:
                     self.settle_reply(index, reply.code, reply.message)
+            else:
+                await smtp.rset()  # MAIL is open: close the transaction before the next one
+            clean = smtp.is_connected
         except (aiosmtplib.SMTPException, OSError) as exc:
             self.fail_open(*classify_exception(exc))
+            clean = False
         log.info(
             "delivery.session",
             host=self.remote,
             egress=self.egress_ip,
             tls=self.tls,
+            reused=reused,
             **_counts(self.outcomes.values()),
         )
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-            await smtp.quit(timeout=min(_QUIT_TIMEOUT, self.timeouts.command.seconds))
+        return clean
+
+    async def _mail(
+        self, smtp: aiosmtplib.SMTP, options: list[str], encoding: str, *, reused: bool
+    ) -> None:
+        """MAIL FROM; a block-like refusal counts as a failed session (another IP may pass)."""
+        try:
+            await smtp.mail(self.sender, options=options, encoding=encoding)
+        except aiosmtplib.SMTPResponseException as exc:
+            if reused and exc.code == 421:  # e.g. the server's idle timeout
+                raise _StaleSession from exc
+            if is_block_like(exc.code, exc.message):
+                raise _SessionFailed(exc) from exc
+            raise
+        except (aiosmtplib.SMTPServerDisconnected, OSError) as exc:
+            if reused:
+                raise _StaleSession from exc
+            raise
+
+
+async def _quit(smtp: aiosmtplib.SMTP, command_timeout: float) -> None:
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+        await smtp.quit(timeout=min(_QUIT_TIMEOUT, command_timeout))
 
 
 async def _hello(smtp: aiosmtplib.SMTP) -> None:

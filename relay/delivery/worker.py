@@ -1,4 +1,11 @@
-"""The delivery loop: claim due jobs with a lease, deliver each, record the outcome."""
+"""The delivery loop: claim due jobs with a lease, deliver each, record the outcome.
+
+One attempt of a job: resolve the next hops, take a slot of the destination's concurrency,
+pick an egress IP (rotation over the IPs usable for that domain), and when that IP is
+blocked or cannot connect, fail over to another at once (up to `failover_ips`). Then the
+retry schedule decides what happens to each recipient, and the notice it calls for (if
+any) is queued in the same Redis step that ends the attempt.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +17,26 @@ from dns.asyncresolver import Resolver
 
 from relay.clock import Clock
 from relay.config import DeliverySettings
-from relay.delivery.attempt import Done, after_attempt
-from relay.delivery.egress import EgressPool
+from relay.delivery.attempt import AttemptPlan, after_attempt
+from relay.delivery.egress import EgressPool, EgressStatus
+from relay.delivery.egress_state import EgressState
 from relay.delivery.errors import RouteError
-from relay.delivery.mx import resolve_hops
-from relay.delivery.outcome import Disposition, RecipientOutcome
-from relay.delivery.smtp_client import send_to_domain
+from relay.delivery.limits import DestinationLimiter, site_of
+from relay.delivery.mx import Hop, resolve_hops
+from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
+from relay.delivery.schedule import RetrySchedule
+from relay.delivery.sessions import SessionPool
+from relay.delivery.smtp_client import AttemptReport, attempt_domain
 from relay.errors import NotFound, StoreUnavailable
-from relay.queue import Job, QueueStore
+from relay.notices import NoticeMessage, compose, plan_notice
+from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
 
 __all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger("relay.delivery")
+
+NO_EGRESS_STATUS = "4.4.5"
+"""Every egress IP is disabled, listed or cooling down for the domain (RFC 3463 X.4.5)."""
 
 
 class DeliveryWorker:
@@ -38,12 +53,21 @@ class DeliveryWorker:
         settings: DeliverySettings,
         resolver: Resolver,
         clock: Clock,
+        egress_state: EgressState,
+        hostname: str,
     ) -> None:
         self._queue = queue
         self._settings = settings
         self._resolver = resolver
         self._clock = clock
+        self._egress = egress_state
+        self._hostname = hostname
+        self._schedule = RetrySchedule.from_settings(settings)
         self._pool = EgressPool(settings.egress)
+        self._limiter = DestinationLimiter(settings.max_connections_per_destination)
+        self.sessions = SessionPool(
+            idle=settings.session_idle.seconds, max_messages=settings.session_max_messages
+        )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -52,12 +76,39 @@ class DeliveryWorker:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        slots = self._settings.workers
+        try:
+            while not stop.is_set():
+                await self.run_due(stop)
+                if stop.is_set():
+                    break
+                waiters = [
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                await asyncio.wait(
+                    waiters,
+                    timeout=self._settings.poll_interval.seconds,
+                    return_when="FIRST_COMPLETED",
+                )
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            await self._drain()
+            await self.sessions.close()
+
+    async def run_due(self, stop: asyncio.Event | None = None) -> int:
+        """Attempt every job due now (and what comes due meanwhile, such as the notices they
+        queue); return when none is due and none is running. Returns the attempts started.
+
+        Slots are refilled as soon as one frees up, so one slow server does not hold the rest.
+        """
+        started = 0
         lease = self._settings.lease.seconds
-        while not stop.is_set():
-            free = slots - len(self._tasks)
+        while stop is None or not stop.is_set():
+            free = self._settings.workers - len(self._tasks)
             jobs: list[Job] = []
             if free > 0:
+                self._wake.clear()
                 try:
                     jobs = await self._queue.claim(free, lease)
                 except StoreUnavailable as exc:
@@ -66,23 +117,26 @@ class DeliveryWorker:
                 task = asyncio.create_task(self.deliver(job))
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
-            if jobs and len(jobs) == free:
-                continue  # maybe more is due; the slots decide
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=self._poll_delay(), return_when="FIRST_COMPLETED")
+            started += len(jobs)
+            if not self._tasks:
+                return started
+            waiters = {asyncio.ensure_future(self._wake.wait())}
+            if stop is not None:
+                waiters.add(asyncio.ensure_future(stop.wait()))
+            await asyncio.wait({*self._tasks, *waiters}, return_when="FIRST_COMPLETED")
             for waiter in waiters:
                 waiter.cancel()
+        return started
+
+    async def close(self) -> None:
+        """Finish running deliveries and close idle sessions (for callers of `run_due`)."""
         await self._drain()
+        await self.sessions.close()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._wake.set()  # a slot is free
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.crashed", error=repr(task.exception()))
-
-    def _poll_delay(self) -> float:
-        return self._settings.poll_interval.seconds
 
     async def _drain(self, grace: float = 10.0) -> None:
         """On stop: let running deliveries finish for a while; the rest come back by lease."""
@@ -95,7 +149,7 @@ class DeliveryWorker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def deliver(self, job: Job) -> None:
-        """One attempt of one job; its result goes back to the queue."""
+        """One attempt of one job; its result (and any notice) goes back to the queue."""
         try:
             stored = await self._queue.load(job.message_id)
         except NotFound:
@@ -103,7 +157,6 @@ class DeliveryWorker:
             await self._queue.complete(job)
             return
         meta = stored.meta
-        egress = self._pool.next(job.domain)
         try:
             hops = await resolve_hops(
                 job.domain,
@@ -111,40 +164,227 @@ class DeliveryWorker:
                 mx_port=self._settings.mx_port,
                 resolver=self._resolver,
             )
-            outcomes = await send_to_domain(
-                hops=hops,
-                egress=egress,
-                mail_from=meta.mail_from,
-                recipients=list(job.recipients),
-                body=stored.body,
-                timeouts=self._settings.timeouts,
-            )
         except RouteError as exc:
             disposition = Disposition.PERMANENT if exc.code >= 500 else Disposition.TRANSIENT
-            outcomes = [
-                RecipientOutcome(
-                    recipient=rcpt,
-                    disposition=disposition,
-                    code=exc.code,
-                    status=exc.status,
-                    text=str(exc),
-                    remote=None,
-                    egress_ip=egress.ip if egress else None,
-                    tls=False,
-                )
-                for rcpt in job.recipients
-            ]
+            outcomes = _all(job, disposition, exc.code, exc.status, str(exc))
+        else:
+            outcomes = await self._attempt(job, meta.account, stored.body, meta.mail_from, hops)
+
+        now = self._clock.now()
+        held_for = meta.held_total(now)
+        plan = after_attempt(
+            outcomes,
+            now=now,
+            created_at=meta.created_at,
+            schedule=self._schedule,
+            held_for=held_for,
+            delay_notified=meta.delay_notified,
+        )
         for outcome in outcomes:
             _log_outcome(job, meta.account, outcome)
-        result = after_attempt(
-            outcomes, now=self._clock.now(), retry_interval=self._settings.retry_interval.seconds
-        )
-        if isinstance(result, Done):
-            kept = await self._queue.complete(job)
+        for outcome in plan.expired:
+            _log_outcome(job, meta.account, outcome, event="delivery.expired")
+        notice = await self._notice(job, stored, plan, now, held_for)
+        if plan.done:
+            result = await self._queue.complete(job, notice)
         else:
-            kept = await self._queue.reschedule(job, result.pending, result.due_at, result.error)
-        if not kept:
+            assert plan.retry_at is not None
+            result = await self._queue.reschedule(
+                job, plan.pending, plan.retry_at, plan.error, notice
+            )
+        if result == LEASE_LOST:
             log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
+        elif notice is not None and result == NOTICE_QUEUED:
+            log.info(
+                "notice.queued",
+                message_id=job.message_id,
+                notice_id=notice.id,
+                kind=notice.kind,
+                account=meta.account,
+                domain=job.domain,
+                to=notice.recipient,
+            )
+        elif notice is not None:
+            log.info("notice.skipped", message_id=job.message_id, reason="delay notice sent")
+
+    async def _attempt(
+        self, job: Job, account: str, body: bytes, mail_from: str, hops: list[Hop]
+    ) -> list[RecipientOutcome]:
+        """Deliver from one IP, failing over to others when the IP is at fault."""
+        status = await self._status(job.domain)
+        now = self._clock.now()
+        tried: set[str] = set()
+        unreachable: list[str] = []
+        report: AttemptReport | None = None
+        async with self._limiter.slot(site_of([(h.host, h.port) for h in hops])):
+            for _ in range(self._settings.failover_ips if len(self._pool) else 1):
+                egress = self._pool.pick(
+                    job.domain, lambda e: e.ip not in tried and status.usable(e.ip, now)
+                )
+                if egress is None and len(self._pool):
+                    break
+                if egress is not None:
+                    tried.add(egress.ip)
+                report = await attempt_domain(
+                    hops=hops,
+                    egress=egress,
+                    mail_from=mail_from,
+                    recipients=list(job.recipients),
+                    body=body,
+                    timeouts=self._settings.timeouts,
+                    helo=self._hostname,
+                    sessions=self.sessions,
+                )
+                if egress is None or report.ip_problem is None:
+                    if egress is not None and report.connected:
+                        await self._got_through(egress.ip, job.domain, unreachable, status)
+                    break
+                _log_failover(job, account, egress.ip, report)
+                if report.ip_problem == "block":
+                    await self._cool(egress.ip, job.domain, block=True)
+                else:
+                    unreachable.append(egress.ip)
+        if report is None:
+            reasons = "; ".join(f"{e.ip} {status.why_not(e.ip, now)}" for e in self._pool.addresses)
+            log.warning("delivery.no_egress", message_id=job.message_id, domain=job.domain)
+            return _all(
+                job,
+                Disposition.TRANSIENT,
+                451,
+                NO_EGRESS_STATUS,
+                f"no egress IP usable for {job.domain} ({reasons})",
+            )
+        return report.outcomes
+
+    async def _status(self, domain: str) -> EgressStatus:
+        try:
+            return await self._egress.snapshot(domain)
+        except StoreUnavailable as exc:  # deliver anyway: the state is advice, not a gate
+            log.error("egress.state_unavailable", error=str(exc))
+            return EgressStatus()
+
+    async def _got_through(
+        self, ip: str, domain: str, unreachable: list[str], status: EgressStatus
+    ) -> None:
+        """IPs that could not connect where this one could are likely at fault."""
+        for other in unreachable:
+            await self._cool(other, domain, block=False)
+        if status.failures.get(ip):
+            with contextlib.suppress(StoreUnavailable):
+                await self._egress.record_success(ip, domain)
+
+    async def _cool(self, ip: str, domain: str, *, block: bool) -> None:
+        until: float | None
+        try:
+            if block:
+                until = await self._egress.record_block(ip, domain)
+            else:
+                until = await self._egress.record_failure(ip, domain)
+        except StoreUnavailable as exc:
+            log.error("egress.state_unavailable", error=str(exc))
+            return
+        if until is not None:
+            log.warning(
+                "egress.cooling",
+                egress_ip=ip,
+                domain=domain,
+                until=until,
+                cause="block" if block else "connection failures",
+            )
+
+    async def _notice(
+        self, job: Job, stored: StoredMessage, plan: AttemptPlan, now: float, held_for: float
+    ) -> Notice | None:
+        meta = stored.meta
+        if meta.mail_from in ("", "<>"):
+            return None  # never a notice about a notice (or any mail from <>)
+        others: list[RecipientOutcome] = []
+        if plan.delay_notice:
+            others = await self._delayed_elsewhere(job)
+        decided = plan_notice(
+            plan,
+            mail_from=meta.mail_from,
+            dsn=meta.dsn,
+            now=now,
+            expires_at=self._schedule.expires_at(meta.created_at, held_for),
+            delay_also=others,
+        )
+        if decided is None:
+            return None
+        notice_id = self._queue.new_id()
+        body = compose(
+            NoticeMessage(
+                notice_id=notice_id,
+                hostname=self._hostname,
+                sender=meta.mail_from,
+                queue_id=meta.id,
+                arrival=meta.created_at,
+                now=now,
+                original=stored.body,
+                reports=decided.reports,
+                return_full=meta.dsn.ret == "FULL",
+                envid=meta.dsn.envid,
+            )
+        )
+        return Notice(
+            id=notice_id,
+            recipient=meta.mail_from,
+            account=meta.account,
+            body=body,
+            kind=decided.kind,
+            delay=decided.delay,
+        )
+
+    async def _delayed_elsewhere(self, job: Job) -> list[RecipientOutcome]:
+        """Recipients of the message's other domains that were tried and are still pending."""
+        try:
+            jobs = await self._queue.jobs_of(job.message_id)
+        except (NotFound, StoreUnavailable):
+            return []
+        outcomes = []
+        for other in jobs:
+            if other.id == job.id or not other.attempts:
+                continue
+            code_text, _, message = other.last_error.partition(" ")
+            code = int(code_text) if code_text.isdigit() else 451
+            status, text = split_status(code, message)
+            outcomes += [
+                RecipientOutcome(rcpt, Disposition.TRANSIENT, code, status, text, None, None, False)
+                for rcpt in other.recipients
+            ]
+        return outcomes
+
+
+def _all(
+    job: Job, disposition: Disposition, code: int, status: str, text: str
+) -> list[RecipientOutcome]:
+    return [
+        RecipientOutcome(
+            recipient=rcpt,
+            disposition=disposition,
+            code=code,
+            status=status,
+            text=text,
+            remote=None,
+            egress_ip=None,
+            tls=False,
+        )
+        for rcpt in job.recipients
+    ]
+
+
+def _log_failover(job: Job, account: str, ip: str, report: AttemptReport) -> None:
+    first = report.outcomes[0]
+    log.info(
+        "delivery.failover",
+        message_id=job.message_id,
+        account=account,
+        domain=job.domain,
+        egress_ip=ip,
+        problem=report.ip_problem,
+        mx=first.remote,
+        reply=f"{first.code} {first.status} {first.text}",
+    )
 
 
 _EVENTS = {
@@ -154,9 +394,11 @@ _EVENTS = {
 }
 
 
-def _log_outcome(job: Job, account: str, outcome: RecipientOutcome) -> None:
+def _log_outcome(
+    job: Job, account: str, outcome: RecipientOutcome, event: str | None = None
+) -> None:
     log.info(
-        _EVENTS[outcome.disposition],
+        event or _EVENTS[outcome.disposition],
         message_id=job.message_id,
         account=account,
         domain=job.domain,

@@ -2,7 +2,71 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Literal
+
+NOTIFY_KEYWORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
+"""What a recipient without NOTIFY gets (RFC 3461 leaves the default to the MTA)."""
+
+
+@dataclass(frozen=True)
+class RecipientDsn:
+    """NOTIFY and ORCPT of one recipient (RFC 3461); None: not given."""
+
+    notify: frozenset[str] | None = None
+    """Subset of SUCCESS/FAILURE/DELAY; the empty set is NOTIFY=NEVER."""
+    orcpt: str | None = None
+    """`addr-type;address` as given, xtext decoded, e.g. `rfc822;bob@example.com`."""
+
+    def wants(self, kind: Literal["SUCCESS", "FAILURE", "DELAY"]) -> bool:
+        return kind in (DEFAULT_NOTIFY if self.notify is None else self.notify)
+
+
+@dataclass(frozen=True)
+class DsnRequest:
+    """The DSN parameters of a transaction: RET and ENVID on MAIL, NOTIFY/ORCPT per RCPT."""
+
+    ret: Literal["FULL", "HDRS"] | None = None
+    envid: str | None = None
+    recipients: tuple[tuple[str, RecipientDsn], ...] = ()
+    """(recipient, its parameters) for the recipients that gave any."""
+
+    def of(self, recipient: str) -> RecipientDsn:
+        for address, params in self.recipients:
+            if address == recipient:
+                return params
+        return RecipientDsn()
+
+    def to_json(self) -> str:
+        """ "" when nothing was asked, so ordinary mail stores nothing."""
+        if self == DsnRequest():
+            return ""
+        return json.dumps(
+            {
+                "ret": self.ret,
+                "envid": self.envid,
+                "rcpts": [
+                    [a, sorted(p.notify) if p.notify is not None else None, p.orcpt]
+                    for a, p in self.recipients
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DsnRequest:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            ret=data.get("ret"),
+            envid=data.get("envid"),
+            recipients=tuple(
+                (a, RecipientDsn(frozenset(n) if n is not None else None, o))
+                for a, n, o in data.get("rcpts", [])
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -11,6 +75,7 @@ class Envelope:
     """The reverse-path; "" is the null sender `<>`."""
     recipients: tuple[str, ...]
     account: str
+    dsn: DsnRequest = DsnRequest()
 
 
 @dataclass(frozen=True)
@@ -22,6 +87,17 @@ class QueuedMessage:
     created_at: float
     size: int
     jobs_left: int
+    dsn: DsnRequest = DsnRequest()
+    held_at: float | None = None
+    """When an operator (or a suspension) held it; None: not held."""
+    held_for: float = 0.0
+    """Seconds spent held before the current hold; ages exclude them."""
+    delay_notified: bool = False
+    notice: str = ""
+    """For a notice we generated: its kind ("failure", "delay", "success"); else ""."""
+
+    def held_total(self, now: float) -> float:
+        return self.held_for + (now - self.held_at if self.held_at is not None else 0.0)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -32,6 +108,10 @@ class QueuedMessage:
             "created_at": self.created_at,
             "size": self.size,
             "jobs_left": self.jobs_left,
+            "held_at": self.held_at,
+            "held_for": self.held_for,
+            "delay_notified": self.delay_notified,
+            "notice": self.notice,
         }
 
 
@@ -47,6 +127,7 @@ class Job:
     created_at: float
     due_at: float
     last_error: str = ""
+    held: bool = False
     token: str = field(default="", compare=False)
     """The lease this worker holds; a finish with a stale token is refused."""
 
@@ -59,6 +140,7 @@ class Job:
             "created_at": self.created_at,
             "due_at": self.due_at,
             "last_error": self.last_error,
+            "held": self.held,
         }
 
 

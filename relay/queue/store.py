@@ -1,10 +1,13 @@
 """The durable queue in Redis.
 
 Keys share the hash tag `{q}`, so every script touches one Cluster slot:
-  {q}:msg:ID     hash: envelope, account, body, jobs_left
-  {q}:job:JID    hash: message, domain, pending recipients, attempts, lease token
-  {q}:due        zset: job id -> due time (a claimed job's score is its lease end)
-  {q}:messages   zset: message id -> creation time (listing)
+  {q}:msg:ID          hash: envelope, account, body, jobs_left, hold and notice state
+  {q}:job:JID         hash: message, domain, pending recipients, attempts, lease token
+  {q}:due             zset: job id -> due time (a claimed job's score is its lease end)
+  {q}:held            zset: job id -> time held (held jobs are not in {q}:due)
+  {q}:messages        zset: message id -> creation time (listing)
+  {q}:acct:LOGIN      set: ids of the account's messages (hold and release by account)
+  {q}:held_accounts   set: logins whose mail is held, including mail queued later
 """
 
 from __future__ import annotations
@@ -12,24 +15,47 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from relay.clock import Clock
-from relay.errors import NotFound, StoreUnavailable
-from relay.queue.model import Envelope, Job, QueuedMessage, split_by_domain
+from relay.errors import InvalidInput, NotFound, StoreUnavailable
+from relay.queue.model import DsnRequest, Envelope, Job, QueuedMessage, split_by_domain
 from relay.redis_client import load_script, text, text_dict
 
-__all__ = ["QueueStore", "StoredMessage"]
+__all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Notice", "QueueStore", "StoredMessage"]
+
+LEASE_LOST = 0
+"""`complete`/`reschedule`: another worker owns the job now; nothing was changed."""
+NOTICE_QUEUED = 2
+"""`complete`/`reschedule`: done, and the notice given was queued (1: done, no notice)."""
 
 _DUE = "{q}:due"
+_HELD = "{q}:held"
 _MESSAGES = "{q}:messages"
+_HELD_ACCOUNTS = "{q}:held_accounts"
 _JOB_PREFIX = "{q}:job:"
+_MSG_PREFIX = "{q}:msg:"
+_ACCT_PREFIX = "{q}:acct:"
+_LISTED = [
+    "mail_from",
+    "recipients",
+    "account",
+    "created_at",
+    "size",
+    "jobs_left",
+    "held_at",
+    "held_for",
+    "delay_notified",
+    "notice",
+]
 
 
 def _msg_key(message_id: str) -> str:
-    return f"{{q}}:msg:{message_id}"
+    return _MSG_PREFIX + message_id
 
 
 def _job_key(job_id: str) -> str:
@@ -42,12 +68,29 @@ class StoredMessage:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A delivery status notification to queue with the end of an attempt (sender `<>`)."""
+
+    id: str
+    """Its queue id (from `QueueStore.new_id`), also in its Message-ID."""
+    recipient: str
+    account: str
+    body: bytes
+    kind: str
+    """"failure", "delay" or "success": what the notice mainly reports (for listings)."""
+    delay: Literal["plain", "delay", "with-delay"] = "plain"
+    """How it relates to the message's one delay notice: see finish.lua."""
+
+
 class QueueStore:
     def __init__(self, redis: aioredis.Redis, clock: Clock) -> None:
         self._redis = redis
         self._clock = clock
         self._claim = load_script(redis, __file__, "claim.lua")
         self._finish = load_script(redis, __file__, "finish.lua")
+        self._hold = load_script(redis, __file__, "hold.lua")
+        self._remove = load_script(redis, __file__, "remove.lua")
 
     def new_id(self) -> str:
         """Time-ordered and unique: 11 hex digits of milliseconds, 8 random."""
@@ -60,33 +103,25 @@ class QueueStore:
         groups = split_by_domain(envelope.recipients)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(
-                    _msg_key(message_id),
-                    mapping={
-                        "mail_from": envelope.mail_from,
-                        "recipients": json.dumps(list(envelope.recipients)),
-                        "account": envelope.account,
-                        "created_at": repr(now),
-                        "size": len(body),
-                        "jobs_left": len(groups),
-                        "body": body,
-                    },
-                )
+                fields: dict[FieldT, EncodableT] = {
+                    "mail_from": envelope.mail_from,
+                    "recipients": json.dumps(list(envelope.recipients)),
+                    "account": envelope.account,
+                    "created_at": repr(now),
+                    "size": len(body),
+                    "jobs_left": len(groups),
+                    "jobs": len(groups),
+                    "body": body,
+                }
+                if dsn := envelope.dsn.to_json():
+                    fields["dsn"] = dsn
+                pipe.hset(_msg_key(message_id), mapping=fields)
                 for n, (domain, rcpts) in enumerate(groups.items()):
                     job_id = f"{message_id}.{n}"
-                    pipe.hset(
-                        _job_key(job_id),
-                        mapping={
-                            "message_id": message_id,
-                            "domain": domain,
-                            "recipients": json.dumps(list(rcpts)),
-                            "attempts": 0,
-                            "created_at": repr(now),
-                            "due_at": repr(now),
-                        },
-                    )
+                    pipe.hset(_job_key(job_id), mapping=_job_fields(message_id, domain, rcpts, now))
                     pipe.zadd(_DUE, {job_id: now})
                 pipe.zadd(_MESSAGES, {message_id: now})
+                pipe.sadd(_ACCT_PREFIX + envelope.account, message_id)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
@@ -97,7 +132,8 @@ class QueueStore:
         token = secrets.token_hex(8)
         try:
             raw = await self._claim(
-                keys=[_DUE], args=[repr(now), repr(now + lease), limit, token, _JOB_PREFIX]
+                keys=[_DUE, _HELD, _HELD_ACCOUNTS],
+                args=[repr(now), repr(now + lease), limit, token, _JOB_PREFIX, _MSG_PREFIX],
             )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
@@ -107,21 +143,75 @@ class QueueStore:
             jobs.append(_job(raw[i].decode(), fields, due_at=now + lease))
         return jobs
 
-    async def complete(self, job: Job) -> bool:
-        """The job is over (delivered or failed for good). False if the lease was lost."""
-        return await self._end(job, "done", 0.0, (), "")
+    async def complete(self, job: Job, notice: Notice | None = None) -> int:
+        """The job is over (delivered or failed for good): 0 (LEASE_LOST), 1 or NOTICE_QUEUED.
+
+        The notice is queued in the same step, so it exists exactly when the job ended.
+        """
+        return await self._end(job, "done", 0.0, (), "", notice)
 
     async def reschedule(
-        self, job: Job, pending: tuple[str, ...], due_at: float, error: str
-    ) -> bool:
-        return await self._end(job, "retry", due_at, pending, error)
+        self,
+        job: Job,
+        pending: tuple[str, ...],
+        due_at: float,
+        error: str,
+        notice: Notice | None = None,
+    ) -> int:
+        """Retry `pending` at `due_at` (or park the job if its message was held meanwhile)."""
+        return await self._end(job, "retry", due_at, pending, error, notice)
 
     async def _end(
-        self, job: Job, action: str, due_at: float, pending: tuple[str, ...], error: str
-    ) -> bool:
+        self,
+        job: Job,
+        action: str,
+        due_at: float,
+        pending: tuple[str, ...],
+        error: str,
+        notice: Notice | None,
+    ) -> int:
+        now = self._clock.now()
+        notice_id = notice.id if notice is not None else ""
+        notice_job = f"{notice_id}.0"
+        notice_args: list[str | bytes] = ["", "", "", "{}", b"", "{}"]
+        if notice is not None:
+            notice_args = [
+                notice.delay,
+                notice_id,
+                notice_job,
+                json.dumps(
+                    {
+                        "mail_from": "",
+                        "recipients": json.dumps([notice.recipient]),
+                        "account": notice.account,
+                        "created_at": repr(now),
+                        "size": str(len(notice.body)),
+                        "jobs_left": "1",
+                        "jobs": "1",
+                        "notice": notice.kind,
+                    }
+                ),
+                notice.body,
+                json.dumps(
+                    {
+                        k: str(v)
+                        for k, v in _job_fields(
+                            notice_id, _domain(notice.recipient), (notice.recipient,), now
+                        ).items()
+                    }
+                ),
+            ]
         try:
             result = await self._finish(
-                keys=[_DUE, _job_key(job.id), _msg_key(job.message_id), _MESSAGES],
+                keys=[
+                    _DUE,
+                    _job_key(job.id),
+                    _msg_key(job.message_id),
+                    _MESSAGES,
+                    _HELD,
+                    _msg_key(notice_id),
+                    _job_key(notice_job),
+                ],
                 args=[
                     job.token,
                     action,
@@ -130,11 +220,14 @@ class QueueStore:
                     repr(due_at),
                     json.dumps(list(pending)),
                     error[:1000],
+                    repr(now),
+                    _ACCT_PREFIX,
+                    *notice_args,
                 ],
             )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
-        return bool(result)
+        return int(result)
 
     async def load(self, message_id: str) -> StoredMessage:
         try:
@@ -160,16 +253,12 @@ class QueueStore:
             ids = [text(i) for i in await self._redis.zrange(_MESSAGES, 0, limit - 1)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for mid in ids:
-                    pipe.hmget(
-                        _msg_key(mid),
-                        ["mail_from", "recipients", "account", "created_at", "size", "jobs_left"],
-                    )
+                    pipe.hmget(_msg_key(mid), _LISTED)
                 rows = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
-        names = ["mail_from", "recipients", "account", "created_at", "size", "jobs_left"]
         return [
-            _message(mid, {k: text(v) for k, v in zip(names, row, strict=True)})
+            _message(mid, {k: text(v) for k, v in zip(_LISTED, row, strict=True) if v is not None})
             for mid, row in zip(ids, rows, strict=True)
             if row[0] is not None
         ]
@@ -178,12 +267,12 @@ class QueueStore:
         meta = (await self.load(message_id)).meta
         jobs = []
         try:
-            for n in range(len(split_by_domain(meta.recipients))):
-                job_id = f"{message_id}.{n}"
+            for job_id in await self._job_ids(message_id, meta):
                 fields = text_dict(await self._redis.hgetall(_job_key(job_id)))
                 if fields:
                     due = await self._redis.zscore(_DUE, job_id)
-                    jobs.append(_job(job_id, fields, due_at=float(due or 0)))
+                    held = await self._redis.zscore(_HELD, job_id)
+                    jobs.append(_job(job_id, fields, due_at=float(due or 0), held=held is not None))
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
         return jobs
@@ -194,12 +283,165 @@ class QueueStore:
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
 
+    # --- operator actions (and the hooks suspension uses) ---
+
+    async def hold(self, message_id: str) -> bool:
+        """Stop attempting the message until released; its age stops counting. False: was held."""
+        return await self._hold_or_release("hold", message_id)
+
+    async def release(self, message_id: str) -> bool:
+        """Attempt a held message again now. False: it was not held."""
+        meta = (await self.load(message_id)).meta
+        if await self._account_held(meta.account):
+            raise InvalidInput(
+                f"the mail of account {meta.account!r} is held: release the account instead"
+            )
+        return await self._hold_or_release("release", message_id)
+
+    async def retry(self, message_id: str) -> int:
+        """Make every waiting job of the message due now; the number of jobs made due."""
+        count = await self._operate("retry", message_id)
+        if count == -2:
+            raise InvalidInput(f"message {message_id} is held: release it first")
+        return count
+
+    async def delete(self, message_id: str) -> None:
+        """Drop the message and its jobs without any notice (a job being attempted may still
+        deliver; its result is then discarded)."""
+        await self._operate("delete", message_id)
+
+    async def hold_account(self, login: str) -> int:
+        """Hold every queued message of the account and any it queues later (suspension).
+
+        Returns the number of messages newly held.
+        """
+        try:
+            await self._redis.sadd(_HELD_ACCOUNTS, login)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        return await self._for_account(login, self.hold)
+
+    async def release_account(self, login: str) -> int:
+        """Undo `hold_account`: its mail is attempted again now. Returns messages released."""
+        try:
+            await self._redis.srem(_HELD_ACCOUNTS, login)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        return await self._for_account(login, self.release)
+
+    async def retry_account(self, login: str) -> int:
+        return await self._for_account(login, self._retry_if_not_held)
+
+    async def delete_account(self, login: str) -> int:
+        async def delete(message_id: str) -> bool:
+            await self.delete(message_id)
+            return True
+
+        return await self._for_account(login, delete)
+
+    async def held_accounts(self) -> list[str]:
+        try:
+            return sorted(text(a) for a in await self._redis.smembers(_HELD_ACCOUNTS))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def messages_of(self, login: str) -> list[str]:
+        try:
+            return sorted(text(m) for m in await self._redis.smembers(_ACCT_PREFIX + login))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def _retry_if_not_held(self, message_id: str) -> bool:
+        try:
+            return await self.retry(message_id) > 0
+        except InvalidInput:
+            return False
+
+    async def _for_account(self, login: str, action) -> int:  # type: ignore[no-untyped-def]
+        done = 0
+        for message_id in await self.messages_of(login):
+            try:
+                done += bool(await action(message_id))
+            except NotFound:
+                continue  # delivered meanwhile
+        return done
+
+    async def _account_held(self, login: str) -> bool:
+        try:
+            return bool(await self._redis.sismember(_HELD_ACCOUNTS, login))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def _hold_or_release(self, action: str, message_id: str) -> bool:
+        job_ids = await self._job_ids(message_id)
+        try:
+            result = await self._hold(
+                keys=[_DUE, _HELD, _msg_key(message_id)],
+                args=[action, repr(self._clock.now()), _JOB_PREFIX, *job_ids],
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        if result == -1:
+            raise NotFound(f"no message {message_id!r} in the queue")
+        return bool(result == 1)
+
+    async def _operate(self, action: str, message_id: str) -> int:
+        job_ids = await self._job_ids(message_id)
+        try:
+            result = int(
+                await self._remove(
+                    keys=[_DUE, _HELD, _msg_key(message_id), _MESSAGES],
+                    args=[
+                        action,
+                        repr(self._clock.now()),
+                        _JOB_PREFIX,
+                        _ACCT_PREFIX,
+                        message_id,
+                        *job_ids,
+                    ],
+                )
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        if result == -1:
+            raise NotFound(f"no message {message_id!r} in the queue")
+        return result
+
+    async def _job_ids(self, message_id: str, meta: QueuedMessage | None = None) -> list[str]:
+        try:
+            stored = await self._redis.hget(_msg_key(message_id), "jobs")
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        if stored is not None:
+            count = int(stored)
+        else:  # queued before the count was stored
+            meta = meta or (await self.load(message_id)).meta
+            count = len(split_by_domain(meta.recipients))
+        return [f"{message_id}.{n}" for n in range(count)]
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def _job_fields(
+    message_id: str, domain: str, rcpts: tuple[str, ...], now: float
+) -> dict[FieldT, EncodableT]:
+    return {
+        "message_id": message_id,
+        "domain": domain,
+        "recipients": json.dumps(list(rcpts)),
+        "attempts": 0,
+        "created_at": repr(now),
+        "due_at": repr(now),
+    }
+
 
 def _decode_pairs(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
-def _job(job_id: str, fields: dict[str, str], due_at: float) -> Job:
+def _job(job_id: str, fields: dict[str, str], due_at: float, held: bool = False) -> Job:
     return Job(
         id=job_id,
         message_id=fields["message_id"],
@@ -209,11 +451,13 @@ def _job(job_id: str, fields: dict[str, str], due_at: float) -> Job:
         created_at=float(fields["created_at"]),
         due_at=due_at,
         last_error=fields.get("last_error", ""),
+        held=held,
         token=fields.get("token", ""),
     )
 
 
 def _message(message_id: str, fields: dict[str, str]) -> QueuedMessage:
+    held_at = fields.get("held_at")
     return QueuedMessage(
         id=message_id,
         mail_from=fields["mail_from"],
@@ -222,4 +466,9 @@ def _message(message_id: str, fields: dict[str, str]) -> QueuedMessage:
         created_at=float(fields["created_at"]),
         size=int(fields["size"]),
         jobs_left=int(fields["jobs_left"]),
+        dsn=DsnRequest.from_json(fields.get("dsn", "")),
+        held_at=float(held_at) if held_at else None,
+        held_for=float(fields.get("held_for") or 0.0),
+        delay_notified=bool(fields.get("delay_notified")),
+        notice=fields.get("notice", ""),
     )

@@ -11,6 +11,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay import replies
 from relay.errors import StoreUnavailable
+from relay.submission.dsn_params import dsn_request
+from relay.submission.guard import AuthGuard
 from relay.submission.service import Submission, Submitted
 
 __all__ = ["SubmissionHandler"]
@@ -29,8 +31,10 @@ def _peer_ip(session: Session) -> str:
 
 
 class SubmissionHandler:
-    def __init__(self, service: Submission) -> None:
+    def __init__(self, service: Submission, guard: AuthGuard | None = None) -> None:
         self._service = service
+        self._guard = guard
+        """AUTH brute-force slowdown and lockout (None: none, for tests of other things)."""
         self._open: dict[Session, tuple[str, str]] = {}
         """Session → (account, quota transaction) between MAIL and the end of the transaction."""
         self._releasing: set[asyncio.Task[None]] = set()
@@ -50,7 +54,7 @@ class SubmissionHandler:
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         blob: object
         if len(args) == 1:
-            blob = await server.challenge_auth("")
+            blob = await _challenge(server, "")
         else:
             blob = _b64(args[1])
             if blob is None:
@@ -62,11 +66,13 @@ class SubmissionHandler:
         if len(parts) != 3:
             await server.push("501 5.5.2 Cannot split AUTH PLAIN value")
             return AuthResult(success=False, handled=True)
+        if parts[0] not in (b"", parts[1]):  # acting as another user (RFC 4616 authzid): no
+            return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
         return await self._check(server, parts[1], parts[2])
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         if len(args) == 1:
-            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+            login = await _challenge(server, server.AuthLoginUsernameChallenge)
             if not isinstance(login, bytes):
                 return AuthResult(success=False, handled=True)
         else:
@@ -75,7 +81,7 @@ class SubmissionHandler:
                 await server.push("501 5.5.2 Cannot decode base64")
                 return AuthResult(success=False, handled=True)
             login = decoded
-        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        password = await _challenge(server, server.AuthLoginPasswordChallenge)
         if not isinstance(password, bytes):
             return AuthResult(success=False, handled=True)
         return await self._check(server, login, password)
@@ -86,14 +92,20 @@ class SubmissionHandler:
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_NEEDS_TLS))
         login = login_raw.decode("utf-8", errors="replace")
         password = password_raw.decode("utf-8", errors="replace")
+        if self._guard is not None and (locked := await self._guard.refusal(login, peer)):
+            return AuthResult(success=False, handled=False, message=locked)
         try:
             account = await self._service.authenticate(login, password)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.unavailable", peer=peer, error=str(exc))
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_TEMPORARY))
         if account is None:
-            log.warning("auth.failed", login=login[:128], peer=peer)
+            delay = await self._guard.failure(login, peer) if self._guard is not None else 0.0
+            log.warning("auth.failed", login=login[:128], peer=peer, delay=delay)
+            await asyncio.sleep(delay)  # slows a guesser down; other sessions go on
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
+        if self._guard is not None:
+            await self._guard.success(login, peer)
         log.info("auth.ok", account=account.login, peer=peer)
         return AuthResult(success=True, auth_data=account.login, message=str(replies.AUTH_OK))
 
@@ -106,20 +118,22 @@ class SubmissionHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname  # aiosmtpd leaves this to an EHLO hook
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", "250-DSN", responses[-1]]
 
     # --- transaction ---
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        refusal = self._service.check_sender(str(session.auth_data), address)
+        self.end_transaction(session)  # a transaction is always ended before, but be sure
+        account, tx = str(session.auth_data), self._service.new_transaction()
+        refusal = await self._service.check_sender(account, address, tx)
         if refusal is not None:
+            await self._service.release(account, tx)
             return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        self.end_transaction(session)  # a transaction is always ended before, but be sure
-        self._open[session] = (str(session.auth_data), self._service.new_transaction())
+        self._open[session] = (account, tx)
         return str(replies.SENDER_OK)
 
     async def handle_RCPT(
@@ -146,12 +160,32 @@ class SubmissionHandler:
                 body=content,
                 peer_ip=_peer_ip(session),
                 helo=session.host_name or "",
+                dsn=dsn_request(envelope),
             ),
         )
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("smtp.session_error", error=repr(error))
         return str(replies.INTERNAL_ERROR)
+
+
+async def _challenge(server: SMTP, challenge: str) -> object:
+    """aiosmtpd's `challenge_auth`, with an over-long answer refused like an over-long command
+    (aiosmtpd lets asyncio's ValueError escape, which ends in a 451 and a traceback)."""
+    try:
+        return await server.challenge_auth(challenge)
+    except ValueError:  # the line overran the reader's limit; readline dropped what it had
+        reader: asyncio.StreamReader = server._reader  # type: ignore[attr-defined]
+        while True:  # discard the rest of the line, as aiosmtpd does for commands
+            try:
+                await reader.readuntil(b"\n")
+                break
+            except asyncio.LimitOverrunError as exc:
+                await reader.read(exc.consumed)
+            except asyncio.IncompleteReadError:
+                break
+        await server.push(str(replies.LINE_TOO_LONG))
+        return None
 
 
 def _b64(text: str) -> bytes | None:

@@ -23,7 +23,7 @@ def received_header(
 
 
 def stamp(body: bytes, *, received: bytes, hostname: str, queue_id: str, now: float) -> bytes:
-    """Prepend the trace header; add Message-ID and Date when the client sent none."""
+    """Prepend `received` (header lines); add Message-ID and Date when the client sent none."""
     match = _HEADER_END.search(body)
     head = body[: match.start()] if match else body
     names = {

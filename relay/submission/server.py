@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import warnings
 from typing import AnyStr
 
 import structlog
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Envelope, syntax
 
 from relay import replies
 from relay.config import Listener, SubmissionSettings
+from relay.queue.model import RecipientDsn
+from relay.submission.dsn_params import (
+    MAIL_PARAMS,
+    RCPT_PARAMS,
+    DsnSyntaxError,
+    parse_mail,
+    parse_rcpt,
+    split_params,
+)
+from relay.submission.guard import AuthGuard, ConnectionLimits
 from relay.submission.handler import SubmissionHandler
 from relay.submission.service import Submission
 
@@ -19,19 +30,51 @@ __all__ = ["start_listeners"]
 
 log = structlog.get_logger("relay.submission")
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+class DsnEnvelope(Envelope):
+    """aiosmtpd's envelope with the DSN parameters of the transaction (RFC 3461)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn_ret: str | None = None
+        self.dsn_envid: str | None = None
+        self.dsn_rcpts: dict[str, RecipientDsn] = {}
+
 
 class SubmissionSMTP(SMTP):
     """aiosmtpd's SMTP with enhanced codes on every reply, a DATA timeout and a 421 on idle."""
 
     data_timeout: float = 600.0
+    connections: ConnectionLimits | None = None
+    """Open sessions per process and per client address (shared by every listener)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._verbatim = False
+        self._counted: str | None = None
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self.connections is not None:  # not STARTTLS's switch
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            refusal = self.connections.admit(ip)
+            if refusal is not None:  # before aiosmtpd starts a session: no greeting, no task
+                log.info("submission.connection_refused", peer=ip, reply=refusal)
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(f"{refusal}\r\n".encode())
+                transport.close()
+                return
+            self._counted = ip
+        super().connection_made(transport)
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if not (self._verbatim or text.startswith(("334 ", "354 ", f"220 {self.hostname} "))):
+        # One line of text, whatever a client's command echoed into it (CR, NUL, bad UTF-8).
+        text = _UNPRINTABLE.sub("?", text)
+        verbatim = self._verbatim and text.startswith("250")  # EHLO keyword lines, not a 501
+        if not (verbatim or text.startswith(("334 ", "354 ", f"220 {self.hostname} "))):
             text = replies.enhance(text)
         await super().push(text)
 
@@ -53,6 +96,69 @@ class SubmissionSMTP(SMTP):
         self._reset_timeout(self.data_timeout)
         await super().smtp_DATA(arg)
 
+    # DSN (RFC 3461): our parameters leave the line before aiosmtpd sees it (it would
+    # uppercase them and answer 555); they are kept on the envelope once the command succeeds.
+
+    def _create_envelope(self) -> Envelope:
+        return DsnEnvelope()
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        split = await self._take_dsn_params(arg, "MAIL", "FROM:", MAIL_PARAMS)
+        if split is None:
+            return
+        arg, params = split
+        try:
+            ret, envid = parse_mail(params)
+        except DsnSyntaxError as exc:
+            await self.push(exc.reply)
+            return
+        envelope = self.envelope
+        before = envelope.mail_from if envelope is not None else None
+        await super().smtp_MAIL(arg)
+        if isinstance(envelope, DsnEnvelope) and before is None and envelope.mail_from:
+            envelope.dsn_ret, envelope.dsn_envid = ret, envid
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        split = await self._take_dsn_params(arg, "RCPT", "TO:", RCPT_PARAMS)
+        if split is None:
+            return
+        arg, params = split
+        try:
+            wanted = parse_rcpt(params)
+        except DsnSyntaxError as exc:
+            await self.push(exc.reply)
+            return
+        envelope = self.envelope
+        before = len(envelope.rcpt_tos) if envelope is not None else 0
+        await super().smtp_RCPT(arg)
+        if isinstance(envelope, DsnEnvelope) and len(envelope.rcpt_tos) > before and params:
+            envelope.dsn_rcpts[envelope.rcpt_tos[-1]] = wanted
+
+    async def _take_dsn_params(
+        self, arg: str | None, command: str, keyword: str, names: frozenset[str]
+    ) -> tuple[str | None, dict[str, str]] | None:
+        """(the line without our parameters, our parameters); None when a reply was sent.
+
+        Anything this does not understand goes to aiosmtpd unchanged, for its own reply.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed(command):
+            return None
+        stripped = self._strip_command_keyword(keyword, arg) if arg else None
+        if stripped is None or self.session is None or not self.session.extended_smtp:
+            return arg, {}
+        address, rest = self._getaddr(stripped)
+        if not address or rest is None:
+            return arg, {}
+        try:
+            params, others = split_params(rest, names)
+        except DsnSyntaxError as exc:
+            await self.push(exc.reply)
+            return None
+        head = stripped[: len(stripped) - len(rest)].rstrip()
+        return " ".join([keyword + head, *others]), params
+
     # aiosmtpd discards a transaction in one place, whatever ended it (RSET, EHLO, HELO, or
     # DATA failing or succeeding); a lost connection (QUIT, timeout, reset) ends it too.
     def _set_post_data_state(self) -> None:
@@ -61,8 +167,12 @@ class SubmissionSMTP(SMTP):
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self.session is not None:
-            self.event_handler.end_transaction(self.session)
+        if self.session is None:
+            return  # refused in connection_made: aiosmtpd never started
+        if self._counted is not None and self.connections is not None:
+            self.connections.release(self._counted)
+            self._counted = None
+        self.event_handler.end_transaction(self.session)
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
@@ -79,6 +189,9 @@ def _protocol_class(settings: SubmissionSettings) -> type[SubmissionSMTP]:
         {
             "line_length_limit": settings.max_line_length,
             "data_timeout": settings.timeouts.data.seconds,
+            "connections": ConnectionLimits(
+                settings.max_connections, settings.max_connections_per_ip
+            ),
         },
     )
 
@@ -90,9 +203,10 @@ async def start_listeners(
     service: Submission,
     tls: ssl.SSLContext,
     hostname: str,
+    guard: AuthGuard | None = None,
 ) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
-    handler = SubmissionHandler(service)
+    handler = SubmissionHandler(service, guard)
     protocol = _protocol_class(settings)
     servers = []
     for listener in listeners:

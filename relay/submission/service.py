@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -15,7 +15,8 @@ from relay.accounts import Account, AccountStore
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
-from relay.queue import Envelope, QueueStore
+from relay.queue import DsnRequest, Envelope, QueueStore
+from relay.sender_auth.spf import SpfChecker
 from relay.submission import policy
 from relay.submission.addresses import is_mailbox
 from relay.submission.message import received_header, stamp
@@ -23,6 +24,9 @@ from relay.submission.message import received_header, stamp
 __all__ = ["Submission", "SubmissionService", "Submitted"]
 
 log = structlog.get_logger("relay.submission")
+
+ContentCheck = Callable[[str, str, bytes], Awaitable[str | None]]
+"""(account, mail_from, body) → a refusal reply, or None to accept."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Submitted:
     body: bytes
     peer_ip: str
     helo: str
+    dsn: DsnRequest = field(default_factory=DsnRequest)
+    """RET/ENVID and NOTIFY/ORCPT as the client gave them (RFC 3461)."""
 
 
 class Submission(Protocol):
@@ -42,7 +48,7 @@ class Submission(Protocol):
 
     async def authenticate(self, login: str, password: str) -> Account | None: ...
 
-    def check_sender(self, account: str, address: str) -> str | None: ...
+    async def check_sender(self, account: str, address: str, tx: str) -> str | None: ...
 
     def new_transaction(self) -> str: ...
 
@@ -67,6 +73,11 @@ class SubmissionService:
         clock: Clock,
         store_timeout: float,
         on_queued: Callable[[], None] = lambda: None,
+        content_check: ContentCheck | None = None,
+        trace: Callable[[str, str], Awaitable[None]] | None = None,
+        spf: SpfChecker | None = None,
+        spf_mode: str = "off",
+        dkim: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         self._accounts = accounts
         self._queue = queue
@@ -76,16 +87,55 @@ class SubmissionService:
         self._clock = clock
         self._store_timeout = store_timeout
         self._on_queued = on_queued
+        self._content_check = content_check
+        """Blocklist check of sender and link domains; a reply refuses the message."""
+        self._trace = trace
+        self._spf = spf
+        self._spf_mode = spf_mode
+        self._dkim = dkim
+        """Returns the message with a DKIM-Signature when its From: domain has a key."""
+        self._headers: dict[str, bytes] = {}
+        """Transaction → header lines to add at acceptance (the SPF warning)."""
+        """Remembers queue id → account, to find the sender of a message complained about."""
 
     async def authenticate(self, login: str, password: str) -> Account | None:
         async with asyncio.timeout(self._store_timeout + 5.0):  # + time to hash
             return await self._accounts.authenticate(login, password)
 
-    def check_sender(self, account: str, address: str) -> str | None:
-        """A refusal reply for this reverse-path, or None. Any sender is allowed (contract)."""
-        if address in ("", "<>") or is_mailbox(address):
+    async def check_sender(self, account: str, address: str, tx: str) -> str | None:
+        """A refusal reply for this reverse-path, or None. Any sender is allowed (contract),
+        as long as, with SPF enforced, its domain authorizes our egress IPs."""
+        if address in ("", "<>"):
             return None
-        return str(replies.BAD_SENDER)
+        if not is_mailbox(address):
+            return str(replies.BAD_SENDER)
+        if self._spf is None or self._spf_mode == "off":
+            return None
+        verdict = await self._spf.check(address)
+        if verdict is None or verdict.authorized or verdict.result == "temperror":
+            return None
+        log.warning(
+            "spf.not_authorized",
+            account=account,
+            sender=address,
+            result=verdict.result,
+            ip=verdict.ip,
+            mode=self._spf_mode,
+        )
+        if self._spf_mode == "enforce" and verdict.result in (
+            "fail",
+            "softfail",
+            "neutral",
+            "none",
+        ):
+            return replies.SPF_NOT_AUTHORIZED.format(
+                domain=address.rpartition("@")[2], ip=verdict.ip, result=verdict.result
+            )
+        self._headers[tx] = (
+            f"X-Relay-SPF: {verdict.result} ({address.rpartition('@')[2]} does not authorize"
+            f" egress {verdict.ip})\r\n"
+        ).encode()
+        return None
 
     def new_transaction(self) -> str:
         return self._quota.new_transaction()
@@ -121,6 +171,7 @@ class SubmissionService:
     async def release(self, account: str, tx: str) -> None:
         """Give back what an unfinished transaction reserved. Failing, the units stay counted
         until they leave the window: the safe side of a quota."""
+        self._headers.pop(tx, None)
         try:
             async with asyncio.timeout(self._store_timeout):
                 await self._quota.release(account, tx, self._clock.now())
@@ -130,24 +181,39 @@ class SubmissionService:
     async def accept(self, tx: str, message: Submitted) -> str:
         """Store the message durably and return the 250, or a 4xx if it could not be stored.
         The quota reserved at RCPT is committed with the 250, released with the 4xx."""
+        if self._content_check is not None:
+            refusal = await self._content_check(message.account, message.mail_from, message.body)
+            if refusal is not None:
+                await self.release(message.account, tx)
+                log.warning("message.refused", account=message.account, reply=refusal)
+                return refusal
         queue_id = self._queue.new_id()
         now = self._clock.now()
         body = stamp(
             message.body,
-            received=received_header(
+            received=self._headers.pop(tx, b""),
+            hostname=self._hostname,
+            queue_id=queue_id,
+            now=now,
+        )
+        if self._dkim is not None:
+            body = await self._dkim(body)
+        body = (
+            received_header(
                 helo=message.helo,
                 peer_ip=message.peer_ip,
                 hostname=self._hostname,
                 protocol="ESMTPSA",
                 queue_id=queue_id,
                 now=now,
-            ),
-            hostname=self._hostname,
-            queue_id=queue_id,
-            now=now,
+            )
+            + body
         )
         envelope = Envelope(
-            mail_from=message.mail_from, recipients=message.recipients, account=message.account
+            mail_from=message.mail_from,
+            recipients=message.recipients,
+            account=message.account,
+            dsn=message.dsn,
         )
         try:
             async with asyncio.timeout(self._store_timeout):
@@ -171,5 +237,10 @@ class SubmissionService:
             recipients=len(message.recipients),
             size=len(body),
         )
+        if self._trace is not None:
+            try:
+                await self._trace(queue_id, message.account)
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.warning("trace.failed", queue_id=queue_id, error=str(exc))
         self._on_queued()
         return replies.QUEUED.format(queue_id=queue_id)

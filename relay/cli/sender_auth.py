@@ -1,0 +1,90 @@
+"""`relay dkim add|list|remove` and `relay spf-record`: what customers put in their DNS."""
+
+from __future__ import annotations
+
+import argparse
+
+from relay.app import open_redis
+from relay.cli.common import Failure, load, print_json
+from relay.sender_auth import DkimKeyStore, spf_record
+from reputation.dkim import Algorithm, DkimError, dns_record, generate_key
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = commands.add_parser("dkim", help="DKIM keys of sender domains (mail is signed)")
+    sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = sub.add_parser("add", help="make a key for a domain and print its DNS record")
+    add.add_argument("domain")
+    add.add_argument("--selector", required=True)
+    add.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
+    add.add_argument("--bits", type=int, default=2048, help="RSA key size")
+    add.set_defaults(handler=_add)
+    listing = sub.add_parser("list", help="domains with a key, and their DNS records")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+    remove = sub.add_parser("remove", help="stop signing for a domain")
+    remove.add_argument("domain")
+    remove.set_defaults(handler=_remove)
+
+    spf = commands.add_parser("spf-record", help="the SPF record customers include")
+    spf.set_defaults(handler=_spf)
+
+
+async def _add(args: argparse.Namespace) -> int:
+    settings = load(args)
+    algorithm: Algorithm = "ed25519-sha256" if args.algorithm == "ed25519" else "rsa-sha256"
+    try:
+        key = generate_key(args.domain, args.selector, algorithm, args.bits)
+    except DkimError as exc:
+        raise Failure(str(exc)) from None
+    async with open_redis(settings) as redis:
+        await DkimKeyStore(redis).put(key)
+    name, value = dns_record(key)
+    print(f"mail from {key.domain} is now signed (selector {key.selector}, {algorithm}).")
+    print("Publish this TXT record:")
+    print(f'{name}. IN TXT "{value}"')
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    async with open_redis(load(args)) as redis:
+        keys = await DkimKeyStore(redis).domains()
+    rows = [(k, *dns_record(k)) for k in keys]
+    if args.json:
+        print_json(
+            [
+                {
+                    "domain": k.domain,
+                    "selector": k.selector,
+                    "algorithm": k.algorithm,
+                    "record_name": name,
+                    "record": value,
+                }
+                for k, name, value in rows
+            ]
+        )
+        return 0
+    for k, name, _ in rows:
+        print(f"{k.domain:<30} {k.selector:<12} {k.algorithm:<15} {name}")
+    return 0
+
+
+async def _remove(args: argparse.Namespace) -> int:
+    async with open_redis(load(args)) as redis:
+        await DkimKeyStore(redis).remove(args.domain)
+    print(f"mail from {args.domain} is no longer signed; remove its DNS record when unused")
+    return 0
+
+
+def _spf(args: argparse.Namespace) -> int:
+    settings = load(args)
+    ips = [e.ip for e in settings.delivery.egress]
+    if not ips:
+        raise Failure("delivery.egress is empty: the system picks the source address")
+    include = settings.sender_auth.spf_include or f"_spf.{settings.hostname}"
+    name, value = spf_record(ips, include)
+    print("Publish (provider):")
+    print(f'{name}. IN TXT "{value}"')
+    print("Customers add to their domain's SPF record:")
+    print(f'include:{name}    e.g. "v=spf1 include:{name} ~all"')
+    return 0

@@ -1,0 +1,105 @@
+"""DKIM keys of customer domains in Redis, and the signer used when a message is accepted.
+
+The key is chosen by the From: domain: its own key, else the key of its registrable domain
+(DMARC relaxed alignment). Keys are cached in the process for a minute, so signing costs no
+Redis round trip per message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from relay.abuse.content import from_addresses
+from relay.errors import NotFound, StoreUnavailable
+from relay.redis_client import text
+from reputation import registrable_domain
+from reputation.dkim import DkimKey, sign
+
+__all__ = ["DkimKeyStore", "DkimSigner"]
+
+_KEYS = "dkim:keys"
+
+
+class DkimKeyStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def put(self, key: DkimKey) -> None:
+        value = json.dumps(
+            {
+                "selector": key.selector,
+                "algorithm": key.algorithm,
+                "private_pem": key.private_pem.decode(),
+                "created_at": time.time(),
+            }
+        )
+        try:
+            await self._redis.hset(_KEYS, key.domain, value)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def get(self, domain: str) -> DkimKey | None:
+        try:
+            raw = await self._redis.hget(_KEYS, domain.lower())
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        if raw is None:
+            return None
+        data = json.loads(text(raw))
+        return DkimKey(
+            domain.lower(), data["selector"], data["algorithm"], data["private_pem"].encode()
+        )
+
+    async def domains(self) -> list[DkimKey]:
+        try:
+            names = sorted(text(d) for d in await self._redis.hkeys(_KEYS))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        keys = [await self.get(name) for name in names]
+        return [k for k in keys if k is not None]
+
+    async def remove(self, domain: str) -> None:
+        try:
+            removed = await self._redis.hdel(_KEYS, domain.lower())
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        if not removed:
+            raise NotFound(f"no DKIM key for {domain!r}")
+
+
+class DkimSigner:
+    def __init__(
+        self, store: DkimKeyStore, *, clock: Callable[[], float] = time.time, ttl: float = 60.0
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, DkimKey | None]] = {}
+
+    async def _key(self, domain: str) -> DkimKey | None:
+        now = self._clock()
+        hit = self._cache.get(domain)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        key = await self._store.get(domain)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[domain] = (now + self._ttl, key)
+        return key
+
+    async def __call__(self, message: bytes) -> bytes:
+        """The message with a DKIM-Signature in front when its From: domain has a key."""
+        for address_domain in _from_domains(message):
+            for domain in dict.fromkeys([address_domain, registrable_domain(address_domain)]):
+                if domain and (key := await self._key(domain)) is not None:
+                    return sign(message, key, now=int(self._clock())) + message
+        return message
+
+
+def _from_domains(message: bytes) -> list[str]:
+    return [address.rpartition("@")[2].lower().rstrip(".") for address in from_addresses(message)]

@@ -1,0 +1,42 @@
+-- Failure streak of one AUTH subject (a login or a client address), read or updated atomically.
+-- KEYS[1]  streak hash: n (failures in the streak), last (time of the last failure)
+-- KEYS[2]  known addresses zset of a login (address -> last success); unused for an address
+-- ARGV[1]  "get" | "fail" | "ok"
+-- ARGV[2]  now (seconds)
+-- ARGV[3]  forget a streak this long after its last failure (seconds)
+-- ARGV[4]  client address (get: looked up in KEYS[2]; ok: added to KEYS[2])
+-- ARGV[5]  how long a login remembers an address it succeeded from (seconds; 0: not at all)
+-- ARGV[6]  how many addresses a login remembers at most
+-- Returns  {n, last, known} (get/fail) with n after this call; {0, 0, 1} (ok).
+local now = tonumber(ARGV[2])
+local forget = tonumber(ARGV[3])
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
+if n > 0 and now - last >= forget then
+  n = 0
+end
+if ARGV[1] == 'get' then
+  local known = 0
+  if ARGV[4] ~= '' and tonumber(ARGV[5]) > 0 then
+    local seen = redis.call('ZSCORE', KEYS[2], ARGV[4])
+    if seen and now - tonumber(seen) < tonumber(ARGV[5]) then
+      known = 1
+    end
+  end
+  return {n, tostring(last), known}
+elseif ARGV[1] == 'fail' then
+  n = n + 1
+  redis.call('HSET', KEYS[1], 'n', n, 'last', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], math.ceil(forget))
+  return {n, ARGV[2], 0}
+else
+  redis.call('DEL', KEYS[1])
+  local ttl = tonumber(ARGV[5])
+  if ARGV[4] ~= '' and ttl > 0 then
+    redis.call('ZADD', KEYS[2], now, ARGV[4])
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
+    redis.call('EXPIRE', KEYS[2], math.ceil(ttl))
+  end
+  return {0, '0', 1}
+end

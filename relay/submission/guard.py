@@ -1,0 +1,296 @@
+"""Abuse guards of the submission listeners: AUTH brute force and connections per address.
+
+The decisions are pure (`AuthPolicy`, `ConnectionLimits.admit`). AUTH failures are counted
+in Redis per login and per client address (an IPv6 client by its /64), so every relay
+process sees the same streaks and a restart forgets nothing. Open connections are counted
+in the process that holds them (a crashed process takes its counts with it).
+
+Policy, chosen so that an attacker cannot lock a customer out of their own account:
+- past `delay_after` failures (of the login or of the address), each failure is answered
+  after a delay that doubles up to `max_delay`;
+- past `lock_after` failures a login is locked for `lockout`, except from the addresses it
+  successfully logged in from within `known_ip_for` (its usual offices and servers);
+- past `ip_lock_after` failures an address is locked for every login;
+- while locked, AUTH gets `454 4.7.0` without the password being checked (no oracle, and no
+  argon2 work for the attacker to make us do); a success ends the login's streak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import math
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from relay import replies
+from relay.clock import Clock
+from relay.config import AuthGuardSettings
+from relay.errors import StoreUnavailable
+from relay.redis_client import load_script
+from relay.submission.policy import format_wait
+
+__all__ = [
+    "AuthGuard",
+    "AuthPolicy",
+    "ConnectionLimits",
+    "Locked",
+    "Streak",
+    "client_key",
+]
+
+log = structlog.get_logger("relay.submission")
+
+_KNOWN_MAX = 64
+"""Addresses a login remembers at most (the most recent)."""
+
+
+@dataclass(frozen=True)
+class Streak:
+    """Failures in a row of one subject (login or address), as Redis holds them."""
+
+    failures: int = 0
+    last: float = 0.0
+    """Time of the last failure."""
+
+
+@dataclass(frozen=True)
+class Locked:
+    subject: str
+    """"login" or "ip"."""
+    until: float
+
+    def reply(self, now: float) -> str:
+        return replies.AUTH_LOCKED.format(wait=format_wait(self.until - now))
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    delay_after: int = 3
+    first_delay: float = 1.0
+    max_delay: float = 8.0
+    lock_after: int = 10
+    ip_lock_after: int = 30
+    window: float = 900.0
+    lockout: float = 900.0
+    known_ip_for: float = 30 * 86400.0
+
+    @classmethod
+    def from_settings(cls, settings: AuthGuardSettings) -> AuthPolicy:
+        return cls(
+            delay_after=settings.delay_after,
+            first_delay=settings.first_delay.seconds,
+            max_delay=settings.max_delay.seconds,
+            lock_after=settings.lock_after,
+            ip_lock_after=settings.ip_lock_after,
+            window=settings.window.seconds,
+            lockout=settings.lockout.seconds,
+            known_ip_for=settings.known_ip_for.seconds,
+        )
+
+    @property
+    def forget_after(self) -> float:
+        """How long after its last failure a streak is kept: long enough to hold its lock."""
+        return max(self.window, self.lockout)
+
+    def current(self, streak: Streak, now: float) -> int:
+        """Failures that still count now."""
+        return streak.failures if now - streak.last < self.forget_after else 0
+
+    def locked(self, login: Streak, ip: Streak, *, known_ip: bool, now: float) -> Locked | None:
+        """Whether an AUTH attempt is refused before its password is even checked."""
+        if self.current(ip, now) >= self.ip_lock_after and now < ip.last + self.lockout:
+            return Locked("ip", ip.last + self.lockout)
+        if (
+            not known_ip
+            and self.current(login, now) >= self.lock_after
+            and now < login.last + self.lockout
+        ):
+            return Locked("login", login.last + self.lockout)
+        return None
+
+    def delay(self, failures: int) -> float:
+        """How long to wait before answering the `failures`-th failure in a row."""
+        over = failures - self.delay_after
+        if over <= 0 or self.first_delay <= 0:
+            return 0.0
+        if over > 64:
+            return self.max_delay
+        return min(self.max_delay, self.first_delay * math.pow(2, over - 1))
+
+    def locks_now(self, login_failures: int, ip_failures: int) -> list[str]:
+        """The subjects this failure (counted in the arguments) has just locked."""
+        locked = []
+        if login_failures == self.lock_after:
+            locked.append("login")
+        if ip_failures == self.ip_lock_after:
+            locked.append("ip")
+        return locked
+
+
+def client_key(ip: str) -> str:
+    """The address an AUTH streak belongs to: the IPv4 address, or the /64 of an IPv6 one
+    (one customer of an ISP gets a whole /64)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _login_tag(login: str) -> str:
+    # Logins arrive from the network before anything validates them: hash them into the key.
+    digest = hashlib.sha256(login.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return f"guard:{{l:{digest}}}"
+
+
+@dataclass(frozen=True)
+class AuthState:
+    login: Streak
+    ip: Streak
+    known_ip: bool
+
+
+class AuthGuard:
+    """What the AUTH handler asks before and after checking a password. The Redis side is
+    one script call per subject (login, address) per step.
+
+    If Redis does not answer, the guard lets the attempt through: the password check needs
+    Redis too and answers 454 by itself.
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, policy: AuthPolicy, clock: Clock, store_timeout: float = 2.0
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._timeout = store_timeout
+        self._script = load_script(redis, __file__, "guard.lua")
+
+    async def refusal(self, login: str, ip: str) -> str | None:
+        """The `454 4.7.0` for an attempt while the login or the address is locked."""
+        now = self._clock.now()
+        try:
+            async with asyncio.timeout(self._timeout):
+                state = await self.state(login, ip, now)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
+            return None
+        locked = self.policy.locked(state.login, state.ip, known_ip=state.known_ip, now=now)
+        if locked is None:
+            return None
+        log.warning(
+            "auth.refused_locked",
+            login=login[:128],
+            peer=ip,
+            locked=locked.subject,
+            until=round(locked.until, 3),
+        )
+        return locked.reply(now)
+
+    async def failure(self, login: str, ip: str) -> float:
+        """Count a failed attempt; the seconds to wait before answering it."""
+        now = self._clock.now()
+        try:
+            async with asyncio.timeout(self._timeout):
+                login_failures, ip_failures = await self.failed(login, ip, now)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
+            return self.policy.delay(self.policy.delay_after + 1)
+        for subject in self.policy.locks_now(login_failures, ip_failures):
+            log.warning(
+                "auth.locked",
+                subject=subject,
+                login=login[:128],
+                peer=ip,
+                failures=login_failures if subject == "login" else ip_failures,
+                until=round(now + self.policy.lockout, 3),
+            )
+        return self.policy.delay(max(login_failures, ip_failures))
+
+    async def success(self, login: str, ip: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.succeeded(login, ip, self._clock.now())
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
+
+    async def state(self, login: str, ip: str, now: float) -> AuthState:
+        (login_streak, known), (ip_streak, _) = await asyncio.gather(
+            self._call("get", _login_tag(login), now, client_key(ip)),
+            self._call("get", f"guard:{{ip:{client_key(ip)}}}", now, ""),
+        )
+        return AuthState(login_streak, ip_streak, known)
+
+    async def failed(self, login: str, ip: str, now: float) -> tuple[int, int]:
+        """Count one failure; (failures of the login, failures of the address) after it."""
+        (login_streak, _), (ip_streak, _) = await asyncio.gather(
+            self._call("fail", _login_tag(login), now, ""),
+            self._call("fail", f"guard:{{ip:{client_key(ip)}}}", now, ""),
+        )
+        return login_streak.failures, ip_streak.failures
+
+    async def succeeded(self, login: str, ip: str, now: float) -> None:
+        """End the login's streak and remember the address (the address's streak stays)."""
+        await self._call("ok", _login_tag(login), now, client_key(ip))
+
+    async def _call(self, mode: str, tag: str, now: float, ip: str) -> tuple[Streak, bool]:
+        policy = self.policy
+        try:
+            raw = await self._script(
+                keys=[f"{tag}:streak", f"{tag}:known"],
+                args=[
+                    mode,
+                    repr(now),
+                    repr(policy.forget_after),
+                    ip,
+                    repr(policy.known_ip_for),
+                    _KNOWN_MAX,
+                ],
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        failures, last, known = raw
+        return Streak(int(failures), float(last)), bool(int(known))
+
+
+class ConnectionLimits:
+    """Open sessions of this process, in all and per client address."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total = total
+        self.per_ip = per_ip
+        self._open = 0
+        self._by_ip: dict[str, int] = {}
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+    def admit(self, ip: str) -> str | None:
+        """Count one more session from `ip`, or return the 421 that refuses it."""
+        if self._open >= self.total:
+            return str(replies.TOO_MANY_CONNECTIONS)
+        if self._by_ip.get(ip, 0) >= self.per_ip:
+            return replies.TOO_MANY_FROM_IP.format(ip=ip)
+        self._open += 1
+        self._by_ip[ip] = self._by_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, ip: str) -> None:
+        count = self._by_ip.get(ip, 0)
+        if count <= 0:
+            return
+        self._open -= 1
+        if count == 1:
+            del self._by_ip[ip]
+        else:
+            self._by_ip[ip] = count - 1

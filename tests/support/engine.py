@@ -1,0 +1,124 @@
+"""The delivery engine on a fake clock: a real queue in Redis, real sinks, driven step by step."""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.message
+import email.policy
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from relay.clock import FakeClock
+from relay.config import DeliverySettings, DnsSettings
+from relay.delivery.egress_state import EgressState, egress_state
+from relay.delivery.mx import make_resolver
+from relay.delivery.worker import DeliveryWorker
+from relay.queue import DsnRequest, Envelope, QueueStore
+from relay.sink import Received, Sink
+
+SENDER = "alice@sender.test"
+POOL = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+BODY = (
+    b"From: Alice <alice@sender.test>\r\nTo: bob@dest.test\r\nSubject: engine test\r\n"
+    b"Message-ID: <original-1@sender.test>\r\n\r\nHello Bob.\r\n"
+)
+
+
+@dataclass
+class Engine:
+    queue: QueueStore
+    worker: DeliveryWorker
+    egress: EgressState
+    clock: FakeClock
+    settings: DeliverySettings
+
+    async def submit(
+        self,
+        *recipients: str,
+        sender: str = SENDER,
+        body: bytes = BODY,
+        account: str = "alice",
+        dsn: DsnRequest | None = None,
+    ) -> str:
+        envelope = Envelope(sender, recipients, account, dsn or DsnRequest())
+        return await self.queue.enqueue(envelope, body)
+
+    async def step(self, seconds: float = 0.0) -> int:
+        """Move the clock, then attempt whatever is due (and the notices that queues)."""
+        self.clock.advance(seconds)
+        return await self.worker.run_due()
+
+    async def run_until_empty(self, step: float, max_steps: int) -> int:
+        """Steps of `step` seconds until the queue is empty; the number of steps taken."""
+        await self.worker.run_due()
+        for n in range(max_steps):
+            if await self.queue.count() == 0:
+                return n
+            await self.step(step)
+        raise AssertionError(f"queue not empty after {max_steps} steps")
+
+
+def delivery_settings(**overrides: object) -> DeliverySettings:
+    values: dict[str, object] = {
+        "egress": [{"ip": ip, "helo": f"out{ip.rsplit('.', 1)[1]}.relay.test"} for ip in POOL],
+        "workers": 8,
+        "timeouts": {"connect": "2s", "command": "5s", "data": "5s"},
+    }
+    values.update(overrides)
+    return DeliverySettings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def engine(
+    redis: aioredis.Redis,
+    clock: FakeClock,
+    *,
+    dns: DnsSettings | None = None,
+    **overrides: object,
+) -> AsyncIterator[Engine]:
+    settings = delivery_settings(**overrides)
+    queue = QueueStore(redis, clock)
+    state = egress_state(redis, clock, settings)
+    worker = DeliveryWorker(
+        queue=queue,
+        settings=settings,
+        resolver=make_resolver(dns or DnsSettings(servers=["127.0.0.1:9"])),
+        clock=clock,
+        egress_state=state,
+        hostname="relay.test",
+    )
+    try:
+        yield Engine(queue, worker, state, clock, settings)
+    finally:
+        await worker.close()
+
+
+@contextlib.asynccontextmanager
+async def sink_on(sink: Sink, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `sink`; yields its "host:port"."""
+    async with sink.serving(host, port) as server:
+        yield f"{host}:{server.sockets[0].getsockname()[1]}"
+
+
+def parse(received: Received) -> email.message.EmailMessage:
+    message = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
+def report_fields(notice: Received) -> list[dict[str, str]]:
+    """The per-message block, then one block per recipient, of a DSN's delivery-status part."""
+    message = parse(notice)
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    parts = list(message.iter_parts())
+    status = next(
+        p for p in parts if p.get_content_type().endswith("delivery-status")
+    ).get_payload()
+    blocks = []
+    for block in status:  # email parses message/delivery-status into header blocks
+        blocks.append({k.lower(): str(v) for k, v in block.items()})
+    return blocks
