@@ -103,6 +103,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             clock=clock,
             egress_state=egress_state(redis, clock, settings.delivery),
             hostname=settings.hostname,
+            on_delivered=TrafficLog(redis).record_delivery,
         )
         quota = quota_store(redis, settings)
         suspensions = suspension_service(redis, settings, clock, quota)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ import trustme
 from relay.clock import FakeClock
 from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
+from relay.sink import Sink
+from tests.support.dns_server import DnsServer
 
 
 def free_port() -> int:
@@ -35,6 +38,28 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def dns() -> AsyncIterator[DnsServer]:
+    """A DNS server on 127.0.0.1 serving what the test loads (empty: everything NXDOMAIN)."""
+    async with DnsServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[Sink, int]]:
+    """A catch-all SMTP sink on 127.0.0.1 and its port."""
+    sink = Sink()
+    async with sink.serving("127.0.0.1", 0) as server:
+        yield sink, server.sockets[0].getsockname()[1]
+
+
+async def wait_until(predicate, within: float = 10.0) -> None:
+    """Poll an async predicate until true; fails after `within` seconds."""
+    async with asyncio.timeout(within):
+        while not await predicate():  # noqa: ASYNC110 (state lives in another process/Redis)
+            await asyncio.sleep(0.05)
 
 
 @pytest.fixture

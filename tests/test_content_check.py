@@ -92,6 +92,9 @@ async def test_clean_mail_passes_and_lookup_timeout_fails_open(stack, dns):
 
 
 def test_sender_domains_from_envelope_and_from_header():
-    body = b"From: Shop <News@Mail.Shop.Example.co.uk>,\r\n other@b.test\r\nSubject: x\r\n\r\nFrom: no@c.test\r\n"
+    body = (
+        b"From: Shop <News@Mail.Shop.Example.co.uk>,\r\n other@b.test\r\nSubject: x\r\n"
+        b"\r\nFrom: no@c.test\r\n"
+    )
     assert sender_domains("bounce@a.test", body) == ["a.test", "example.co.uk", "b.test"]
     assert sender_domains("", b"Subject: none\r\n\r\n") == []

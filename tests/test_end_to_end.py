@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
 
 import aiosmtplib
 import pytest
@@ -44,19 +43,6 @@ def relay_settings(redis_url, server_cert, dns: DnsServer, **delivery) -> Settin
         },
         dns={"servers": [f"127.0.0.1:{dns.port}"], "timeout": "2s"},
     )
-
-
-@pytest.fixture
-async def dns() -> AsyncIterator[DnsServer]:
-    async with DnsServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[tuple[Sink, int]]:
-    sink = Sink()
-    async with sink.serving("127.0.0.1", 0) as server:
-        yield sink, server.sockets[0].getsockname()[1]
 
 
 async def run_relay(settings: Settings) -> tuple[asyncio.Task[None], asyncio.Event]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
 from dns.asyncresolver import Resolver
@@ -27,7 +28,7 @@ from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
 from relay.delivery.schedule import RetrySchedule
 from relay.delivery.sessions import SessionPool
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
-from relay.errors import NotFound, StoreUnavailable
+from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
 
@@ -55,6 +56,7 @@ class DeliveryWorker:
         clock: Clock,
         egress_state: EgressState,
         hostname: str,
+        on_delivered: Callable[[str, str, float, int], Awaitable[None]] | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -62,6 +64,9 @@ class DeliveryWorker:
         self._clock = clock
         self._egress = egress_state
         self._hostname = hostname
+        self._on_delivered = on_delivered
+        """(egress IP, account, now, recipients): who sent what from where, for attributing
+        a blocklist listing of an IP to the accounts that used it."""
         self._schedule = RetrySchedule.from_settings(settings)
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
@@ -182,6 +187,7 @@ class DeliveryWorker:
         )
         for outcome in outcomes:
             _log_outcome(job, meta.account, outcome)
+        await self._record_traffic(meta.account, outcomes, now)
         for outcome in plan.expired:
             _log_outcome(job, meta.account, outcome, event="delivery.expired")
         notice = await self._notice(job, stored, plan, now, held_for)
@@ -206,6 +212,21 @@ class DeliveryWorker:
             )
         elif notice is not None:
             log.info("notice.skipped", message_id=job.message_id, reason="delay notice sent")
+
+    async def _record_traffic(
+        self, account: str, outcomes: list[RecipientOutcome], now: float
+    ) -> None:
+        if self._on_delivered is None:
+            return
+        sent: dict[str, int] = {}
+        for o in outcomes:
+            if o.disposition is Disposition.DELIVERED and o.egress_ip:
+                sent[o.egress_ip] = sent.get(o.egress_ip, 0) + 1
+        for ip, count in sent.items():
+            try:
+                await self._on_delivered(ip, account, now, count)
+            except RelayError as exc:  # attribution data, not the delivery: never fail it
+                log.warning("traffic.record_failed", ip=ip, account=account, error=str(exc))
 
     async def _attempt(
         self, job: Job, account: str, body: bytes, mail_from: str, hops: list[Hop]
