@@ -41,3 +41,5 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python -m bench.e2e
 	$(BIN)/python -m bench.quota
+	$(BIN)/python -m bench.dkim
+	$(BIN)/python -m bench.reputation
