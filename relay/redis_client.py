@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
-__all__ = ["connect", "load_script"]
+from relay.errors import StoreUnavailable
+
+__all__ = ["connect", "load_script", "store_errors", "text", "text_dict"]
 
 
 def connect(url: str, *, timeout: float, max_connections: int = 64) -> aioredis.Redis:
@@ -36,3 +41,12 @@ def text(value: object) -> str:
 def text_dict(raw: object) -> dict[str, str]:
     assert isinstance(raw, dict)
     return {text(k): text(v) for k, v in raw.items()}
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Redis errors inside become StoreUnavailable: callers handle one error of ours."""
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreUnavailable(f"redis: {exc}") from None

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from relay.clock import Clock
-from relay.errors import StoreUnavailable
-from relay.redis_client import text_dict
+from relay.redis_client import store_errors, text_dict
 
 __all__ = ["AuditEntry", "AuditLog"]
 
@@ -83,21 +81,17 @@ class AuditLog:
             "reason": reason,
             "evidence": json.dumps(entry.evidence, sort_keys=True, default=str),
         }
-        try:
+        with store_errors():
             await self._redis.xadd(_ALL, fields)  # type: ignore[arg-type]
             if account:
                 await self._redis.xadd(_of_account(account), fields)  # type: ignore[arg-type]
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return entry
 
     async def entries(self, *, account: str = "", limit: int = 100) -> list[AuditEntry]:
         """The newest `limit` entries (of one account, or all), oldest first."""
         stream = _of_account(account) if account else _ALL
-        try:
+        with store_errors():
             rows = await self._redis.xrevrange(stream, count=limit)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         out = []
         for _, raw in reversed(rows or []):
             fields = text_dict(raw or {})

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from relay.errors import InvalidInput, StoreUnavailable
-from relay.redis_client import text
+from relay.errors import InvalidInput
+from relay.redis_client import store_errors, text
 
 __all__ = ["Complaint", "TraceStore", "parse_complaint"]
 
@@ -124,14 +123,10 @@ class TraceStore:
         self._redis = redis
 
     async def remember(self, queue_id: str, account: str) -> None:
-        try:
+        with store_errors():
             await self._redis.set(f"trace:{queue_id}", account, ex=TRACE_DAYS * 86400)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def account_of(self, queue_id: str) -> str | None:
-        try:
+        with store_errors():
             found = await self._redis.get(f"trace:{queue_id}")
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return text(found) if found else None

@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from relay.errors import NotFound, StoreUnavailable
-from relay.redis_client import text, text_dict
+from relay.errors import NotFound
+from relay.redis_client import store_errors, text, text_dict
 from reputation import Kind, Status, Terms
 
 __all__ = ["Suspension", "SuspensionStore"]
@@ -109,7 +108,7 @@ class SuspensionStore:
 
     async def save(self, s: Suspension) -> None:
         """Write the record, then the indexes (other Cluster slots, read tolerantly)."""
-        try:
+        with store_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(_record_key(s.account, s.id), mapping=_to_fields(s))  # type: ignore[arg-type]
                 pipe.zadd(_index_key(s.account), {s.id: s.created_at})
@@ -120,36 +119,28 @@ class SuspensionStore:
                 await self._redis.sadd(_OPEN, s.id)
             else:
                 await self._redis.srem(_OPEN, s.id)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def get(self, sid: str) -> Suspension:
-        try:
+        with store_errors():
             owner = await self._redis.hget(_OWNER, sid)
             raw = await self._redis.hgetall(_record_key(text(owner), sid)) if owner else {}
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if not raw:
             raise NotFound(f"no suspension {sid!r}")
         return _from_fields(text_dict(raw))
 
     async def of_account(self, login: str) -> list[Suspension]:
         """Every suspension of the account, oldest first."""
-        try:
+        with store_errors():
             ids = [text(i) for i in await self._redis.zrange(_index_key(login), 0, -1)]
             records = [await self._redis.hgetall(_record_key(login, sid)) for sid in ids]
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return [_from_fields(text_dict(raw)) for raw in records if raw]
 
     async def listing(self, *, open_only: bool, limit: int = 200) -> list[Suspension]:
-        try:
+        with store_errors():
             if open_only:
                 ids = [text(i) for i in await self._redis.smembers(_OPEN)]
             else:
                 ids = [text(i) for i in await self._redis.zrevrange(_ALL, 0, limit - 1)]
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         found = []
         for sid in ids:
             try:

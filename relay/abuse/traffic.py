@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections import Counter
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from relay.errors import StoreUnavailable
-from relay.redis_client import text
+from relay.redis_client import store_errors, text
 
 __all__ = ["TrafficLog"]
 
@@ -31,53 +29,43 @@ class TrafficLog:
 
     async def record_delivery(self, ip: str, account: str, now: float, messages: int = 1) -> None:
         key = _hour_key(ip, int(now // 3600))
-        try:
+        with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hincrby(key, account, messages)
                 pipe.expire(key, _KEEP)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def by_account(self, ip: str, now: float, window: float) -> dict[str, int]:
         """Messages per account from `ip` in the hours overlapping [now - window, now]."""
         last = int(now // 3600)
         first = int((now - window) // 3600)
         totals: Counter[str] = Counter()
-        try:
+        with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for hour in range(first, last + 1):
                     pipe.hgetall(_hour_key(ip, hour))
                 for raw in await pipe.execute():
                     for account, n in raw.items():
                         totals[text(account)] += int(n)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return dict(totals)
 
     async def record_senders(self, account: str, domains: list[str], now: float) -> None:
         if not domains:
             return
-        try:
+        with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:  # one round trip
                 pipe.zadd(_DOMAINS, dict.fromkeys(domains, now))
                 for domain in domains:
                     pipe.zadd(f"seen:{{{domain}}}", {account: now})
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def sender_domains(self, since: float) -> list[str]:
-        try:
+        with store_errors():
             await self._redis.zremrangebyscore(_DOMAINS, "-inf", since)
             return [text(d) for d in await self._redis.zrangebyscore(_DOMAINS, since, "+inf")]
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def accounts_using(self, domain: str, since: float) -> list[str]:
         key = f"seen:{{{domain}}}"
-        try:
+        with store_errors():
             await self._redis.zremrangebyscore(key, "-inf", since)
             return [text(a) for a in await self._redis.zrangebyscore(key, since, "+inf")]
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None

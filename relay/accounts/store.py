@@ -7,12 +7,11 @@ import re
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from relay.accounts.passwords import hash_password, verify_password
 from relay.clock import Clock
-from relay.errors import InvalidInput, NotFound, StoreUnavailable
-from relay.redis_client import load_script, text, text_dict
+from relay.errors import InvalidInput, NotFound
+from relay.redis_client import load_script, store_errors, text, text_dict
 
 __all__ = ["Account", "AccountStore", "validate_login", "validate_password"]
 
@@ -74,12 +73,10 @@ class AccountStore:
         }
         # The index may name a login whose hash is gone (never the reverse): it lives in
         # another Cluster slot, so it is written first and read tolerantly.
-        try:
+        with store_errors():
             await self._redis.sadd(_INDEX, login)
             args = [item for pair in fields.items() for item in pair]
             created = await self._create(keys=[_key(login)], args=args)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if not created:
             raise InvalidInput(f"account {login!r} already exists")
         return account
@@ -95,10 +92,8 @@ class AccountStore:
         return account
 
     async def list(self) -> list[Account]:
-        try:
+        with store_errors():
             logins = sorted(text(m) for m in await self._redis.smembers(_INDEX))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         accounts = [await self.get(login) for login in logins]
         return [a for a in accounts if a is not None]
 
@@ -106,18 +101,14 @@ class AccountStore:
         await self.require(login)
         validate_password(password)
         password_hash = await asyncio.to_thread(hash_password, password)
-        try:
+        with store_errors():
             await self._redis.hset(_key(login), "password", password_hash)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def remove(self, login: str) -> None:
         await self.require(login)
-        try:
+        with store_errors():
             await self._redis.delete(_key(login))
             await self._redis.srem(_INDEX, login)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def authenticate(self, login: str, password: str) -> Account | None:
         """The account when the password matches; None otherwise (unknown login included)."""
@@ -127,10 +118,8 @@ class AccountStore:
         return _account(fields) if ok else None
 
     async def _fields(self, login: str) -> dict[str, str]:
-        try:
+        with store_errors():
             raw = await self._redis.hgetall(_key(login))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return text_dict(raw)
 
 

@@ -16,13 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from relay.clock import Clock
 from relay.config import DeliverySettings, Egress
 from relay.delivery.egress import EgressStatus
-from relay.errors import StoreUnavailable
-from relay.redis_client import load_script, text
+from relay.redis_client import load_script, store_errors, text
 
 __all__ = ["EgressState", "IpReport", "egress_state"]
 
@@ -88,15 +86,13 @@ class EgressState:
 
     async def snapshot(self, domain: str) -> EgressStatus:
         """What one delivery to `domain` needs to know, in one round trip."""
-        try:
+        with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(_DISABLED)
                 pipe.hgetall(_LISTED)
                 pipe.hgetall(_cool_key(domain))
                 pipe.hgetall(_fails_key(domain))
                 disabled, listed, cooling, fails = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         now = self._clock.now()
         return EgressStatus(
             disabled={text(ip): _field(raw, "reason") for ip, raw in disabled.items()},
@@ -122,14 +118,12 @@ class EgressState:
 
     async def record_success(self, ip: str, domain: str) -> None:
         """Forget the IP's past connection failures to the domain."""
-        try:
+        with store_errors():
             await self._redis.hdel(_fails_key(domain), ip)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def _record(self, kind: str, ip: str, domain: str) -> float | None:
         now = self._clock.now()
-        try:
+        with store_errors():
             until = await self._cool(
                 keys=[_cool_key(domain), _fails_key(domain), _COOLING],
                 args=[
@@ -142,8 +136,6 @@ class EgressState:
                     int(self._cooldown * 1000) + 1,
                 ],
             )
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return float(until) if until else None
 
     # --- operators, and the reputation monitor (issue 6) ---
@@ -157,7 +149,7 @@ class EgressState:
 
         A listing stays (the reputation monitor clears it). False: it was not disabled.
         """
-        try:
+        with store_errors():
             members = [
                 text(m)
                 for m in await self._redis.zrange(_COOLING, 0, -1)
@@ -170,8 +162,6 @@ class EgressState:
                     pipe.hdel(_fails_key(member.split(" ", 1)[1]), ip)
                     pipe.zrem(_COOLING, member)
                 results = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return bool(results[0])
 
     async def set_listed(self, ip: str, evidence: str) -> None:
@@ -180,23 +170,19 @@ class EgressState:
 
     async def clear_listed(self, ip: str) -> bool:
         """The IP is delisted: back into rotation (unless disabled). False: was not listed."""
-        try:
+        with store_errors():
             return bool(await self._redis.hdel(_LISTED, ip))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def describe(self, pool: Sequence[Egress]) -> list[IpReport]:
         """Every configured IP, then any other IP that has state, in that order."""
         now = self._clock.now()
-        try:
+        with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(_COOLING, "-inf", now)
                 pipe.hgetall(_DISABLED)
                 pipe.hgetall(_LISTED)
                 pipe.zrange(_COOLING, 0, -1, withscores=True)
                 _, disabled, listed, cooling = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         disabled = {text(k): json.loads(text(v)) for k, v in disabled.items()}
         listed = {text(k): json.loads(text(v)) for k, v in listed.items()}
         cools: dict[str, list[tuple[str, float]]] = {}
@@ -218,10 +204,8 @@ class EgressState:
         ]
 
     async def _set(self, key: str, ip: str, value: dict[str, object]) -> None:
-        try:
+        with store_errors():
             await self._redis.hset(key, ip, json.dumps(value))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
 
 def _field(raw: object, name: str) -> str:

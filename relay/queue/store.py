@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from relay.clock import Clock
-from relay.errors import InvalidInput, NotFound, StoreUnavailable
+from relay.errors import InvalidInput, NotFound
 from relay.queue.model import DsnRequest, Envelope, Job, QueuedMessage, split_by_domain
-from relay.redis_client import load_script, text, text_dict
+from relay.redis_client import load_script, store_errors, text, text_dict
 
 __all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Notice", "QueueStore", "StoredMessage"]
 
@@ -101,7 +100,7 @@ class QueueStore:
         message_id = message_id or self.new_id()
         now = self._clock.now()
         groups = split_by_domain(envelope.recipients)
-        try:
+        with store_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 fields: dict[FieldT, EncodableT] = {
                     "mail_from": envelope.mail_from,
@@ -123,20 +122,16 @@ class QueueStore:
                 pipe.zadd(_MESSAGES, {message_id: now})
                 pipe.sadd(_ACCT_PREFIX + envelope.account, message_id)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return message_id
 
     async def claim(self, limit: int, lease: float) -> list[Job]:
         now = self._clock.now()
         token = secrets.token_hex(8)
-        try:
+        with store_errors():
             raw = await self._claim(
                 keys=[_DUE, _HELD, _HELD_ACCOUNTS],
                 args=[repr(now), repr(now + lease), limit, token, _JOB_PREFIX, _MSG_PREFIX],
             )
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         jobs = []
         for i in range(0, len(raw), 2):
             fields = _decode_pairs(raw[i + 1])
@@ -201,7 +196,7 @@ class QueueStore:
                     }
                 ),
             ]
-        try:
+        with store_errors():
             result = await self._finish(
                 keys=[
                     _DUE,
@@ -225,15 +220,11 @@ class QueueStore:
                     *notice_args,
                 ],
             )
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return int(result)
 
     async def load(self, message_id: str) -> StoredMessage:
-        try:
+        with store_errors():
             raw = await self._redis.hgetall(_msg_key(message_id))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if not raw:
             raise NotFound(f"no message {message_id!r} in the queue")
         body = raw.pop(b"body", b"")
@@ -242,21 +233,17 @@ class QueueStore:
 
     async def next_due(self) -> float | None:
         """When the earliest job (claimed or not) comes due; None when the queue is empty."""
-        try:
+        with store_errors():
             first = await self._redis.zrange(_DUE, 0, 0, withscores=True)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return float(first[0][1]) if first else None
 
     async def list_messages(self, limit: int = 100) -> list[QueuedMessage]:
-        try:
+        with store_errors():
             ids = [text(i) for i in await self._redis.zrange(_MESSAGES, 0, limit - 1)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for mid in ids:
                     pipe.hmget(_msg_key(mid), _LISTED)
                 rows = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return [
             _message(mid, {k: text(v) for k, v in zip(_LISTED, row, strict=True) if v is not None})
             for mid, row in zip(ids, rows, strict=True)
@@ -266,22 +253,18 @@ class QueueStore:
     async def jobs_of(self, message_id: str) -> list[Job]:
         meta = (await self.load(message_id)).meta
         jobs = []
-        try:
+        with store_errors():
             for job_id in await self._job_ids(message_id, meta):
                 fields = text_dict(await self._redis.hgetall(_job_key(job_id)))
                 if fields:
                     due = await self._redis.zscore(_DUE, job_id)
                     held = await self._redis.zscore(_HELD, job_id)
                     jobs.append(_job(job_id, fields, due_at=float(due or 0), held=held is not None))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return jobs
 
     async def count(self) -> int:
-        try:
+        with store_errors():
             return int(await self._redis.zcard(_MESSAGES))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     # --- operator actions (and the hooks suspension uses) ---
 
@@ -315,18 +298,14 @@ class QueueStore:
 
         Returns the number of messages newly held.
         """
-        try:
+        with store_errors():
             await self._redis.sadd(_HELD_ACCOUNTS, login)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return await self._for_account(login, self.hold)
 
     async def release_account(self, login: str) -> int:
         """Undo `hold_account`: its mail is attempted again now. Returns messages released."""
-        try:
+        with store_errors():
             await self._redis.srem(_HELD_ACCOUNTS, login)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         return await self._for_account(login, self.release)
 
     async def retry_account(self, login: str) -> int:
@@ -340,16 +319,12 @@ class QueueStore:
         return await self._for_account(login, delete)
 
     async def held_accounts(self) -> list[str]:
-        try:
+        with store_errors():
             return sorted(text(a) for a in await self._redis.smembers(_HELD_ACCOUNTS))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def messages_of(self, login: str) -> list[str]:
-        try:
+        with store_errors():
             return sorted(text(m) for m in await self._redis.smembers(_ACCT_PREFIX + login))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def _retry_if_not_held(self, message_id: str) -> bool:
         try:
@@ -367,27 +342,23 @@ class QueueStore:
         return done
 
     async def _account_held(self, login: str) -> bool:
-        try:
+        with store_errors():
             return bool(await self._redis.sismember(_HELD_ACCOUNTS, login))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def _hold_or_release(self, action: str, message_id: str) -> bool:
         job_ids = await self._job_ids(message_id)
-        try:
+        with store_errors():
             result = await self._hold(
                 keys=[_DUE, _HELD, _msg_key(message_id)],
                 args=[action, repr(self._clock.now()), _JOB_PREFIX, *job_ids],
             )
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if result == -1:
             raise NotFound(f"no message {message_id!r} in the queue")
         return bool(result == 1)
 
     async def _operate(self, action: str, message_id: str) -> int:
         job_ids = await self._job_ids(message_id)
-        try:
+        with store_errors():
             result = int(
                 await self._remove(
                     keys=[_DUE, _HELD, _msg_key(message_id), _MESSAGES],
@@ -401,17 +372,13 @@ class QueueStore:
                     ],
                 )
             )
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if result == -1:
             raise NotFound(f"no message {message_id!r} in the queue")
         return result
 
     async def _job_ids(self, message_id: str, meta: QueuedMessage | None = None) -> list[str]:
-        try:
+        with store_errors():
             stored = await self._redis.hget(_msg_key(message_id), "jobs")
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if stored is not None:
             count = int(stored)
         else:  # queued before the count was stored

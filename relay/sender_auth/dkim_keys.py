@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from relay.abuse.content import from_addresses
-from relay.errors import NotFound, StoreUnavailable
-from relay.redis_client import text
+from relay.errors import NotFound
+from relay.redis_client import store_errors, text
 from reputation import registrable_domain
 from reputation.dkim import DkimKey, sign
 
@@ -38,16 +37,12 @@ class DkimKeyStore:
                 "created_at": time.time(),
             }
         )
-        try:
+        with store_errors():
             await self._redis.hset(_KEYS, key.domain, value)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def get(self, domain: str) -> DkimKey | None:
-        try:
+        with store_errors():
             raw = await self._redis.hget(_KEYS, domain.lower())
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if raw is None:
             return None
         data = json.loads(text(raw))
@@ -56,18 +51,14 @@ class DkimKeyStore:
         )
 
     async def domains(self) -> list[DkimKey]:
-        try:
+        with store_errors():
             names = sorted(text(d) for d in await self._redis.hkeys(_KEYS))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         keys = [await self.get(name) for name in names]
         return [k for k in keys if k is not None]
 
     async def remove(self, domain: str) -> None:
-        try:
+        with store_errors():
             removed = await self._redis.hdel(_KEYS, domain.lower())
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if not removed:
             raise NotFound(f"no DKIM key for {domain!r}")
 
