@@ -13,6 +13,8 @@ __all__ = ["format_wait", "refusal"]
 def format_wait(seconds: float) -> str:
     """`2h13m`, `4m05s`, `12s`: rounded up, so a client retrying then is not refused again."""
     total = max(1, int(-(-seconds // 1)))
+    if total >= 3600:  # shown to the minute: round the minute up too
+        total = -(-total // 60) * 60
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
