@@ -224,15 +224,20 @@ async def test_all_recipients_refused(server_tls: ssl.SSLContext, trusting: ssl.
 
 
 async def test_silent_server_times_out(trusting: ssl.SSLContext) -> None:
+    done = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # never greets; returns when the client gives up
         writer.close()
+        await writer.wait_closed()
+        done.set()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(SendError) as info:
             await send(port, "starttls", trusting, timeout=0.3)
+        await asyncio.wait_for(done.wait(), 5)  # the server side closed its socket too
     assert str(info.value).startswith(
         f"timed out after 0.3s waiting for 127.0.0.1:{port} while connecting"
     )
