@@ -67,10 +67,10 @@ class ContentGuard:
 
     async def check(self, account: str, mail_from: str, body: bytes) -> str | None:
         """None to accept; else the 554 refusal (the account is then suspended)."""
+        if not any(z.kind == "domain" for z in self._dnsbl.zones):
+            return None  # no domain list: nothing to check now, nothing for the monitor
         senders = sender_domains(mail_from, body)
         await self._traffic.record_senders(account, senders, self._clock.now())
-        if not any(z.kind == "domain" for z in self._dnsbl.zones):
-            return None
         links = await asyncio.to_thread(extract_links, body)
         domains = list(dict.fromkeys([*senders, *links.domains]))
         try:
