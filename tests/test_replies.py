@@ -46,7 +46,15 @@ def test_enhance_gives_aiosmtpd_replies_a_status(line, expected):
 
 @pytest.mark.parametrize(
     "seconds,text",
-    [(0.2, "1s"), (12, "12s"), (59.01, "1m00s"), (61, "1m01s"), (7980, "2h13m"), (7981, "2h14m"), (86430, "24h01m")],
+    [
+        (0.2, "1s"),
+        (12, "12s"),
+        (59.01, "1m00s"),
+        (61, "1m01s"),
+        (7980, "2h13m"),
+        (7981, "2h14m"),
+        (86430, "24h01m"),
+    ],
 )
 def test_waits_are_rounded_up(seconds, text):
     assert format_wait(seconds) == text
