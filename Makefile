@@ -36,9 +36,13 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
 
-# Measured, never timed tests: whole-path throughput against a direct-to-sink baseline, and
-# quota decisions/s against a bare Redis round trip (loopback only; JSON in var/bench/).
+# Measured, never timed tests: the relay side by side with a throwaway Postfix (installed
+# here with apt when missing and root; without it, our numbers only), whole-path throughput
+# against a direct-to-sink baseline, and quota decisions/s against a bare Redis round trip
+# (loopback only; JSON in var/bench/). `make test` never needs Postfix.
 bench: $(STAMP)
+	bash bench/install-postfix.sh
+	$(BIN)/python -m bench.scenarios
 	$(BIN)/python -m bench.e2e
 	$(BIN)/python -m bench.quota
 	$(BIN)/python -m bench.dkim

@@ -150,6 +150,9 @@ class SubmissionTimeouts(Section):
     """Idle time allowed between two commands."""
     data: DurationField = Duration(600.0)
     """Time allowed for the whole DATA transfer."""
+    tls_handshake: DurationField = Duration(30.0)
+    """Time allowed for the TLS handshake of the implicit-TLS listener (a session, and its
+    place in the per-address count, only begins once it is done)."""
 
 
 class AuthGuardSettings(Section):

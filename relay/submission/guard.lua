@@ -7,7 +7,8 @@
 -- ARGV[4]  client address (get: looked up in KEYS[2]; ok: added to KEYS[2])
 -- ARGV[5]  how long a login remembers an address it succeeded from (seconds; 0: not at all)
 -- ARGV[6]  how many addresses a login remembers at most
--- Returns  {n, last, known} (get/fail) with n after this call; {0, 0, 1} (ok).
+-- Returns  {n, last, seen}: n after this call; seen (get only): when the login last
+--          succeeded from ARGV[4], "0" when never or longer than ARGV[5] ago.
 local now = tonumber(ARGV[2])
 local forget = tonumber(ARGV[3])
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
@@ -16,11 +17,11 @@ if n > 0 and now - last >= forget then
   n = 0
 end
 if ARGV[1] == 'get' then
-  local known = 0
+  local known = '0'
   if ARGV[4] ~= '' and tonumber(ARGV[5]) > 0 then
     local seen = redis.call('ZSCORE', KEYS[2], ARGV[4])
     if seen and now - tonumber(seen) < tonumber(ARGV[5]) then
-      known = 1
+      known = seen
     end
   end
   return {n, tostring(last), known}
@@ -28,7 +29,7 @@ elseif ARGV[1] == 'fail' then
   n = n + 1
   redis.call('HSET', KEYS[1], 'n', n, 'last', ARGV[2])
   redis.call('EXPIRE', KEYS[1], math.ceil(forget))
-  return {n, ARGV[2], 0}
+  return {n, ARGV[2], '0'}
 else
   redis.call('DEL', KEYS[1])
   local ttl = tonumber(ARGV[5])
@@ -38,5 +39,5 @@ else
     redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
     redis.call('EXPIRE', KEYS[2], math.ceil(ttl))
   end
-  return {0, '0', 1}
+  return {0, '0', ARGV[2]}
 end

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import ipaddress
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -47,6 +48,10 @@ log = structlog.get_logger("relay.submission")
 
 _KNOWN_MAX = 64
 """Addresses a login remembers at most (the most recent)."""
+_REFRESH_KNOWN = 3600.0
+"""A success from an address the login is known at, with no streak to end, is written to
+Redis at most this often (most logins are of this kind: one Redis call saved per login)."""
+_CHECKED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,14 @@ class AuthPolicy:
             return self.max_delay
         return min(self.max_delay, self.first_delay * math.pow(2, over - 1))
 
+    def known(self, seen: float, now: float) -> bool:
+        """Whether an address last seen succeeding at `seen` (0: never) is still known."""
+        return seen > 0 and now - seen < self.known_ip_for
+
+    def must_record_success(self, login_failures: int, seen: float, now: float) -> bool:
+        """A success needs writing when it ends a streak or refreshes an old address."""
+        return login_failures > 0 or not (seen > 0 and now - seen < _REFRESH_KNOWN)
+
     def locks_now(self, login_failures: int, ip_failures: int) -> list[str]:
         """The subjects this failure (counted in the arguments) has just locked."""
         locked = []
@@ -156,7 +169,8 @@ def _login_tag(login: str) -> str:
 class AuthState:
     login: Streak
     ip: Streak
-    known_ip: bool
+    seen: float
+    """When the login last succeeded from this address (0: never, or forgotten)."""
 
 
 class AuthGuard:
@@ -174,6 +188,8 @@ class AuthGuard:
         self._clock = clock
         self._timeout = store_timeout
         self._script = load_script(redis, __file__, "guard.lua")
+        self._checked: OrderedDict[tuple[str, str], AuthState] = OrderedDict()
+        """What `refusal` read, for `success` to skip a write that would change nothing."""
 
     async def refusal(self, login: str, ip: str) -> str | None:
         """The `454 4.7.0` for an attempt while the login or the address is locked."""
@@ -184,8 +200,12 @@ class AuthGuard:
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
             return None
-        locked = self.policy.locked(state.login, state.ip, known_ip=state.known_ip, now=now)
+        known_ip = self.policy.known(state.seen, now)
+        locked = self.policy.locked(state.login, state.ip, known_ip=known_ip, now=now)
         if locked is None:
+            self._checked[(login, ip)] = state
+            while len(self._checked) > _CHECKED_MAX:
+                self._checked.popitem(last=False)
             return None
         log.warning(
             "auth.refused_locked",
@@ -217,18 +237,24 @@ class AuthGuard:
         return self.policy.delay(max(login_failures, ip_failures))
 
     async def success(self, login: str, ip: str) -> None:
+        now = self._clock.now()
+        checked = self._checked.pop((login, ip), None)
+        if checked is not None and not self.policy.must_record_success(
+            self.policy.current(checked.login, now), checked.seen, now
+        ):
+            return
         try:
             async with asyncio.timeout(self._timeout):
-                await self.succeeded(login, ip, self._clock.now())
+                await self.succeeded(login, ip, now)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
 
     async def state(self, login: str, ip: str, now: float) -> AuthState:
-        (login_streak, known), (ip_streak, _) = await asyncio.gather(
+        (login_streak, seen), (ip_streak, _) = await asyncio.gather(
             self._call("get", _login_tag(login), now, client_key(ip)),
             self._call("get", f"guard:{{ip:{client_key(ip)}}}", now, ""),
         )
-        return AuthState(login_streak, ip_streak, known)
+        return AuthState(login_streak, ip_streak, seen)
 
     async def failed(self, login: str, ip: str, now: float) -> tuple[int, int]:
         """Count one failure; (failures of the login, failures of the address) after it."""
@@ -242,7 +268,7 @@ class AuthGuard:
         """End the login's streak and remember the address (the address's streak stays)."""
         await self._call("ok", _login_tag(login), now, client_key(ip))
 
-    async def _call(self, mode: str, tag: str, now: float, ip: str) -> tuple[Streak, bool]:
+    async def _call(self, mode: str, tag: str, now: float, ip: str) -> tuple[Streak, float]:
         policy = self.policy
         try:
             raw = await self._script(
@@ -258,8 +284,8 @@ class AuthGuard:
             )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
-        failures, last, known = raw
-        return Streak(int(failures), float(last)), bool(int(known))
+        failures, last, seen = raw
+        return Streak(int(failures), float(last)), float(seen)
 
 
 class ConnectionLimits:

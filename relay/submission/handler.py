@@ -175,7 +175,7 @@ async def _challenge(server: SMTP, challenge: str) -> object:
     try:
         return await server.challenge_auth(challenge)
     except ValueError:  # the line overran the reader's limit; readline dropped what it had
-        reader: asyncio.StreamReader = server._reader  # type: ignore[attr-defined]
+        reader: asyncio.StreamReader = server._reader
         while True:  # discard the rest of the line, as aiosmtpd does for commands
             try:
                 await reader.readuntil(b"\n")

@@ -242,6 +242,7 @@ async def start_listeners(
             host=listener.address.host,
             port=listener.address.port,
             ssl=tls if implicit else None,
+            ssl_handshake_timeout=settings.timeouts.tls_handshake.seconds if implicit else None,
         )
         log.info("submission.listening", address=str(listener.address), tls=listener.tls)
         servers.append(server)

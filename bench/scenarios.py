@@ -1,0 +1,745 @@
+"""The relay side by side with Postfix, on the same machine, load generator and sink.
+
+Scenarios (each bounded in count and time, loopback only):
+  0. the load straight into the counting sink: the ceiling of this harness on this machine;
+  1. accept only: the relay with `delivery.workers = 0` / Postfix parking mail in its hold
+     queue; implicit TLS, the relay with AUTH;
+  2. end to end: quota checks at RCPT, 4 egress IPs, delivery to the sink / Postfix with a
+     policy daemon doing the same quota work (bench.policyd) and relaying to the sink;
+  3. the same with 10,000 accounts (sessions log in as different accounts, few messages
+     each: the per-session cost shows);
+  4. queue growth: accept only until the queue holds `--queue` messages, the relay's
+     memory sampled as it grows (bodies live in Redis: it should stay flat).
+
+Reported per run: accepted msgs/s and recipients/s, accept latency p50/p99/max (MAIL FROM to
+the 250 after the dot), delivered msgs/s (until the sink has every accepted message), Redis
+commands per message (every command Redis executed, those inside Lua included, and the Lua
+calls), server memory (RSS at the end and peak; for Postfix all its processes), and whether
+every accepted message arrived exactly once at the sink (by id).
+
+    .venv/bin/python -m bench.scenarios [--messages 5000] [--sessions 50] [--queue 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+
+from bench.load import LoadResult, LoadSpec, client_context, run
+from bench.postfix import Postfix, postfix_binary
+from quota import Plan, QuotaStore
+from relay.embedded_redis import EmbeddedRedis
+from relay.redis_client import connect
+from relay.tls import ensure_self_signed
+
+PASSWORD = "bench-password-1"
+EGRESS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+HUGE = 10**9
+OUT = Path("var/bench")
+
+
+@dataclass
+class Row:
+    scenario: str
+    server: str
+    messages: int
+    sessions: int
+    accepted: int
+    accepted_per_s: float
+    recipients_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    delivered_per_s: float | None = None
+    redis_cmds_per_msg: float | None = None
+    redis_lua_per_msg: float | None = None
+    cpu_ms_per_msg: float | None = None
+    """CPU of the server per accepted message (Postfix: all its processes and the policy
+    daemon), excluding Redis."""
+    redis_cpu_ms_per_msg: float | None = None
+    rss_mb: float | None = None
+    peak_rss_mb: float | None = None
+    logins: int = 0
+    exactly_once: str = "-"
+    refusals: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+    redis_stalls: str = ""
+    """Redis's own latency events over 50 ms during the run (LATENCY LATEST)."""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_port(port: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {within}s")
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """(RSS, peak RSS) of a process in MB."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields[name] = value
+    rss = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    peak = int(fields.get("VmHWM", "0 kB").split()[0]) / 1024
+    return round(rss, 1), round(peak, 1)
+
+
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU of a process (all threads); with `reaped`, plus its waited-for
+    children's (how Postfix's short-lived smtpd processes are counted by their master)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(stat[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+class SinkProcess:
+    """bench.sink in a child process (so the counting does not share our event loop)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.sink",
+            "--port",
+            str(self.port),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), 20)
+        assert line.strip() == b"ready", line
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdin and self.process.stdout
+        self.process.stdin.write(command.encode() + b"\n")
+        await self.process.stdin.drain()
+        result: dict[str, Any] = json.loads(await self.process.stdout.readline())
+        return result
+
+    async def wait_for(self, ids: set[str], within: float) -> tuple[dict[str, Any], float]:
+        """Poll until every id arrived (or `within` passed); (stats, when)."""
+        deadline = time.monotonic() + within
+        while True:
+            stats = await self.ask("stats")
+            if ids <= stats["ids"].keys() or time.monotonic() > deadline:
+                return stats, time.monotonic()
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+
+
+def exactly_once(acked: set[str], stats: dict[str, Any]) -> str:
+    seen: dict[str, int] = stats["ids"]
+    missing = len(acked - seen.keys())
+    twice = sum(1 for i in acked if seen.get(i, 0) > 1)
+    extra = len(seen.keys() - acked)  # arrived without a 250 (e.g. reply lost): allowed
+    if not missing and not twice:
+        return f"ok ({len(acked)})" + (f", {extra} unacked also came" if extra else "")
+    return f"MISSING {missing}, TWICE {twice} of {len(acked)}"
+
+
+class Bench:
+    def __init__(self, work: Path, options: argparse.Namespace) -> None:
+        self.work = work
+        self.options = options
+        self.redis_server = EmbeddedRedis(work / "redis", port=free_port())
+        self.cert, self.key = work / "cert.pem", work / "key.pem"
+        self.sink = SinkProcess(free_port())
+        self.rows: list[Row] = []
+        self.postfix_note = ""
+
+    # --- setup ---
+
+    async def setup(self, accounts: int) -> None:
+        self.redis_server.start()
+        ensure_self_signed(self.cert, self.key, "relay.bench")
+        self.tls = client_context(str(self.cert))
+        await self.sink.start()
+        self.redis = connect(self.redis_server.url, timeout=10)
+        # Redis records its own stalls over 50 ms (fsync, fork, slow commands) per run.
+        await self.redis.config_set("latency-monitor-threshold", 50)
+        await self.provision(["bench"])
+        if accounts:
+            await self.provision([f"acct{n:05d}" for n in range(accounts)])
+
+    async def provision(self, logins: list[str]) -> None:
+        """Accounts with one password hash (argon2id, as `relay account add` makes) and a
+        plan large enough that the quota never refuses, written in bulk."""
+        password_hash = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1).hash(
+            PASSWORD
+        )
+        quota = QuotaStore(self.redis, default_per_minute=HUGE, per_recipient=HUGE)
+        for start in range(0, len(logins), 500):
+            batch = logins[start : start + 500]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for login in batch:
+                    pipe.hset(
+                        f"acct:{{{login}}}",
+                        mapping={
+                            "login": login,
+                            "email": "",
+                            "created_at": repr(time.time()),
+                            "password": password_hash,
+                        },
+                    )
+                    pipe.sadd("accounts", login)
+                await pipe.execute()
+            await asyncio.gather(
+                *(
+                    quota.add_plan(login, Plan("bench", daily=HUGE, per_minute=HUGE))
+                    for login in batch
+                )
+            )
+
+    async def clear_queue(self) -> None:
+        async for key in self.redis.scan_iter(match="{q}:*", count=5000):
+            await self.redis.unlink(key)
+
+    async def redis_stalls(self) -> str:
+        """Redis's latency events since the last call (then forgotten)."""
+        events = await self.redis.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
+        await self.redis.execute_command("LATENCY", "RESET")  # type: ignore[no-untyped-call]
+        return ", ".join(
+            f"{name.decode() if isinstance(name, bytes) else name} max {int(worst)} ms"
+            for name, _, _, worst, *_ in events
+        )
+
+    async def redis_counts(self) -> tuple[int, int, float]:
+        """(commands processed, Lua calls, CPU seconds) of Redis so far."""
+        stats = await self.redis.info("stats")
+        commands = await self.redis.info("commandstats")
+        cpu = await self.redis.info("cpu")
+        lua = sum(
+            v["calls"] for k, v in commands.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+        )
+        used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        return int(stats["total_commands_processed"]), lua, used
+
+    # --- the relay ---
+
+    def relay_config(self, port: int, workers: int, sessions: int) -> Path:
+        config = self.work / f"relay-{port}.toml"
+        config.write_text(
+            f'hostname = "relay.bench"\n[redis]\nurl = "{self.redis_server.url}"\n'
+            f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n'
+            f"[submission]\nmax_connections_per_ip = {sessions + 10}\n"
+            f'[[submission.listeners]]\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
+            f'[delivery]\nworkers = {workers}\npoll_interval = "100ms"\n'
+            + "".join(f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out.bench"\n' for ip in EGRESS)
+            + f'[delivery.routes]\n"*" = "127.0.0.1:{self.sink.port}"\n'
+            + '[log]\nlevel = "warning"\nformat = "json"\n'
+        )
+        return config
+
+    @contextlib.asynccontextmanager
+    async def relay(self, workers: int, sessions: int):  # type: ignore[no-untyped-def]
+        port = free_port()
+        config = self.relay_config(port, workers, sessions)
+        log = open(self.work / f"relay-{port}.log", "wb")  # noqa: SIM115, ASYNC230
+        command = [sys.executable, "-m", "relay", "--config", str(config), "run"]
+        if self.options.profile:
+            command = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "-o",
+                str(OUT / f"profile-relay-{'e2e' if workers else 'accept'}.txt"),
+                "--",
+                *command,
+            ]
+        process = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log)
+        try:
+            await wait_port(port)
+            yield process, port
+        finally:
+            if process.returncode is None:
+                # Under py-spy, stop the relay itself: py-spy writes its profile when it ends.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(relay_pid(process), signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), 60)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+            log.close()
+
+    async def run_relay(
+        self, scenario: str, spec: LoadSpec, *, deliver: bool, relay_pid_hint: str = ""
+    ) -> Row:
+        await self.clear_queue()
+        await self.sink.ask("reset")
+        count = self.options.relay_processes
+        async with contextlib.AsyncExitStack() as stack:
+            relays = [
+                await stack.enter_async_context(self.relay(32 if deliver else 0, spec.sessions))
+                for _ in range(count)
+            ]
+            ports = [port for _, port in relays]
+            pids = [relay_pid(process) for process, _ in relays]
+            cpu_before = sum(cpu_seconds(pid) for pid in pids)
+            await self.redis_stalls()
+            before = await self.redis_counts()
+            spec = replace(replace_port(spec, ports[0]), more_ports=tuple(ports[1:]))
+            result = await run(spec, self.tls)
+            delivered_at = None
+            stats: dict[str, Any] = {}
+            if deliver:
+                stats, delivered_at = await self.sink.wait_for(set(result.acked), 300)
+            after = await self.redis_counts()
+            cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+            stalls = await self.redis_stalls()
+            used = [memory(pid) for pid in pids]
+            rss, peak = round(sum(u[0] for u in used), 1), round(sum(u[1] for u in used), 1)
+        server = "relay" if count == 1 else f"relay x{count}"
+        row = self.row(
+            scenario, server, spec, result, delivered_at, stats, before, after, rss, peak
+        )
+        if row.accepted:
+            row.cpu_ms_per_msg = round(1000 * cpu / row.accepted, 2)
+        row.redis_stalls = stalls
+        return row
+
+    # --- Postfix ---
+
+    @contextlib.asynccontextmanager
+    async def postfix(self, *, hold: bool, sessions: int):  # type: ignore[no-untyped-def]
+        policy_port = free_port()
+        policyd = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.policyd",
+            "--port",
+            str(policy_port),
+            "--redis",
+            self.redis_server.url,
+        )
+        instance = Postfix(
+            OUT / "postfix",
+            port=free_port(),
+            sink_port=self.sink.port,
+            cert=self.cert,
+            key=self.key,
+            policy_port=policy_port,
+            hold=hold,
+            processes=max(100, sessions + 20),
+        )
+        try:
+            await wait_port(policy_port)
+            await asyncio.to_thread(instance.start)
+            yield instance, policyd.pid
+        finally:
+            await asyncio.to_thread(instance.stop)
+            policyd.terminate()
+            await policyd.wait()
+
+    async def run_postfix(self, scenario: str, spec: LoadSpec, *, deliver: bool) -> Row:
+        await self.sink.ask("reset")
+        async with self.postfix(hold=not deliver, sessions=spec.sessions) as (instance, policyd):
+            cpu_before = postfix_cpu(instance, policyd)
+            await self.redis_stalls()
+            before = await self.redis_counts()
+            # No SASL in this Postfix: the account travels as the sender (see bench.policyd).
+            result = await run(replace_port(spec, instance.port, auth=False), self.tls)
+            delivered_at = None
+            stats: dict[str, Any] = {}
+            if deliver:
+                stats, delivered_at = await self.sink.wait_for(set(result.acked), 300)
+            after = await self.redis_counts()
+            cpu = postfix_cpu(instance, policyd) - cpu_before
+            stalls = await self.redis_stalls()
+            rss = round(instance.rss() / 2**20, 1)
+        row = self.row(
+            scenario, "postfix", spec, result, delivered_at, stats, before, after, rss, None
+        )
+        if row.accepted:
+            row.cpu_ms_per_msg = round(1000 * cpu / row.accepted, 2)
+        row.redis_stalls = stalls
+        row.note = "no AUTH (no SASL); policy daemon for quota"
+        return row
+
+    def row(
+        self,
+        scenario: str,
+        server: str,
+        spec: LoadSpec,
+        result: LoadResult,
+        delivered_at: float | None,
+        stats: dict[str, Any],
+        before: tuple[int, int, float],
+        after: tuple[int, int, float],
+        rss: float | None,
+        peak: float | None,
+    ) -> Row:
+        accepted = len(result.acked)
+        seconds = max(result.seconds, 1e-9)
+        row = Row(
+            scenario=scenario,
+            server=server,
+            messages=spec.messages,
+            sessions=spec.sessions,
+            accepted=accepted,
+            accepted_per_s=round(accepted / seconds, 1),
+            recipients_per_s=round(result.recipients_acked / seconds, 1),
+            p50_ms=round(result.percentile(0.5) * 1000, 1),
+            p99_ms=round(result.percentile(0.99) * 1000, 1),
+            max_ms=round(max(result.latencies, default=float("nan")) * 1000, 1),
+            logins=result.logins,
+            refusals=dict(result.refusals),
+            errors=dict(result.errors),
+            rss_mb=rss,
+            peak_rss_mb=peak,
+        )
+        if delivered_at is not None:
+            row.delivered_per_s = round(accepted / (delivered_at - result.started), 1)
+            row.exactly_once = exactly_once(set(result.acked), stats)
+        if accepted and before[0]:
+            row.redis_cmds_per_msg = round((after[0] - before[0]) / accepted, 1)
+            row.redis_lua_per_msg = round((after[1] - before[1]) / accepted, 1)
+            row.redis_cpu_ms_per_msg = round(1000 * (after[2] - before[2]) / accepted, 2)
+        return row
+
+    async def baseline(self, spec: LoadSpec) -> Row:
+        await self.sink.ask("reset")
+        result = await run(replace_port(spec, self.sink.port, tls="plain", auth=False), None)
+        stats, delivered_at = await self.sink.wait_for(set(result.acked), 60)
+        row = self.row(
+            "0 load -> sink",
+            "sink",
+            spec,
+            result,
+            delivered_at,
+            stats,
+            (0, 0, 0.0),
+            (0, 0, 0.0),
+            None,
+            None,
+        )
+        row.note = "harness ceiling: plain SMTP, no TLS, no AUTH"
+        return row
+
+    async def queue_growth(self, total: int, sessions: int) -> dict[str, Any]:
+        """Accept only until the queue holds `total`; the relay's RSS at each tenth."""
+        await self.clear_queue()
+        samples = []
+        step = max(1, total // 10)
+        accepted = 0
+        started = time.monotonic()
+        async with self.relay(0, sessions) as (process, port):
+            pid = relay_pid(process)
+            samples.append({"queued": 0, "rss_mb": memory(pid)[0]})
+            for first in range(0, total, step):
+                spec = LoadSpec(
+                    port=port,
+                    messages=min(step, total - first),
+                    sessions=sessions,
+                    per_session=50,
+                    accounts=[("bench", PASSWORD)],
+                    first_id=first,
+                )
+                result = await run(spec, self.tls)
+                accepted += len(result.acked)
+                queued = int(await self.redis.zcard("{q}:messages"))
+                samples.append({"queued": queued, "rss_mb": memory(pid)[0]})
+                print(f"  queue growth: {queued} queued, relay RSS {samples[-1]['rss_mb']} MB")
+            peak = memory(pid)[1]
+            seconds = time.monotonic() - started
+        used = await self.redis.info("memory")
+        await self.clear_queue()
+        return {
+            "accepted": accepted,
+            "accepted_per_s": round(accepted / seconds, 1),
+            "samples": samples,
+            "relay_peak_rss_mb": peak,
+            "redis_used_memory_mb": round(int(used["used_memory"]) / 2**20, 1),
+        }
+
+
+def postfix_cpu(instance: Postfix, policyd: int) -> float:
+    master = instance.master_pid()
+    if master is None:
+        return 0.0
+    live = sum(cpu_seconds(child) for child in children(master))
+    return cpu_seconds(master, reaped=True) + live + cpu_seconds(policyd)
+
+
+def replace_port(
+    spec: LoadSpec, port: int, *, tls: str | None = None, auth: bool = True
+) -> LoadSpec:
+    return replace(
+        spec,
+        port=port,
+        tls=tls or spec.tls,  # type: ignore[arg-type]
+        accounts=spec.accounts,
+        auth=auth and spec.auth,
+    )
+
+
+def relay_pid(process: asyncio.subprocess.Process) -> int:
+    """The relay's own pid (under py-spy it is a child of the profiler)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    with contextlib.suppress(OSError):
+        kids = children.read_text().split()
+        if kids:
+            return int(kids[0])
+    return process.pid
+
+
+def report(
+    rows: list[Row], growth: dict[str, Any] | None, postfix_note: str, options: argparse.Namespace
+) -> Path:
+    header = (
+        f"{'scenario':<24} {'server':<8} {'acc/s':>7} {'rcpt/s':>7} {'dlv/s':>7} {'p50':>6}"
+        f" {'p99':>7} {'max':>7} {'cpu/m':>6} {'rcpu/m':>6} {'cmd/m':>6} {'lua/m':>6}"
+        f" {'RSS MB':>7} {'logins':>6}"
+        "  exactly once"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        dlv = f"{r.delivered_per_s:.0f}" if r.delivered_per_s is not None else "-"
+        cmd = f"{r.redis_cmds_per_msg:.1f}" if r.redis_cmds_per_msg is not None else "-"
+        lua = f"{r.redis_lua_per_msg:.1f}" if r.redis_lua_per_msg is not None else "-"
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
+        cpu = f"{r.cpu_ms_per_msg:.2f}" if r.cpu_ms_per_msg is not None else "-"
+        rcpu = f"{r.redis_cpu_ms_per_msg:.2f}" if r.redis_cpu_ms_per_msg is not None else "-"
+        print(
+            f"{r.scenario:<24} {r.server:<8} {r.accepted_per_s:>7.0f} {r.recipients_per_s:>7.0f}"
+            f" {dlv:>7} {r.p50_ms:>6.1f} {r.p99_ms:>7.1f} {r.max_ms:>7.1f} {cpu:>6} {rcpu:>6}"
+            f" {cmd:>6} {lua:>6}"
+            f" {rss:>7} {r.logins:>6}  {r.exactly_once}"
+        )
+        if r.refusals or r.errors:
+            print(f"{'':<24} ! refusals {r.refusals} errors {r.errors}")
+        if r.redis_stalls:
+            print(f"{'':<24} ! Redis stalled: {r.redis_stalls}")
+    print("(latencies in ms: MAIL FROM to the 250 after DATA; cpu/m: server CPU ms per accepted")
+    print(" message (Postfix: all its processes + the policy daemon); rcpu/m: Redis CPU ms per")
+    print(" message; cmd/m: Redis commands per message, Lua-internal included; lua/m: script")
+    print(" calls; RSS: the relay process(es), or all Postfix processes; Postfix runs without")
+    print(" AUTH and with a quota policy daemon)")
+    ratios = {}
+    for scenario in sorted({r.scenario for r in rows}):
+        ours = next(
+            (r for r in rows if r.scenario == scenario and r.server.startswith("relay")), None
+        )
+        theirs = next((r for r in rows if r.scenario == scenario and r.server == "postfix"), None)
+        if ours is None or theirs is None:
+            continue
+        line = {"accepted": round(ours.accepted_per_s / max(theirs.accepted_per_s, 1e-9), 2)}
+        if ours.delivered_per_s and theirs.delivered_per_s:
+            line["delivered"] = round(ours.delivered_per_s / theirs.delivered_per_s, 2)
+        line["p99"] = round(ours.p99_ms / max(theirs.p99_ms, 1e-9), 2)
+        if ours.cpu_ms_per_msg and theirs.cpu_ms_per_msg:
+            line["cpu/msg"] = round(ours.cpu_ms_per_msg / theirs.cpu_ms_per_msg, 2)
+        ratios[scenario] = line
+    if ratios:
+        print("\nrelay / Postfix:")
+        for scenario, line in ratios.items():
+            print(f"  {scenario:<24} " + "  ".join(f"{k} {v:.2f}x" for k, v in line.items()))
+    if postfix_note:
+        print(f"\n{postfix_note}")
+    if growth:
+        series = ", ".join(f"{s['queued']}: {s['rss_mb']:.0f}" for s in growth["samples"])
+        print(f"\nqueue growth, relay RSS MB by queued messages: {series}")
+        print(
+            f"  {growth['accepted']} accepted at {growth['accepted_per_s']:.0f}/s;"
+            f" relay peak RSS {growth['relay_peak_rss_mb']:.0f} MB;"
+            f" Redis used_memory at the end {growth['redis_used_memory_mb']:.0f} MB"
+        )
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"side-by-side-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "options": vars(options),
+                "load": os.getloadavg(),
+                "rows": [asdict(r) for r in rows],
+                "ratios": ratios,
+                "postfix": postfix_note or "ran",
+                "queue_growth": growth,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwritten {path}")
+    return path
+
+
+async def main(options: argparse.Namespace) -> None:
+    work = (OUT / f"run-{time.strftime('%Y%m%dT%H%M%S')}").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(work, options)
+    with_postfix = postfix_binary() is not None and not options.no_postfix
+    postfix_note = (
+        ""
+        if with_postfix
+        else (
+            "Postfix: not run ("
+            + ("--no-postfix" if options.no_postfix else "not installed, or not root")
+            + "): our numbers only"
+        )
+    )
+    scenarios = set(options.scenarios.split(","))
+    rows: list[Row] = []
+    growth = None
+    try:
+        await bench.setup(options.accounts if "3" in scenarios else 0)
+        base = LoadSpec(
+            port=0,
+            messages=options.messages,
+            sessions=options.sessions,
+            size=options.size,
+            recipients=options.recipients,
+            per_session=options.per_session,
+            accounts=[("bench", PASSWORD)],
+        )
+        many = [(f"acct{n:05d}", PASSWORD) for n in range(options.accounts)]
+        plan: list[tuple[str, LoadSpec, bool]] = []
+        if "1" in scenarios:
+            plan.append(("1 accept only", base, False))
+            if options.rate:
+                # One login per session, done before the clock starts: the latency of
+                # accepting, at a rate below capacity (20 s of it at most).
+                paced_count = min(options.messages, int(20 * options.rate))
+                paced = LoadSpec(
+                    **{
+                        **asdict(base),
+                        "rate": options.rate,
+                        "warmup": True,
+                        "messages": paced_count,
+                        "per_session": -(-paced_count // options.sessions),
+                    }
+                )
+                plan.append((f"1 accept, {options.rate:g}/s offered", paced, False))
+        if "2" in scenarios:
+            plan.append(("2 end to end, 4 IPs", base, True))
+        if "3" in scenarios:
+            spec3 = LoadSpec(
+                **{
+                    **asdict(base),
+                    "messages": options.messages_many,
+                    "per_session": options.per_session_many,
+                    "accounts": many,
+                }
+            )
+            plan.append((f"3 e2e, {options.accounts} accts", spec3, True))
+        if "0" in scenarios:
+            rows.append(await bench.baseline(base))
+            print_row(rows[-1])
+        for name, spec, deliver in plan:
+            rows.append(await bench.run_relay(name, spec, deliver=deliver))
+            print_row(rows[-1])
+            if with_postfix:
+                try:
+                    rows.append(await bench.run_postfix(name, spec, deliver=deliver))
+                    print_row(rows[-1])
+                except (RuntimeError, OSError) as exc:
+                    postfix_note = f"Postfix could not run: {exc}; our numbers only"
+                    print(postfix_note)
+                    with_postfix = False
+        if "4" in scenarios and options.queue:
+            growth = await bench.queue_growth(options.queue, options.sessions)
+    finally:
+        await bench.sink.stop()
+        with contextlib.suppress(Exception):
+            await bench.redis.aclose()
+        bench.redis_server.stop()
+        shutil.rmtree(work / "redis", ignore_errors=True)  # the AOF of every message sent
+    report(rows, growth, postfix_note, options)
+
+
+def print_row(row: Row) -> None:
+    dlv = f", delivered {row.delivered_per_s}/s" if row.delivered_per_s is not None else ""
+    print(
+        f"  {row.scenario} [{row.server}]: {row.accepted} accepted, {row.accepted_per_s}/s{dlv},"
+        f" p99 {row.p99_ms} ms, exactly once: {row.exactly_once}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--recipients", type=int, default=1)
+    parser.add_argument("--per-session", type=int, default=20)
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--messages-many", type=int, default=2000, help="scenario 3")
+    parser.add_argument("--per-session-many", type=int, default=2, help="scenario 3")
+    parser.add_argument("--queue", type=int, default=20_000, help="scenario 4; 0: skip")
+    parser.add_argument(
+        "--rate", type=float, default=150.0, help="scenario 1 again at this offered msgs/s"
+    )
+    parser.add_argument("--scenarios", default="0,1,2,3,4")
+    parser.add_argument("--no-postfix", action="store_true")
+    parser.add_argument(
+        "--relay-processes",
+        type=int,
+        default=1,
+        help="run N relay processes on one Redis, sessions spread over them",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the relay (in .venv)")
+    options = parser.parse_args()
+    options.messages = min(options.messages, 100_000)
+    options.messages_many = min(options.messages_many, 100_000)
+    options.sessions = min(options.sessions, 500)
+    options.queue = min(options.queue, 200_000)
+    options.accounts = min(options.accounts, 100_000)
+    asyncio.run(main(options))
