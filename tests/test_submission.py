@@ -111,6 +111,7 @@ async def test_bad_syntax_gets_enhanced_5xx(stack):
             (b"MAIL", b"FROM:", 501),
             (b"MAIL", b"FROM:<not an address", 501),
             (b"MAIL", b"FROM:<no-domain>", 501),
+            (b"MAIL", b"FROM:<", 553),
             (b"BOGUS", b"", 500),
         ]:
             reply = await smtp.execute_command(command, *([args] if args else []))

@@ -6,6 +6,8 @@ import asyncio
 import re
 import ssl
 import warnings
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import AnyStr
 
 import structlog
@@ -43,6 +45,23 @@ class DsnEnvelope(Envelope):
         self.dsn_rcpts: dict[str, RecipientDsn] = {}
 
 
+def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]:
+    """(address, what follows it) of a MAIL/RCPT argument; (None, None) when unparsable;
+    ("", "") for an empty one. aiosmtpd's rules (SMTP._getaddr), computed once, and a
+    malformed path is a 553, not the IndexError that aiosmtpd lets escape."""
+    if not arg:
+        return "", ""
+    try:
+        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+        address, rest = parse(arg)
+    except (HeaderParseError, IndexError):  # the email parser can run off the end ("<")
+        return None, None
+    addr: str = address.addr_spec
+    if local_part_limit and len(addr.rpartition("@")[0]) > local_part_limit:
+        return None, None
+    return addr, rest
+
+
 class SubmissionSMTP(SMTP):
     """aiosmtpd's SMTP with enhanced codes on every reply, a DATA timeout and a 421 on idle."""
 
@@ -53,7 +72,17 @@ class SubmissionSMTP(SMTP):
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._verbatim = False
         self._counted: str | None = None
+        self._last_address: tuple[str, tuple[str | None, str | None]] | None = None
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, less its cost: it builds a class on every call (13% of
+        the loop in a profile), and the DSN split parses the same argument just before."""
+        if self._last_address is not None and self._last_address[0] == arg:
+            return self._last_address[1]
+        parsed = parse_path(arg, self.local_part_limit)
+        self._last_address = (arg, parsed)
+        return parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and self.connections is not None:  # not STARTTLS's switch
