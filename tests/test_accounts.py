@@ -48,3 +48,27 @@ async def test_passwd_and_remove(accounts):
         await accounts.remove("frank")
     with pytest.raises(NotFound):
         await accounts.set_password("frank", "password3")
+
+
+async def test_a_repeated_login_skips_the_hash_but_never_a_wrong_or_changed_password(
+    accounts, monkeypatch
+):
+    from relay.accounts import store as store_module
+
+    await accounts.add("gina", "password-one")
+    assert await accounts.authenticate("gina", "password-one") is not None
+    calls = []
+
+    async def counting(stored, password):
+        calls.append(password)
+        return False
+
+    monkeypatch.setattr(store_module, "verify_off_loop", counting)
+    assert await accounts.authenticate("gina", "password-one") is not None, "from the cache"
+    assert calls == []
+    assert await accounts.authenticate("gina", "wrong password") is None
+    assert calls == ["wrong password"], "a wrong password is always checked in full"
+    monkeypatch.undo()
+    await accounts.set_password("gina", "password-two")
+    assert await accounts.authenticate("gina", "password-one") is None, "changed: cache missed"
+    assert await accounts.authenticate("gina", "password-two") is not None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from relay.accounts.passwords import hash_password, verify_password
+from relay.accounts.passwords import VerifiedCache, hash_off_loop, verify_off_loop
 from relay.clock import Clock
 from relay.errors import InvalidInput, NotFound
 from relay.redis_client import load_script, store_errors, text, text_dict
@@ -57,13 +56,14 @@ class AccountStore:
         self._redis = redis
         self._clock = clock
         self._create = load_script(redis, __file__, "create.lua")
+        self._verified = VerifiedCache()
 
     async def add(self, login: str, password: str, email: str = "") -> Account:
         validate_login(login)
         validate_password(password)
         if email and not _EMAIL.fullmatch(email):
             raise InvalidInput(f"invalid contact email {email!r}")
-        password_hash = await asyncio.to_thread(hash_password, password)
+        password_hash = await hash_off_loop(password)
         account = Account(login=login, email=email, created_at=self._clock.now())
         fields = {
             "login": login,
@@ -100,7 +100,7 @@ class AccountStore:
     async def set_password(self, login: str, password: str) -> None:
         await self.require(login)
         validate_password(password)
-        password_hash = await asyncio.to_thread(hash_password, password)
+        password_hash = await hash_off_loop(password)
         with store_errors():
             await self._redis.hset(_key(login), "password", password_hash)
 
@@ -114,8 +114,13 @@ class AccountStore:
         """The account when the password matches; None otherwise (unknown login included)."""
         fields = await self._fields(login) if _LOGIN.fullmatch(login) else {}
         stored = fields.get("password")
-        ok = await asyncio.to_thread(verify_password, stored, password)
-        return _account(fields) if ok else None
+        if stored and self._verified.hit(login, stored, password):
+            return _account(fields)
+        if not await verify_off_loop(stored, password):
+            return None
+        assert stored is not None
+        self._verified.remember(login, stored, password)
+        return _account(fields)
 
     async def _fields(self, login: str) -> dict[str, str]:
         with store_errors():
