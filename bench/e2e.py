@@ -28,6 +28,7 @@ from pathlib import Path
 
 import aiosmtplib
 
+from bench.net import free_port, wait_port
 from quota import QuotaStore
 from relay.accounts import AccountStore
 from relay.accounts.provisioning import create_account
@@ -51,27 +52,6 @@ class Result:
     delivered_per_s: float
     accept_p50_ms: float
     accept_p99_ms: float
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_port(port: int, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {within}s")
 
 
 async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:

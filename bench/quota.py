@@ -14,24 +14,18 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.net import free_port
 from quota import Plan, QuotaStore
 from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
 
 NOW = 1_800_000_000.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def run(calls: int, concurrency: int, one: Any) -> float:

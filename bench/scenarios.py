@@ -38,6 +38,7 @@ from typing import Any
 from argon2 import PasswordHasher
 
 from bench.load import LoadResult, LoadSpec, client_context, run
+from bench.net import free_port, wait_port
 from bench.postfix import Postfix, postfix_binary
 from quota import Plan, QuotaStore
 from relay.embedded_redis import EmbeddedRedis
@@ -78,27 +79,6 @@ class Row:
     note: str = ""
     redis_stalls: str = ""
     """Redis's own latency events over 50 ms during the run (LATENCY LATEST)."""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_port(port: int, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {within}s")
 
 
 def memory(pid: int) -> tuple[float, float]:

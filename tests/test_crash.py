@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import signal
 import ssl
-import sys
-from pathlib import Path
 
 import aiosmtplib
 import pytest
@@ -19,58 +15,7 @@ from relay.queue import Envelope, QueueStore
 from relay.redis_client import connect
 from relay.sink import Sink
 from tests.conftest import PASSWORD, add_sender, free_port
-
-
-def write_config(path: Path, redis_url: str, server_cert, submit_port: int, sink_port: int):
-    cert, key = server_cert
-    path.write_text(
-        f"""
-hostname = "relay.test"
-[redis]
-url = "{redis_url}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[[submission.listeners]]
-address = "127.0.0.1:{submit_port}"
-tls = "implicit"
-[delivery]
-poll_interval = "50ms"
-retry_interval = "1s"
-[[delivery.egress]]
-ip = "127.0.0.2"
-helo = "out1.relay.test"
-[delivery.routes]
-"*" = "127.0.0.1:{sink_port}"
-[log]
-format = "json"
-"""
-    )
-
-
-async def start_relay(config: Path, port: int, **env: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "--config",
-        str(config),
-        "run",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    for _ in range(500):
-        if process.returncode is not None:
-            raise AssertionError((await process.stderr.read()).decode())  # type: ignore[union-attr]
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return process
-        except OSError:
-            await asyncio.sleep(0.02)
-    raise TimeoutError("relay process did not start")
+from tests.support.relay_process import start_relay, stop_relay, write_config
 
 
 async def submit(port: int, ca, n: int) -> str:
@@ -96,7 +41,13 @@ async def test_accepted_mail_survives_kill_9_of_the_relay(
     async with sink.serving() as server:
         sink_port = server.sockets[0].getsockname()[1]
         config = tmp_path / "relay.toml"
-        write_config(config, redis_server.url, server_cert, submit_port, sink_port)
+        write_config(
+            config,
+            redis_url=redis_server.url,
+            server_cert=server_cert,
+            submit_port=submit_port,
+            sink_port=sink_port,
+        )
 
         # Accept only, then SIGKILL: nothing was delivered yet, all of it is in Redis.
         relay = await start_relay(config, submit_port, RELAY_DELIVERY__WORKERS="0")
@@ -109,8 +60,7 @@ async def test_accepted_mail_survives_kill_9_of_the_relay(
         try:
             messages = await sink.wait_for(20, timeout=30)
         finally:
-            relay.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(relay.wait(), 20) == 0
+            assert await stop_relay(relay) == 0
     delivered = {re.search(rb" id ([0-9a-f]+);", m.data).group(1).decode() for m in messages}
     assert delivered == set(ids)
 

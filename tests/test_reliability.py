@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import ssl
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiosmtplib
 import pytest
@@ -27,77 +24,10 @@ from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
 from relay.sink import Received, Sink
 from tests.conftest import PASSWORD, add_sender, free_port
+from tests.support.relay_process import start_relay, stop_relay, write_config
 
 WORKERS = 16
 EGRESS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
-
-
-def write_config(path: Path, redis_url: str, server_cert, submit_port: int, sink_port: int):
-    cert, key = server_cert
-    egress = "".join(
-        f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out.relay.test"\n' for ip in EGRESS
-    )
-    path.write_text(
-        f"""
-hostname = "relay.test"
-[redis]
-url = "{redis_url}"
-timeout = "1s"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[[submission.listeners]]
-address = "127.0.0.1:{submit_port}"
-tls = "implicit"
-[delivery]
-workers = {WORKERS}
-poll_interval = "100ms"
-retry_interval = "1s"
-lease = "3s"
-{egress}
-[delivery.routes]
-"*" = "127.0.0.1:{sink_port}"
-[log]
-format = "json"
-level = "warning"
-"""
-    )
-
-
-async def start_relay(config: Path, port: int) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "--config",
-        str(config),
-        "run",
-        env=os.environ.copy(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.returncode is not None:
-            raise AssertionError(f"relay exited with {process.returncode}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return process
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError("relay process did not start")
-
-
-async def stop_relay(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 @dataclass
@@ -213,7 +143,16 @@ async def test_kill_9_during_submission_and_delivery_loses_no_acknowledged_messa
     async with sink.serving() as server:
         sink_port = server.sockets[0].getsockname()[1]
         config = tmp_path / "relay.toml"
-        write_config(config, redis_server.url, server_cert, submit_port, sink_port)
+        write_config(
+            config,
+            redis_url=redis_server.url,
+            server_cert=server_cert,
+            submit_port=submit_port,
+            sink_port=sink_port,
+            egress=EGRESS,
+            delivery=f'workers = {WORKERS}\nlease = "3s"',
+            redis='timeout = "1s"',
+        )
         relay = await start_relay(config, submit_port)
         load = Load()
         try:
@@ -260,7 +199,16 @@ async def test_redis_restarted_mid_load_gives_4xx_never_5xx_and_loses_nothing(
         async with sink.serving() as server:
             sink_port = server.sockets[0].getsockname()[1]
             config = tmp_path / "relay.toml"
-            write_config(config, redis_server.url, server_cert, submit_port, sink_port)
+            write_config(
+                config,
+                redis_url=redis_server.url,
+                server_cert=server_cert,
+                submit_port=submit_port,
+                sink_port=sink_port,
+                egress=EGRESS,
+                delivery=f'workers = {WORKERS}\nlease = "3s"',
+                redis='timeout = "1s"',
+            )
             relay = await start_relay(config, submit_port)
             load = Load()
             loading = asyncio.create_task(run_load(submit_port, ca, total, 8, load))

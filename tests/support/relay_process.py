@@ -1,0 +1,93 @@
+"""The real `relay run` in a child process, for the tests that kill it or its Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def write_config(
+    path: Path,
+    *,
+    redis_url: str,
+    server_cert: tuple[Path, Path],
+    submit_port: int,
+    sink_port: int,
+    egress: Sequence[str] = ("127.0.0.2",),
+    delivery: str = "",
+    redis: str = "",
+) -> None:
+    """A relay.toml: one implicit-TLS listener, every domain to the sink. `delivery` and
+    `redis` are extra TOML lines for those sections."""
+    cert, key = server_cert
+    pool = "".join(
+        f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out{n}.relay.test"\n'
+        for n, ip in enumerate(egress)
+    )
+    path.write_text(
+        f"""
+hostname = "relay.test"
+[redis]
+url = "{redis_url}"
+{redis}
+[tls]
+cert = "{cert}"
+key = "{key}"
+[[submission.listeners]]
+address = "127.0.0.1:{submit_port}"
+tls = "implicit"
+[delivery]
+poll_interval = "50ms"
+retry_interval = "1s"
+{delivery}
+{pool}
+[delivery.routes]
+"*" = "127.0.0.1:{sink_port}"
+[log]
+format = "json"
+level = "warning"
+"""
+    )
+
+
+async def start_relay(config: Path, port: int, **env: str) -> asyncio.subprocess.Process:
+    """Start it and wait until it listens on `port`; its log goes to relay.log beside the
+    config, whose end a failure to start shows."""
+    log = config.parent / "relay.log"
+    with log.open("ab") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "--config", str(config), "run",
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=sink,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise AssertionError(f"relay exited with {process.returncode}: {tail}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return process
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError("relay process did not start")
+
+
+async def stop_relay(process: asyncio.subprocess.Process) -> int:
+    """SIGTERM, as an operator stops it; its exit code (killed after 20 s)."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+    return int(process.returncode or 0)
