@@ -214,6 +214,9 @@ class DeliverySettings(Section):
     """Static next hops: `"example.com"` or `"*"` → `"host:port"`. Others go by MX."""
     mx_port: int = Field(25, gt=0, lt=65536)
     """Destination port for MX-routed delivery (tests point it at a sink)."""
+    allow_private_destinations: bool = False
+    """Deliver to MX addresses that are not public (loopback, private, link-local). Off: a
+    customer's DNS cannot aim our egress IPs at internal hosts. Static routes always go."""
     retry_interval: DurationField = Duration(900.0)
     max_age: DurationField = Duration(7 * 86400.0)
     """Past this age (held time excluded) a message still undelivered fails with a notice."""

@@ -224,3 +224,37 @@ def test_resolver_defaults_to_the_system_configuration() -> None:
 def test_resolver_needs_ip_addresses() -> None:
     with pytest.raises(ConfigError, match=r"dns\.servers"):
         make_resolver(DnsSettings(servers=[HostPort(host="dns.example", port=53)]))
+
+
+async def public_hops(dns: DnsServer, domain: str, **kwargs: object) -> list[Hop]:
+    resolver = make_resolver(dns.settings())
+    return await resolve_hops(
+        domain,
+        mx_port=25,
+        resolver=resolver,
+        public_only=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_public_only_drops_internal_mx_addresses(dns: DnsServer) -> None:
+    dns.load(
+        "mixed.test. MX 10 inside.mixed.test.\n"
+        "mixed.test. MX 20 outside.mixed.test.\n"
+        "inside.mixed.test. A 10.1.2.3\n"
+        "outside.mixed.test. A 93.184.216.34\n"
+        "outside.mixed.test. A 192.168.1.1\n"
+    )
+    (hop,) = await public_hops(dns, "mixed.test", routes={})
+    assert (hop.host, hop.addresses) == ("outside.mixed.test", ("93.184.216.34",))
+    with pytest.raises(PermanentRouteError) as caught:
+        await public_hops(dns, "example.com", routes={})  # all on 127.0.0.x and ::1
+    assert caught.value.status == "5.4.4" and "non-public" in str(caught.value)
+    with pytest.raises(PermanentRouteError, match="non-public"):
+        await public_hops(dns, "implicit.test", routes={})
+
+
+async def test_static_routes_are_trusted_even_when_internal(dns: DnsServer) -> None:
+    route = {"*": HostPort(host="127.0.0.1", port=2525)}
+    (hop,) = await public_hops(dns, "example.com", routes=route)
+    assert (hop.host, hop.port) == ("127.0.0.1", 2525)

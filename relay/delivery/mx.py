@@ -46,11 +46,14 @@ async def resolve_hops(
     mx_port: int,
     resolver: AsyncResolver,
     rng: random.Random | None = None,
+    public_only: bool = False,
 ) -> list[Hop]:
     """Hops to try in order: best preference first, equal preferences in random order.
 
     Raises PermanentRouteError when the domain cannot receive mail and TransientRouteError
-    when DNS fails or no MX host resolves.
+    when DNS fails or no MX host resolves. `public_only`: MX addresses that are not public
+    (loopback, private, link-local…) are dropped, so a customer's DNS cannot point our egress
+    IPs at the provider's internal network; static routes are trusted.
     """
     name = domain.strip().lower().rstrip(".")
     route = routes.get(name) or routes.get("*")
@@ -67,7 +70,7 @@ async def resolve_hops(
     except dns.resolver.NXDOMAIN:
         raise PermanentRouteError(f"{name}: domain does not exist", status="5.1.2") from None
     except dns.resolver.NoAnswer:
-        return [await _implicit_mx(name, qname, mx_port, resolver)]
+        return [await _implicit_mx(name, qname, mx_port, resolver, public_only)]
     except dns.exception.DNSException as exc:
         raise _dns_failure(name, "MX", exc) from None
 
@@ -83,16 +86,23 @@ async def resolve_hops(
     lookups = await asyncio.gather(
         *(_addresses(host, resolver) for _, host in real), return_exceptions=True
     )
-    hops, failures = [], []
+    hops, failures, internal = [], [], []
     for (pref, host), found in zip(real, lookups, strict=True):
         if isinstance(found, BaseException):
             if not isinstance(found, dns.exception.DNSException):
                 raise found
             failures.append(f"{_text(host)}: {_reason(found)}")
+        elif found and public_only and not _public(found):
+            internal.append(_text(host))
         elif found:
-            hops.append(Hop(_text(host), mx_port, pref, found))
+            hops.append(Hop(_text(host), mx_port, pref, _public(found) if public_only else found))
     if hops:
         return hops
+    if internal and not failures:
+        raise PermanentRouteError(
+            f"{name}: MX hosts resolve only to non-public addresses ({', '.join(internal)})",
+            status="5.4.4",
+        )
     if failures:
         raise TransientRouteError(
             f"{name}: no MX host resolves ({'; '.join(failures)})", status="4.4.3"
@@ -123,7 +133,7 @@ def make_resolver(dns: DnsSettings, kind: type[R] = AsyncResolver) -> R:  # type
 
 
 async def _implicit_mx(
-    name: str, qname: dns.name.Name, mx_port: int, resolver: AsyncResolver
+    name: str, qname: dns.name.Name, mx_port: int, resolver: AsyncResolver, public_only: bool
 ) -> Hop:
     try:
         found = await _addresses(qname, resolver)
@@ -131,7 +141,13 @@ async def _implicit_mx(
         raise _dns_failure(name, "A/AAAA", exc) from None
     if not found:
         raise PermanentRouteError(f"{name}: no MX and no address record", status="5.4.4")
-    return Hop(_text(qname), mx_port, 0, found)
+    if public_only and not _public(found):
+        raise PermanentRouteError(f"{name}: resolves only to non-public addresses", status="5.4.4")
+    return Hop(_text(qname), mx_port, 0, _public(found) if public_only else found)
+
+
+def _public(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(a for a in addresses if ipaddress.ip_address(a).is_global)
 
 
 async def _addresses(host: dns.name.Name, resolver: AsyncResolver) -> tuple[str, ...]:

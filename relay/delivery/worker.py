@@ -168,6 +168,7 @@ class DeliveryWorker:
                 routes=self._settings.routes,
                 mx_port=self._settings.mx_port,
                 resolver=self._resolver,
+                public_only=not self._settings.allow_private_destinations,
             )
         except RouteError as exc:
             disposition = Disposition.PERMANENT if exc.code >= 500 else Disposition.TRANSIENT

@@ -66,6 +66,7 @@ def delivery_settings(**overrides: object) -> DeliverySettings:
         "egress": [{"ip": ip, "helo": f"out{ip.rsplit('.', 1)[1]}.relay.test"} for ip in POOL],
         "workers": 8,
         "timeouts": {"connect": "2s", "command": "5s", "data": "5s"},
+        "allow_private_destinations": True,  # the test MX hosts are on 127.0.0.x
     }
     values.update(overrides)
     return DeliverySettings(**values)  # type: ignore[arg-type]
