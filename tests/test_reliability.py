@@ -133,6 +133,20 @@ async def when(condition, within: float) -> None:
 MESSAGES = 2000
 
 
+def loaded_config(config, redis_url, server_cert, submit_port: int, sink_port: int) -> None:
+    """4 egress IPs, WORKERS deliveries at once, short leases and Redis deadlines."""
+    write_config(
+        config,
+        redis_url=redis_url,
+        server_cert=server_cert,
+        submit_port=submit_port,
+        sink_port=sink_port,
+        egress=EGRESS,
+        delivery=f'workers = {WORKERS}\nlease = "3s"',
+        redis='timeout = "1s"',
+    )
+
+
 @pytest.mark.timeout(300)
 async def test_kill_9_during_submission_and_delivery_loses_no_acknowledged_message(
     redis, redis_server, server_cert, ca, tmp_path
@@ -143,16 +157,7 @@ async def test_kill_9_during_submission_and_delivery_loses_no_acknowledged_messa
     async with sink.serving() as server:
         sink_port = server.sockets[0].getsockname()[1]
         config = tmp_path / "relay.toml"
-        write_config(
-            config,
-            redis_url=redis_server.url,
-            server_cert=server_cert,
-            submit_port=submit_port,
-            sink_port=sink_port,
-            egress=EGRESS,
-            delivery=f'workers = {WORKERS}\nlease = "3s"',
-            redis='timeout = "1s"',
-        )
+        loaded_config(config, redis_server.url, server_cert, submit_port, sink_port)
         relay = await start_relay(config, submit_port)
         load = Load()
         try:
@@ -199,16 +204,7 @@ async def test_redis_restarted_mid_load_gives_4xx_never_5xx_and_loses_nothing(
         async with sink.serving() as server:
             sink_port = server.sockets[0].getsockname()[1]
             config = tmp_path / "relay.toml"
-            write_config(
-                config,
-                redis_url=redis_server.url,
-                server_cert=server_cert,
-                submit_port=submit_port,
-                sink_port=sink_port,
-                egress=EGRESS,
-                delivery=f'workers = {WORKERS}\nlease = "3s"',
-                redis='timeout = "1s"',
-            )
+            loaded_config(config, redis_server.url, server_cert, submit_port, sink_port)
             relay = await start_relay(config, submit_port)
             load = Load()
             loading = asyncio.create_task(run_load(submit_port, ca, total, 8, load))
