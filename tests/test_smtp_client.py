@@ -15,7 +15,7 @@ from relay.config import DeliveryTimeouts, Egress
 from relay.delivery.mx import Hop
 from relay.delivery.outcome import Disposition, RecipientOutcome, is_block_like
 from relay.delivery.sessions import SessionPool
-from relay.delivery.smtp_client import AttemptReport, attempt_domain, send_to_domain
+from relay.delivery.smtp_client import AttemptReport, attempt_domain
 from relay.sink import Sink
 from tests.conftest import free_port
 
@@ -51,7 +51,7 @@ async def send(
     timeouts: DeliveryTimeouts = FAST,
     helo: str | None = None,
 ) -> list[RecipientOutcome]:
-    return await send_to_domain(
+    report = await attempt_domain(
         hops=hops,
         egress=egress,
         mail_from=mail_from,
@@ -60,6 +60,7 @@ async def send(
         timeouts=timeouts,
         helo=helo,
     )
+    return report.outcomes
 
 
 async def never(*_: str) -> str | None:

@@ -12,7 +12,7 @@ from relay.delivery.outcome import (
     is_block_like,
 )
 from relay.delivery.schedule import RetrySchedule
-from relay.delivery.smtp_client import AttemptReport, attempt_domain, send_to_domain
+from relay.delivery.smtp_client import AttemptReport, attempt_domain
 
 __all__ = [
     "AttemptReport",
@@ -34,5 +34,4 @@ __all__ = [
     "is_block_like",
     "make_resolver",
     "resolve_hops",
-    "send_to_domain",
 ]

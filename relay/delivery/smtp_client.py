@@ -35,7 +35,7 @@ from relay.delivery.outcome import (
 )
 from relay.delivery.sessions import PooledSession, SessionPool
 
-__all__ = ["AttemptReport", "IpProblem", "attempt_domain", "send_to_domain"]
+__all__ = ["AttemptReport", "IpProblem", "attempt_domain"]
 
 log = structlog.get_logger()
 
@@ -55,31 +55,6 @@ class AttemptReport:
     """Set when no hop accepted a transaction from this egress IP."""
     connected: bool = False
     """A server accepted MAIL FROM from this IP (whatever it then said of the recipients)."""
-
-
-async def send_to_domain(
-    *,
-    hops: list[Hop],
-    egress: Egress | None,
-    mail_from: str,
-    recipients: list[str],
-    body: bytes,
-    timeouts: DeliveryTimeouts,
-    helo: str | None = None,
-    sessions: SessionPool | None = None,
-) -> list[RecipientOutcome]:
-    """Outcomes in the order of `recipients`; see `attempt_domain`."""
-    report = await attempt_domain(
-        hops=hops,
-        egress=egress,
-        mail_from=mail_from,
-        recipients=recipients,
-        body=body,
-        timeouts=timeouts,
-        helo=helo,
-        sessions=sessions,
-    )
-    return report.outcomes
 
 
 async def attempt_domain(
