@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import getpass
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from relay.abuse.complaints import TraceStore, parse_complaint
 from relay.abuse.factory import suspension_service
 from relay.accounts import AccountStore
 from relay.app import open_redis, quota_store
-from relay.cli.common import Failure, load, print_json
+from relay.cli.common import Failure, load, print_json, when
 from relay.clock import SystemClock
 from relay.config import Settings
 from reputation import Kind, NotAllowed
@@ -71,19 +70,13 @@ def _whoami() -> str:
         return "operator"
 
 
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _service(redis: Redis, settings: Settings) -> SuspensionService:
     return suspension_service(redis, settings, SystemClock(), quota_store(redis, settings))
 
 
 def _line(s: Suspension) -> str:
     return (
-        f"{s.id}  {_when(s.created_at)}  {s.status.value:<7} {s.account:<20} {s.kind.value:<10}"
+        f"{s.id}  {when(s.created_at)}  {s.status.value:<7} {s.account:<20} {s.kind.value:<10}"
         f" offence {s.terms.offence}  {s.reason}"
     )
 
@@ -109,14 +102,14 @@ def render(s: Suspension) -> str:
         f"account:    {s.account}",
         f"kind:       {s.kind.value} (offence {terms.offence})",
         f"status:     {s.status.value}",
-        f"since:      {_when(s.created_at)} by {s.actor}",
+        f"since:      {when(s.created_at)} by {s.actor}",
         f"reason:     {s.reason}",
         f"lift by:    {lift}"
-        + (f", not before {_when(terms.not_before)}" if terms.not_before else ""),
+        + (f", not before {when(terms.not_before)}" if terms.not_before else ""),
         f"may deny:   {'yes' if terms.may_deny else 'no'}",
     ]
     if s.closed_at is not None:
-        lines.append(f"closed:     {_when(s.closed_at)} by {s.closed_by}: {s.close_reason}")
+        lines.append(f"closed:     {when(s.closed_at)} by {s.closed_by}: {s.close_reason}")
     lines.append("evidence:")
     lines += [f"  {k}: {v}" for k, v in s.evidence.items()]
     return "\n".join(lines)
@@ -185,7 +178,7 @@ async def _audit(args: argparse.Namespace) -> int:
         return 0
     for e in entries:
         about = " ".join(x for x in (e.account, e.subject) if x)
-        print(f"{_when(e.at)}  {e.actor:<24} {e.action:<10} {about:<30} {e.reason}")
+        print(f"{when(e.at)}  {e.actor:<24} {e.action:<10} {about:<30} {e.reason}")
     return 0
 
 

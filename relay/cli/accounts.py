@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 
 from relay.abuse.factory import suspension_service
 from relay.accounts import Account, AccountStore
 from relay.accounts.passwords import generate_password
 from relay.accounts.provisioning import create_account, remove_account
 from relay.app import open_redis, quota_store
-from relay.cli.common import Failure, load, print_json, read_password
+from relay.cli.common import Failure, load, print_json, read_password, when
 from relay.clock import SystemClock
 
 
@@ -49,10 +48,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     remove = sub.add_parser("remove", help="delete a login")
     remove.add_argument("login")
     remove.set_defaults(handler=_remove)
-
-
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 async def _add(args: argparse.Namespace) -> int:
@@ -101,7 +96,7 @@ async def _show(args: argparse.Namespace) -> int:
     else:
         print(f"login:    {account.login}")
         print(f"email:    {account.email or '-'}")
-        print(f"created:  {_when(account.created_at)}")
+        print(f"created:  {when(account.created_at)}")
     return 0
 
 
@@ -152,14 +147,14 @@ async def _history(args: argparse.Namespace) -> int:
     print(f"{args.login}: {len(suspensions)} suspension(s)")
     for x in suspensions:
         print(
-            f"  {x.id}  {_when(x.created_at)}  {x.kind.value:<10} offence {x.terms.offence}"
+            f"  {x.id}  {when(x.created_at)}  {x.kind.value:<10} offence {x.terms.offence}"
             f"  {x.status.value:<7} {x.reason}"
         )
     print("audit:")
     for e in entries:
-        print(f"  {_when(e.at)}  {e.actor:<24} {e.action:<10} {e.subject:<12} {e.reason}")
+        print(f"  {when(e.at)}  {e.actor:<24} {e.action:<10} {e.subject:<12} {e.reason}")
     return 0
 
 
 def _line(account: Account) -> str:
-    return f"{account.login:<32} {account.email or '-':<32} {_when(account.created_at)}"
+    return f"{account.login:<32} {account.email or '-':<32} {when(account.created_at)}"

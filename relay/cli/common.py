@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import getpass
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 from relay.config import Settings, load_settings
 from relay.errors import ConfigError, RelayError
 
-__all__ = ["Failure", "load", "print_json", "read_password", "run_command"]
+__all__ = ["Failure", "load", "print_json", "read_password", "run_command", "when"]
 
 DEFAULT_CONFIG = Path("config/relay.toml")
 
@@ -54,6 +55,13 @@ def run_command(args: argparse.Namespace) -> int:
         raise Failure(f"config error: {exc}", exit_code=2) from None
     except RelayError as exc:
         raise Failure(str(exc)) from None
+
+
+def when(timestamp: float | None) -> str:
+    """A time as operators read it: UTC, to the second; "-" for none."""
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def print_json(value: Any) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import ipaddress
 
 from relay.app import open_redis
-from relay.cli.common import Failure, load, print_json
+from relay.cli.common import Failure, load, print_json, when
 from relay.clock import SystemClock
 from relay.delivery.egress_state import egress_state
 
@@ -25,10 +24,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     enable = sub.add_parser("enable", help="put an IP back into rotation and end its cool-downs")
     enable.add_argument("ip")
     enable.set_defaults(handler=_enable)
-
-
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _address(text: str) -> str:
@@ -53,11 +48,11 @@ async def _list(args: argparse.Namespace) -> int:
         helo = r.helo if r.helo is not None else "(not in delivery.egress)"
         print(f"{r.ip:<16} {helo:<32} {r.state}")
         if r.disabled is not None:
-            print(f"    disabled since {_when(r.disabled[1])}: {r.disabled[0]}")
+            print(f"    disabled since {when(r.disabled[1])}: {r.disabled[0]}")
         if r.listed is not None:
-            print(f"    listed since {_when(r.listed[1])}: {r.listed[0]}")
+            print(f"    listed since {when(r.listed[1])}: {r.listed[0]}")
         for domain, until in r.cooling:
-            print(f"    cooling down for {domain} until {_when(until)}")
+            print(f"    cooling down for {domain} until {when(until)}")
     usable = sum(1 for r in reports if r.helo is not None and r.state in ("healthy", "cooling"))
     print(f"{usable} of {len(settings.delivery.egress)} IP(s) in rotation")
     return 0

@@ -12,7 +12,7 @@ from quota.errors import InvalidValue
 from relay.accounts import AccountStore
 from relay.accounts.provisioning import new_plan_id
 from relay.app import open_redis, quota_store
-from relay.cli.common import Failure, load, print_json
+from relay.cli.common import Failure, load, print_json, when
 from relay.clock import SystemClock
 from relay.submission.policy import format_wait
 
@@ -55,12 +55,6 @@ def parse_date(text: str | None, option: str) -> float | None:
     return when.timestamp()
 
 
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 async def _require_account(redis: Redis, login: str) -> None:
     """Unknown credential: a clear error before anything is changed."""
     await AccountStore(redis, SystemClock()).require(login)
@@ -89,8 +83,8 @@ async def _add(args: argparse.Namespace) -> int:
 
 def _describe(plan: Plan, default_per_minute: int) -> str:
     per_minute = plan.per_minute or default_per_minute
-    span = f"from {_when(plan.starts)} " if plan.starts else ""
-    span += f"until {_when(plan.expires)}" if plan.expires else "no expiry"
+    span = f"from {when(plan.starts)} " if plan.starts else ""
+    span += f"until {when(plan.expires)}" if plan.expires else "no expiry"
     return f"{plan.daily}/24h, {per_minute}/min, {span}"
 
 
@@ -156,7 +150,7 @@ def render_usage(login: str, usage: Usage, now: float) -> str:
     ]
     if usage.next_free_at is not None:
         wait = format_wait(usage.next_free_at - now)
-        lines.append(f"next slot:    {_when(usage.next_free_at)} (in {wait})")
+        lines.append(f"next slot:    {when(usage.next_free_at)} (in {wait})")
     lines.append("per hour (UTC):")
     for start, count in usage.hourly:
         if count:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 
 from relay.app import open_redis
-from relay.cli.common import Failure, load, print_json
+from relay.cli.common import Failure, load, print_json, when
 from relay.clock import SystemClock
 from relay.queue import QueueStore
 
@@ -35,10 +34,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action.set_defaults(handler=_act, verb=name)
 
 
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _flags(held_at: float | None, notice: str) -> str:
     flags = []
     if held_at is not None:
@@ -59,7 +54,7 @@ async def _list(args: argparse.Namespace) -> int:
     for m in messages:
         sender = m.mail_from or "<>"
         print(
-            f"{m.id}  {_when(m.created_at)}  {m.account:<20} {sender} -> {len(m.recipients)}"
+            f"{m.id}  {when(m.created_at)}  {m.account:<20} {sender} -> {len(m.recipients)}"
             + _flags(m.held_at, m.notice)
         )
     print(f"{total} message(s) in the queue")
@@ -77,18 +72,18 @@ async def _show(args: argparse.Namespace) -> int:
     print(f"id:         {meta.id}")
     print(f"account:    {meta.account}")
     print(f"from:       {meta.mail_from or '<>'}")
-    print(f"created:    {_when(meta.created_at)}")
+    print(f"created:    {when(meta.created_at)}")
     print(f"size:       {meta.size} bytes")
     if meta.notice:
         print(f"notice:     {meta.notice} notice (from <>)")
     if meta.held_at is not None:
-        print(f"held:       since {_when(meta.held_at)} (not attempted, not expiring)")
+        print(f"held:       since {when(meta.held_at)} (not attempted, not expiring)")
     if meta.delay_notified:
         print("delay notice sent")
     for job in jobs:
         print(f"job {job.id}: {job.domain} {', '.join(job.recipients)}")
-        when = "held" if job.held else f"next {_when(job.due_at)}"
-        print(f"    attempts {job.attempts}, {when}")
+        next_try = "held" if job.held else f"next {when(job.due_at)}"
+        print(f"    attempts {job.attempts}, {next_try}")
         if job.last_error:
             print(f"    last error: {job.last_error}")
     return 0
