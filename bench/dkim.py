@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
-from pathlib import Path
 
 import dkim
 
+from bench.net import save_results
 from reputation.dkim import generate_key, sign
 
 MESSAGE = (
@@ -73,9 +72,7 @@ def report(results: dict[str, float]) -> None:
     for algorithm in ("rsa-sha256", "ed25519-sha256"):
         ratio = results[f"dkimpy {algorithm} ms/msg"] / results[f"ours {algorithm} ms/msg"]
         print(f"{'speed-up ' + algorithm:<34} {ratio:>8.1f}x")
-    out = Path("var/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"dkim-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(results))
+    save_results("dkim", results)
 
 
 if __name__ == "__main__":

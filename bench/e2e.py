@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import ssl
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from bench.net import free_port, wait_port
+from bench.net import free_port, save_results, wait_port
 from quota import QuotaStore
 from relay.accounts import AccountStore
 from relay.accounts.provisioning import create_account
@@ -290,11 +289,7 @@ def report(results: list[Result]) -> None:
         )
     base, relay = results[0], results[1]
     print(f"ratio relay/baseline, delivered/s: {relay.delivered_per_s / base.delivered_per_s:.2f}")
-    out = Path("var/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"e2e-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps([asdict(r) for r in results], indent=2))
-    print(f"written {path}")
+    save_results("e2e", [asdict(r) for r in results])
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""Loopback helpers every bench shares."""
+"""What every bench shares: loopback helpers and where results go."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
+from pathlib import Path
 
-__all__ = ["free_port", "wait_port"]
+__all__ = ["OUT", "free_port", "save_results", "wait_port"]
+
+OUT = Path("var/bench")
 
 
 def free_port() -> int:
@@ -27,3 +31,12 @@ async def wait_port(port: int, within: float = 30.0) -> None:
         except OSError:
             await asyncio.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port} after {within}s")
+
+
+def save_results(name: str, data: object) -> Path:
+    """Write a bench's results as `var/bench/NAME-<time>.json`; the path, also printed."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(data, indent=2, default=str))
+    print(f"written {path}")
+    return path

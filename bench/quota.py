@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import tempfile
 import time
@@ -20,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.net import free_port
+from bench.net import free_port, save_results
 from quota import Plan, QuotaStore
 from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
@@ -138,11 +137,7 @@ def report(results: dict[str, Any]) -> None:
     for c in (1, 50):
         ratio = results[f"1 credential c={c}"] / results[f"ping c={c}"]
         print(f"{f'decision/ping ratio c={c}':<42} {ratio:>12.2f}")
-    out = Path("var/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"quota-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"written {path}")
+    save_results("quota", results)
 
 
 if __name__ == "__main__":

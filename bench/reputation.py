@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
-from pathlib import Path
 
+from bench.net import save_results
 from relay.config import DnsSettings, HostPort
 from relay.delivery.mx import make_resolver
 from reputation import DnsblClient, Zone, extract_links
@@ -71,9 +70,7 @@ def report(results: dict[str, object]) -> None:
     for name, values in results.items():
         assert isinstance(values, dict)
         print(f"{name:<32} p50 {values['p50_ms']:>8.3f} ms   p99 {values['p99_ms']:>8.3f} ms")
-    out = Path("var/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"reputation-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(results))
+    save_results("reputation", results)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 from argon2 import PasswordHasher
 
 from bench.load import LoadResult, LoadSpec, client_context, run
-from bench.net import free_port, wait_port
+from bench.net import OUT, free_port, save_results, wait_port
 from bench.postfix import Postfix, postfix_binary
 from quota import Plan, QuotaStore
 from relay.embedded_redis import EmbeddedRedis
@@ -48,7 +48,6 @@ from relay.tls import ensure_self_signed
 PASSWORD = "bench-password-1"
 EGRESS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 HUGE = 10**9
-OUT = Path("var/bench")
 
 
 @dataclass
@@ -582,23 +581,18 @@ def report(
             f" relay peak RSS {growth['relay_peak_rss_mb']:.0f} MB;"
             f" Redis used_memory at the end {growth['redis_used_memory_mb']:.0f} MB"
         )
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"side-by-side-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "options": vars(options),
-                "load": os.getloadavg(),
-                "rows": [asdict(r) for r in rows],
-                "ratios": ratios,
-                "postfix": postfix_note or "ran",
-                "queue_growth": growth,
-            },
-            indent=2,
-        )
+    print()
+    return save_results(
+        "side-by-side",
+        {
+            "options": vars(options),
+            "load": os.getloadavg(),
+            "rows": [asdict(r) for r in rows],
+            "ratios": ratios,
+            "postfix": postfix_note or "ran",
+            "queue_growth": growth,
+        },
     )
-    print(f"\nwritten {path}")
-    return path
 
 
 async def main(options: argparse.Namespace) -> None:
