@@ -35,6 +35,7 @@ from relay.clock import SystemClock
 from relay.embedded_redis import EmbeddedRedis
 from relay.queue import Envelope, QueueStore
 from relay.redis_client import connect
+from relay.spool import Spool
 from relay.tls import ensure_self_signed
 
 PASSWORD = "bench-password-1"
@@ -135,7 +136,7 @@ async def main(messages: int, sessions: int) -> list[Result]:
     config = work / "relay.toml"
     config.write_text(
         f'hostname = "relay.bench"\n[redis]\nurl = "{redis_server.url}"\n'
-        f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        f'[tls]\ncert = "{cert}"\nkey = "{key}"\n[spool]\ndir = "{work / "spool"}"\n'
         f'[[submission.listeners]]\naddress = "127.0.0.1:{submit_port}"\ntls = "implicit"\n'
         '[delivery]\nworkers = 32\npoll_interval = "100ms"\n'
         + "".join(
@@ -251,7 +252,7 @@ async def delivery_only(
     )
     relay = await spawn("--config", str(config), "run", env=env)
     redis = connect(redis_url, timeout=5)
-    queue = QueueStore(redis, SystemClock())
+    queue = QueueStore(redis, SystemClock(), Spool(work / "spool"))
     try:
         await wait_port(sink_port)
         await wait_port(submit_port)

@@ -30,6 +30,7 @@ from relay.queue import QueueStore
 from relay.redis_client import connect
 from relay.sender_auth import DkimKeyStore, DkimSigner, SpfChecker
 from relay.sender_auth.spf import install_resolver
+from relay.spool import InflightBudget
 from relay.submission.guard import AuthGuard, AuthPolicy
 from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
@@ -74,6 +75,12 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             await asyncio.to_thread(embedded.stop)
 
 
+def _checks_content(settings: Settings) -> bool:
+    """The DATA check reads the message only when a domain list can judge it."""
+    rep = settings.reputation
+    return rep.data_check and any(zone.kind == "domain" for zone in rep.zones)
+
+
 def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
     if settings.sender_auth.spf == "off":
         return None
@@ -86,7 +93,11 @@ def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
     )
 
 
-async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event) -> None:
+async def serve(
+    settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event, reclaim: bool = True
+) -> None:
+    """`reclaim`: take back at once the jobs this node's processes had leased before (right
+    when no other process of the node runs: a restart after a crash)."""
     clock = clock or SystemClock()
     settings.tls.require_files()
     if settings.tls.self_signed and ensure_self_signed(
@@ -95,7 +106,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
         log.info("tls.self_signed_created", cert=str(settings.tls.cert))
     tls = server_context(settings.tls.cert, settings.tls.key)
     async with open_redis(settings) as redis:
-        queue = QueueStore(redis, clock)
+        queue = QueueStore.from_settings(redis, clock, settings)
+        if reclaim and (taken := await queue.reclaim()):
+            log.warning("queue.reclaimed", jobs=taken, node=queue.node)
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
@@ -120,7 +133,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             accounts=AccountStore(redis, clock),
             queue=queue,
             quota=quota,
-            content_check=guard.check if settings.reputation.data_check else None,
+            content_check=guard.check if _checks_content(settings) else None,
             trace=TraceStore(redis).remember,
             spf=spf_checker(settings, clock),
             spf_mode=settings.sender_auth.spf,
@@ -132,6 +145,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             clock=clock,
             store_timeout=settings.redis.timeout.seconds,
             on_queued=worker.wake,
+            min_free=settings.spool.min_free,
         )
         servers = await start_listeners(
             listeners=settings.submission.listeners,
@@ -139,6 +153,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             service=service,
             tls=tls,
             hostname=settings.hostname,
+            budget=InflightBudget(settings.spool.max_inflight),
             guard=AuthGuard(
                 redis,
                 AuthPolicy.from_settings(settings.submission.auth_guard),

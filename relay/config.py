@@ -222,8 +222,9 @@ class DeliverySettings(Section):
     """Past this age (held time excluded) a message still undelivered fails with a notice."""
     delay_notice_after: DurationField = Duration(3600.0)
     """Age at which the sender gets one delay notice for recipients still being retried."""
-    lease: DurationField = Duration(900.0)
-    """How long a claimed job stays with its worker before another may take it."""
+    lease: DurationField = Duration(60.0)
+    """How long a claimed job stays with its worker unless renewed (every third of it while
+    the delivery runs): a worker that dies loses its jobs to others this soon."""
     poll_interval: DurationField = Duration(1.0)
     timeouts: DeliveryTimeouts = DeliveryTimeouts()
     cooldown: DurationField = Duration(1800.0)
@@ -271,6 +272,18 @@ def _with_dns_port(text: str) -> str:
     if text.count(":") > 1:
         return f"[{text}]:53"
     return text if ":" in text else f"{text}:53"
+
+
+class SpoolSettings(Section):
+    dir: Path = Path("var/spool")
+    """Message bodies of this node, one file each (relay/spool/)."""
+    max_inflight: SizeField = 1_000_000_000
+    """DATA bytes being received at once by one process; past it new transfers get 452 4.3.1
+    (declared SIZE counts before the bytes arrive). 0: no limit."""
+    min_free: SizeField = 500_000_000
+    """Free disk space below which DATA is refused with 452 4.3.1 (Postfix's queue_minfree)."""
+    orphan_grace: DurationField = Duration(3600.0)
+    """A spool file with no queued message this old is an orphan (`relay spool check`)."""
 
 
 class SinkSettings(Section):
@@ -364,6 +377,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = TlsSettings()
     submission: SubmissionSettings = SubmissionSettings()
     delivery: DeliverySettings = DeliverySettings()
+    spool: SpoolSettings = SpoolSettings()
     dns: DnsSettings = DnsSettings()
     sink: SinkSettings = SinkSettings()
     quota: QuotaSettings = QuotaSettings()

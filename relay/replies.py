@@ -69,6 +69,9 @@ CONTENT_LISTED = Reply(
     554, "5.7.1", "Refused: {what} is on the blocklist {zone}; the account is suspended"
 )
 STORE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary failure, please try again later")
+SPOOL_BUSY = Reply(452, "4.3.1", "Too much mail in transfer right now; try again shortly")
+SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage; try again later")
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Header section too large (limit {limit} bytes)")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, please try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed logins; try again in {wait}")

@@ -25,6 +25,7 @@ __all__ = [
     "Algorithm",
     "DkimError",
     "DkimKey",
+    "RelaxedBodyHash",
     "dns_record",
     "generate_key",
     "sign",
@@ -123,12 +124,88 @@ def _relaxed_body(body: bytes) -> bytes:
     return b"".join(line + b"\r\n" for line in lines)
 
 
+class RelaxedBodyHash:
+    """The relaxed body hash (RFC 6376 3.4.4, SHA-256) of a body fed in pieces of any size,
+    so a message streamed to disk is hashed as it arrives and never held whole.
+
+    Same result as hashing `_relaxed_body` of the whole body with its line ends made CRLF:
+    only complete lines are canonicalized; empty lines are held back until a non-empty line
+    follows them, since trailing empty lines are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._partial = b""
+        self._blank = 0
+        """Empty lines seen but not yet hashed (dropped if nothing else follows)."""
+
+    def update(self, data: bytes) -> None:
+        data = self._partial + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._partial = data
+            return
+        self._partial = data[cut + 1 :]
+        self._lines(_canonical(data[: cut + 1]))
+
+    def _lines(self, text: bytes) -> None:
+        """Hash complete canonical lines (each ends in CRLF), holding back trailing blanks."""
+        run = _TRAILING_CRLF.search(text)
+        ends = len(run.group()) // 2 if run else 0
+        content = text[: run.start()] if run else text
+        if not content:
+            self._blank += ends
+            return
+        self._hash.update(b"\r\n" * self._blank + content + b"\r\n")
+        self._blank = ends - 1
+
+    def hexdigest(self) -> str:
+        return self._final().hexdigest()
+
+    def b64digest(self) -> str:
+        return base64.b64encode(self._final().digest()).decode()
+
+    def _final(self) -> hashlib._Hash:
+        final = self._hash.copy()
+        last = _WSP.sub(b" ", self._partial).rstrip(b" ")
+        if last:
+            final.update(b"\r\n" * self._blank + last + b"\r\n")
+        return final
+
+
+_LINE_END = re.compile(rb"\r?\n")
+_SPACE_BEFORE_END = re.compile(rb" \r\n")
+_TRAILING_CRLF = re.compile(rb"(?:\r\n)+\Z")
+
+
+def _canonical(lines: bytes) -> bytes:
+    """Complete lines: CRLF ends, runs of whitespace as one space, none at line ends."""
+    text = lines  # each step only when it has work: base64 parts, the bulk of big mail, have none
+    if text.count(b"\n") != text.count(b"\r\n"):
+        text = _LINE_END.sub(b"\r\n", text)
+    if b"\t" in text or b"  " in text:
+        text = _WSP.sub(b" ", text)
+    if b" \r\n" in text:
+        text = _SPACE_BEFORE_END.sub(b"\r\n", text)
+    return text
+
+
 def sign(
-    message: bytes, key: DkimKey, *, now: int, headers: Sequence[str] = DEFAULT_HEADERS
+    message: bytes,
+    key: DkimKey,
+    *,
+    now: int,
+    headers: Sequence[str] = DEFAULT_HEADERS,
+    body_hash: str | None = None,
 ) -> bytes:
-    """The `DKIM-Signature:` field (CRLF-terminated) to put in front of the message."""
+    """The `DKIM-Signature:` field (CRLF-terminated) to put in front of the message.
+
+    `body_hash`: the body's hash from `RelaxedBodyHash` when the body was streamed; then
+    `message` needs to hold only the header section.
+    """
     fields, body = _split(message)
-    body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
+    if body_hash is None:
+        body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
     by_name: dict[bytes, list[bytes]] = {}
     for field in fields:
         by_name.setdefault(field.partition(b":")[0].strip().lower(), []).append(field)

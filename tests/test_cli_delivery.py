@@ -8,6 +8,7 @@ import pytest
 
 from relay.clock import SystemClock
 from relay.queue import Envelope, QueueStore
+from tests.support.spool import temp_spool
 from tests.test_cli import relay
 
 
@@ -58,7 +59,7 @@ def test_operator_mistakes_are_one_line(workdir, args, message):
 
 
 async def test_queue_hold_release_retry_delete(workdir, redis):
-    queue = QueueStore(redis, SystemClock())
+    queue = QueueStore(redis, SystemClock(), temp_spool())
     envelope = Envelope("a@sender.test", ("b@dest.test",), "alice")
     first = await queue.enqueue(envelope, b"Subject: one\r\n\r\nx\r\n")
     second = await queue.enqueue(envelope, b"Subject: two\r\n\r\nx\r\n")

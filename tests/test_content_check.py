@@ -12,6 +12,7 @@ from relay.abuse.traffic import TrafficLog
 from relay.config import Settings
 from tests.conftest import PASSWORD, add_sender
 from tests.support.dns_server import DnsServer
+from tests.support.spool import temp_spool
 from tests.support.submission import client, start_stack
 
 
@@ -27,6 +28,7 @@ async def stack(redis, clock, server_cert, ca, dns):
     await add_sender(redis)
     settings = Settings(
         hostname="relay.test",
+        spool={"dir": temp_spool().root},
         dns={"servers": [f"127.0.0.1:{dns.port}"]},
         reputation={"zones": [{"zone": "dbl.test", "kind": "domain"}], "lookup_timeout": "300ms"},
     )

@@ -16,6 +16,7 @@ from relay.redis_client import connect
 from relay.sink import Sink
 from tests.conftest import PASSWORD, add_sender, free_port
 from tests.support.relay_process import start_relay, stop_relay, write_config
+from tests.support.spool import temp_spool
 
 
 async def submit(port: int, ca, n: int) -> str:
@@ -69,7 +70,8 @@ async def test_queued_message_survives_kill_9_of_redis(tmp_path):
     server = EmbeddedRedis(tmp_path / "redis", port=free_port())
     server.start()
     client = connect(server.url, timeout=2)
-    queue = QueueStore(client, SystemClock())
+    spool = temp_spool()
+    queue = QueueStore(client, SystemClock(), spool)
     envelope = Envelope(mail_from="a@example.org", recipients=("b@example.com",), account="x")
     queue_id = await queue.enqueue(envelope, b"Subject: durable\r\n\r\nbody\r\n")
     server.kill()
@@ -77,7 +79,7 @@ async def test_queued_message_survives_kill_9_of_redis(tmp_path):
     server.start()
     client = connect(server.url, timeout=2)
     try:
-        stored = await QueueStore(client, SystemClock()).load(queue_id)
+        stored = await QueueStore(client, SystemClock(), spool).load(queue_id)
         assert stored.body == b"Subject: durable\r\n\r\nbody\r\n"
     finally:
         await client.aclose()

@@ -14,6 +14,7 @@ from relay.queue import QueueStore
 from relay.sink import Sink
 from tests.conftest import PASSWORD, add_sender, free_port
 from tests.support.dns_server import DnsServer
+from tests.support.spool import temp_spool
 
 EGRESS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 MESSAGE = (
@@ -43,6 +44,7 @@ def relay_settings(redis_url, server_cert, dns: DnsServer, **delivery) -> Settin
             **delivery,
         },
         dns={"servers": [f"127.0.0.1:{dns.port}"], "timeout": "2s"},
+        spool={"dir": temp_spool().root},
     )
 
 
@@ -105,7 +107,9 @@ async def test_message_goes_through_static_route(
         assert message.helo == f"out{EGRESS.index(message.peer)}.relay.test"
         assert message.mail_from == "alice@example.org"
         assert f"id {queue_id}".encode() in message.data
-    assert await QueueStore(redis, clock).count() == 0, "delivered mail leaves the queue"
+    queue = QueueStore.from_settings(redis, clock, settings)
+    assert await queue.count() == 0, "delivered mail leaves the queue"
+    assert not list(queue.spool.entries()), "and its body leaves the spool"
 
 
 async def test_mx_lookup_path(redis, redis_server, clock, server_cert, ca, dns, sink):
@@ -150,7 +154,7 @@ async def test_transient_failure_is_retried_after_the_interval(
             queue_id = await submit(settings, ca, 0, ["bob@example.com"])
             await asyncio.sleep(0.3)
             assert sink.count == 0 and len(attempts) == 1
-            (job,) = await QueueStore(redis, clock).jobs_of(queue_id)
+            (job,) = await QueueStore.from_settings(redis, clock, settings).jobs_of(queue_id)
             assert job.attempts == 1 and job.last_error.startswith("451 4.3.0")
             await sink.wait_for(1, timeout=10)
         finally:
@@ -168,7 +172,7 @@ async def test_permanent_failure_leaves_the_queue(redis, redis_server, clock, se
             redis_server.url, server_cert, dns, routes={"*": f"127.0.0.1:{port}"}
         )
         task, stop = await run_relay(settings)
-        queue = QueueStore(redis, clock)
+        queue = QueueStore.from_settings(redis, clock, settings)
         try:
             await submit(settings, ca, 0, ["nobody@example.com"])
             for _ in range(200):

@@ -14,6 +14,7 @@ from relay.config import Settings
 from relay.delivery.egress_state import egress_state
 from tests.conftest import add_sender
 from tests.support.dns_server import DnsServer
+from tests.support.spool import temp_spool
 
 
 @pytest.fixture
@@ -25,6 +26,7 @@ async def dns():
 def settings_for(dns, **reputation) -> Settings:
     return Settings(
         hostname="relay.test",
+        spool={"dir": temp_spool().root},
         delivery={"egress": [{"ip": "127.0.0.2", "helo": "a"}, {"ip": "127.0.0.3", "helo": "b"}]},
         dns={"servers": [f"127.0.0.1:{dns.port}"]},
         reputation={

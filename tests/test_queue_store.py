@@ -3,11 +3,12 @@ import pytest
 from relay.errors import InvalidInput, NotFound
 from relay.queue import LEASE_LOST, NOTICE_QUEUED, Envelope, Notice, QueueStore
 from relay.queue.model import split_by_domain
+from tests.support.spool import temp_spool
 
 
 @pytest.fixture
 def queue(redis, clock):
-    return QueueStore(redis, clock)
+    return QueueStore(redis, clock, temp_spool())
 
 
 def envelope(*rcpts: str) -> Envelope:

@@ -14,6 +14,7 @@ from relay.config import Settings
 from relay.queue import Envelope, QueueStore
 from reputation import Kind, NotAllowed, Status
 from tests.conftest import add_sender
+from tests.support.spool import temp_spool
 
 DAY = 86400.0
 
@@ -27,9 +28,14 @@ async def world(redis, clock):
     settings = Settings(
         hostname="relay.test",
         reputation={"operators": ["noc@provider.example"], "support": "help@provider.example"},
+        spool={"dir": temp_spool().root},
     )
     quota = QuotaStore(redis, default_per_minute=100, per_recipient=100)
-    return suspension_service(redis, settings, clock, quota), quota, QueueStore(redis, clock)
+    return (
+        suspension_service(redis, settings, clock, quota),
+        quota,
+        QueueStore.from_settings(redis, clock, settings),
+    )
 
 
 async def rcpt_verdict(quota, clock):

@@ -23,7 +23,7 @@ def suspension_service(
     redis: aioredis.Redis, settings: Settings, clock: Clock, quota: QuotaStore
 ) -> SuspensionService:
     rep = settings.reputation
-    queue = QueueStore(redis, clock)
+    queue = QueueStore.from_settings(redis, clock, settings)
     return SuspensionService(
         store=SuspensionStore(redis),
         audit=AuditLog(redis, clock),

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from relay.cli import abuse, accounts, ip, plans, queue, sender_auth, service
+from relay.cli import abuse, accounts, ip, plans, queue, sender_auth, service, spool
 from relay.cli.common import Failure, run_command
 from relay.config import LogSettings
 from relay.logging import configure_logging
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     abuse.register(commands)
     sender_auth.register(commands)
     queue.register(commands)
+    spool.register(commands)
     ip.register(commands)
     _accept_config_anywhere(parser)
     return parser

@@ -44,8 +44,9 @@ def _flags(held_at: float | None, notice: str) -> str:
 
 
 async def _list(args: argparse.Namespace) -> int:
-    async with open_redis(load(args)) as redis:
-        store = QueueStore(redis, SystemClock())
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        store = QueueStore.from_settings(redis, SystemClock(), settings)
         messages = await store.list_messages(args.limit)
         total = await store.count()
     if args.json:
@@ -62,18 +63,22 @@ async def _list(args: argparse.Namespace) -> int:
 
 
 async def _show(args: argparse.Namespace) -> int:
-    async with open_redis(load(args)) as redis:
-        store = QueueStore(redis, SystemClock())
-        meta = (await store.load(args.id)).meta
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        store = QueueStore.from_settings(redis, SystemClock(), settings)
+        meta = await store.meta(args.id)
         jobs = await store.jobs_of(args.id)
+        spooled = store.spool.exists(args.id)
     if args.json:
-        print_json({**meta.as_dict(), "jobs": [j.as_dict() for j in jobs]})
+        print_json({**meta.as_dict(), "spooled": spooled, "jobs": [j.as_dict() for j in jobs]})
         return 0
     print(f"id:         {meta.id}")
     print(f"account:    {meta.account}")
     print(f"from:       {meta.mail_from or '<>'}")
     print(f"created:    {when(meta.created_at)}")
     print(f"size:       {meta.size} bytes")
+    if not spooled:
+        print("body:       MISSING from this node's spool (relay spool check)")
     if meta.notice:
         print(f"notice:     {meta.notice} notice (from <>)")
     if meta.held_at is not None:
@@ -90,8 +95,9 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 async def _act(args: argparse.Namespace) -> int:
-    async with open_redis(load(args)) as redis:
-        store = QueueStore(redis, SystemClock())
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        store = QueueStore.from_settings(redis, SystemClock(), settings)
         if args.account:
             return await _act_on_account(store, args.verb, args.account)
         if args.verb == "hold":

@@ -31,6 +31,7 @@ from relay.delivery.smtp_client import AttemptReport, attempt_domain
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
+from relay.spool import SpoolError
 
 __all__ = ["DeliveryWorker"]
 
@@ -74,13 +75,15 @@ class DeliveryWorker:
             idle=settings.session_idle.seconds, max_messages=settings.session_max_messages
         )
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Job] = {}
+        """Deliveries running, with the job each holds a lease on."""
 
     def wake(self) -> None:
         """New mail was queued: look for work now instead of at the next poll."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(stop))
         try:
             while not stop.is_set():
                 await self.run_due(stop)
@@ -98,8 +101,21 @@ class DeliveryWorker:
                 for waiter in waiters:
                     waiter.cancel()
         finally:
+            heartbeat.cancel()
             await self._drain()
             await self.sessions.close()
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Renew the leases of the jobs being attempted every third of a lease, so leases are
+        short (a crashed worker's jobs come back soon) however long a delivery takes."""
+        lease = self._settings.lease.seconds
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), lease / 3)
+            try:
+                await self._queue.renew(list(self._tasks.values()), lease)
+            except StoreUnavailable as exc:
+                log.error("queue.renew_failed", error=str(exc), jobs=len(self._tasks))
 
     async def run_due(self, stop: asyncio.Event | None = None) -> int:
         """Attempt every job due now (and what comes due meanwhile, such as the notices they
@@ -120,7 +136,7 @@ class DeliveryWorker:
                     log.error("queue.claim_failed", error=str(exc))
             for job in jobs:
                 task = asyncio.create_task(self.deliver(job))
-                self._tasks.add(task)
+                self._tasks[task] = job
                 task.add_done_callback(self._finished)
             started += len(jobs)
             if not self._tasks:
@@ -139,7 +155,7 @@ class DeliveryWorker:
         await self.sessions.close()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.crashed", error=repr(task.exception()))
 
@@ -161,6 +177,9 @@ class DeliveryWorker:
             log.warning("delivery.message_missing", job=job.id, message_id=job.message_id)
             await self._queue.complete(job)
             return
+        except SpoolError as exc:
+            await self._unreadable(job, exc)
+            return
         meta = stored.meta
         try:
             hops = await resolve_hops(
@@ -175,7 +194,13 @@ class DeliveryWorker:
             outcomes = _all(job, disposition, exc.code, exc.status, str(exc))
         else:
             outcomes = await self._attempt(job, meta.account, stored.body, meta.mail_from, hops)
+        await self._conclude(job, stored, outcomes)
 
+    async def _conclude(
+        self, job: Job, stored: StoredMessage, outcomes: list[RecipientOutcome]
+    ) -> None:
+        """Apply the retry schedule to the outcomes; end or reschedule the job, with its notice."""
+        meta = stored.meta
         now = self._clock.now()
         held_for = meta.held_total(now)
         plan = after_attempt(
@@ -213,6 +238,16 @@ class DeliveryWorker:
             )
         elif notice is not None:
             log.info("notice.skipped", message_id=job.message_id, reason="delay notice sent")
+
+    async def _unreadable(self, job: Job, exc: SpoolError) -> None:
+        """The body is missing or unreadable: never dropped in silence. The job waits on the
+        retry schedule (the disk may come back) with the error for operators to see, and
+        expires with a failure notice that carries the headers still known."""
+        log.error("spool.unreadable", message_id=job.message_id, job=job.id, error=str(exc))
+        meta = await self._queue.meta(job.message_id)
+        outcomes = _all(job, Disposition.TRANSIENT, 451, "4.3.0", f"cannot read the message: {exc}")
+        stored = StoredMessage(meta, await self._queue.prefix(job.message_id))
+        await self._conclude(job, stored, outcomes)
 
     async def _record_traffic(
         self, account: str, outcomes: list[RecipientOutcome], now: float

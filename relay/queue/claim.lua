@@ -4,10 +4,11 @@
 -- KEYS[1]  due zset (job id -> due time)
 -- KEYS[2]  held zset (job id -> time held)
 -- KEYS[3]  held accounts set
+-- KEYS[4]  this node's leased jobs (set), for taking them back at once after a crash
 -- ARGV[1]  now (seconds)
 -- ARGV[2]  lease end (seconds)
 -- ARGV[3]  max jobs to claim
--- ARGV[4]  lease token
+-- ARGV[4]  lease token prefix: "<node>:<process>:<random>" (each job adds ":<n>")
 -- ARGV[5]  job key prefix
 -- ARGV[6]  message key prefix
 -- Returns  a flat list: job id, then its hash as field/value pairs, per job.
@@ -35,6 +36,7 @@ for i, id in ipairs(ids) do
     else
       redis.call('ZADD', KEYS[1], ARGV[2], id)
       redis.call('HSET', key, 'token', ARGV[4] .. ':' .. i)
+      redis.call('SADD', KEYS[4], id)
       table.insert(out, id)
       table.insert(out, redis.call('HGETALL', key))
     end

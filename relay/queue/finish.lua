@@ -8,6 +8,7 @@
 -- KEYS[5]  held zset
 -- KEYS[6]  notice: message hash (unused without a notice)
 -- KEYS[7]  notice: job hash
+-- KEYS[8]  the node's leased jobs (set)
 -- ARGV[1]  lease token the caller holds
 -- ARGV[2]  'done' or 'retry'
 -- ARGV[3]  job id
@@ -22,13 +23,15 @@
 --          'with-delay' (failure or success parts and a delay part: always sent)
 -- ARGV[11] notice: message id
 -- ARGV[12] notice: job id
--- ARGV[13] notice: message fields (JSON object of strings)
--- ARGV[14] notice: body
--- ARGV[15] notice: job fields (JSON object of strings)
--- Returns  1, 2 when a notice was queued, or 0 when the lease was lost.
+-- ARGV[13] notice: message fields (JSON object of strings); its body is already spooled
+-- ARGV[14] notice: job fields (JSON object of strings)
+-- Returns  {result, ended}: result 1, 2 when a notice was queued, or 0 when the lease was
+--          lost; ended 1 when the message left the queue (its spooled body can go).
 if redis.call('HGET', KEYS[2], 'token') ~= ARGV[1] then
-  return 0
+  return {0, 0}
 end
+local ended = 0
+redis.call('SREM', KEYS[8], ARGV[3])
 local result = 1
 local notice = ARGV[10]
 if notice ~= '' then
@@ -43,8 +46,7 @@ if notice ~= '' then
     for name, value in pairs(fields) do
       redis.call('HSET', KEYS[6], name, value)
     end
-    redis.call('HSET', KEYS[6], 'body', ARGV[14])
-    for name, value in pairs(cjson.decode(ARGV[15])) do
+    for name, value in pairs(cjson.decode(ARGV[14])) do
       redis.call('HSET', KEYS[7], name, value)
     end
     redis.call('ZADD', KEYS[1], ARGV[8], ARGV[12])
@@ -61,6 +63,7 @@ if ARGV[2] == 'done' then
     local account = redis.call('HGET', KEYS[3], 'account')
     redis.call('DEL', KEYS[3])
     redis.call('ZREM', KEYS[4], ARGV[4])
+    ended = 1
     if account then
       redis.call('SREM', ARGV[9] .. account, ARGV[4])
     end
@@ -76,4 +79,4 @@ else
     redis.call('ZADD', KEYS[1], ARGV[5], ARGV[3])
   end
 end
-return result
+return {result, ended}

@@ -1,31 +1,44 @@
-"""The durable queue in Redis.
+"""The durable queue: metadata, jobs and leases in Redis, bodies in the node's spool.
 
 Keys share the hash tag `{q}`, so every script touches one Cluster slot:
-  {q}:msg:ID          hash: envelope, account, body, jobs_left, hold and notice state
+  {q}:msg:ID          hash: envelope, account, the header lines added at acceptance
+                      (`prefix`), jobs_left, hold and notice state; the body is the spool
+                      file named by ID (relay/spool/)
   {q}:job:JID         hash: message, domain, pending recipients, attempts, lease token
   {q}:due             zset: job id -> due time (a claimed job's score is its lease end)
   {q}:held            zset: job id -> time held (held jobs are not in {q}:due)
   {q}:messages        zset: message id -> creation time (listing)
   {q}:acct:LOGIN      set: ids of the account's messages (hold and release by account)
   {q}:held_accounts   set: logins whose mail is held, including mail queued later
+  {q}:leased:NODE     set: jobs leased by the processes of one node (taken back at once
+                      when the node restarts after a crash)
+
+A lease token is "<node>:<pid>:<random>:<n>": whose lease it is, for that taking back.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 from dataclasses import dataclass
 from typing import Literal
 
 import redis.asyncio as aioredis
+import structlog
 from redis.typing import EncodableT, FieldT
 
 from relay.clock import Clock
+from relay.config import Settings
 from relay.errors import InvalidInput, NotFound
 from relay.queue.model import DsnRequest, Envelope, Job, QueuedMessage, split_by_domain
 from relay.redis_client import load_script, store_errors, text, text_dict
+from relay.spool import Spool, Spooled, SpoolError
 
 __all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Notice", "QueueStore", "StoredMessage"]
+
+log = structlog.get_logger("relay.queue")
 
 LEASE_LOST = 0
 """`complete`/`reschedule`: another worker owns the job now; nothing was changed."""
@@ -65,6 +78,7 @@ def _job_key(job_id: str) -> str:
 class StoredMessage:
     meta: QueuedMessage
     body: bytes
+    """The message as delivered: the lines added at acceptance, then the spooled body."""
 
 
 @dataclass(frozen=True)
@@ -83,21 +97,46 @@ class Notice:
 
 
 class QueueStore:
-    def __init__(self, redis: aioredis.Redis, clock: Clock) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, clock: Clock, spool: Spool, node: str | None = None
+    ) -> None:
         self._redis = redis
         self._clock = clock
+        self.spool = spool
+        self.node = node or socket.gethostname()
+        """Whose spool holds the bodies this store queues (the machine, by default)."""
+        self._leased = f"{{q}}:leased:{self.node}"
         self._claim = load_script(redis, __file__, "claim.lua")
         self._finish = load_script(redis, __file__, "finish.lua")
+        self._renew = load_script(redis, __file__, "renew.lua")
+        self._reclaim = load_script(redis, __file__, "reclaim.lua")
         self._hold = load_script(redis, __file__, "hold.lua")
         self._remove = load_script(redis, __file__, "remove.lua")
+
+    @classmethod
+    def from_settings(cls, redis: aioredis.Redis, clock: Clock, settings: Settings) -> QueueStore:
+        return cls(redis, clock, Spool(settings.spool.dir))
 
     def new_id(self) -> str:
         """Time-ordered and unique: 11 hex digits of milliseconds, 8 random."""
         return f"{int(self._clock.now() * 1000):011x}{secrets.token_hex(4)}"
 
     async def enqueue(self, envelope: Envelope, body: bytes, message_id: str | None = None) -> str:
-        """Store the message and one job per domain in one MULTI; durable when it returns."""
+        """Spool a whole message and queue it (notices, the CLI); durable when it returns."""
         message_id = message_id or self.new_id()
+        spooled = await self.spool.write(message_id, body)
+        try:
+            return await self.enqueue_spooled(envelope, spooled)
+        except BaseException:
+            self.spool.remove(message_id)
+            raise
+
+    async def enqueue_spooled(
+        self, envelope: Envelope, spooled: Spooled, prefix: bytes = b""
+    ) -> str:
+        """Queue a body already durable in the spool, with the header lines to put in front
+        of it, and one job per domain, in one MULTI; durable when it returns."""
+        message_id = spooled.id
         now = self._clock.now()
         groups = split_by_domain(envelope.recipients)
         with store_errors():
@@ -107,10 +146,10 @@ class QueueStore:
                     "recipients": json.dumps(list(envelope.recipients)),
                     "account": envelope.account,
                     "created_at": repr(now),
-                    "size": len(body),
+                    "size": len(prefix) + spooled.size,
                     "jobs_left": len(groups),
                     "jobs": len(groups),
-                    "body": body,
+                    "prefix": prefix,
                 }
                 if dsn := envelope.dsn.to_json():
                     fields["dsn"] = dsn
@@ -126,10 +165,10 @@ class QueueStore:
 
     async def claim(self, limit: int, lease: float) -> list[Job]:
         now = self._clock.now()
-        token = secrets.token_hex(8)
+        token = f"{self.node}:{os.getpid()}:{secrets.token_hex(6)}"
         with store_errors():
             raw = await self._claim(
-                keys=[_DUE, _HELD, _HELD_ACCOUNTS],
+                keys=[_DUE, _HELD, _HELD_ACCOUNTS, self._leased],
                 args=[repr(now), repr(now + lease), limit, token, _JOB_PREFIX, _MSG_PREFIX],
             )
         jobs = []
@@ -168,8 +207,9 @@ class QueueStore:
         now = self._clock.now()
         notice_id = notice.id if notice is not None else ""
         notice_job = f"{notice_id}.0"
-        notice_args: list[str | bytes] = ["", "", "", "{}", b"", "{}"]
+        notice_args: list[str | bytes] = ["", "", "", "{}", "{}"]
         if notice is not None:
+            await self.spool.write(notice_id, notice.body)
             notice_args = [
                 notice.delay,
                 notice_id,
@@ -184,9 +224,9 @@ class QueueStore:
                         "jobs_left": "1",
                         "jobs": "1",
                         "notice": notice.kind,
+                        "prefix": "",
                     }
                 ),
-                notice.body,
                 json.dumps(
                     {
                         k: str(v)
@@ -196,40 +236,92 @@ class QueueStore:
                     }
                 ),
             ]
-        with store_errors():
-            result = await self._finish(
-                keys=[
-                    _DUE,
-                    _job_key(job.id),
-                    _msg_key(job.message_id),
-                    _MESSAGES,
-                    _HELD,
-                    _msg_key(notice_id),
-                    _job_key(notice_job),
-                ],
-                args=[
-                    job.token,
-                    action,
-                    job.id,
-                    job.message_id,
-                    repr(due_at),
-                    json.dumps(list(pending)),
-                    error[:1000],
-                    repr(now),
-                    _ACCT_PREFIX,
-                    *notice_args,
-                ],
-            )
+        try:
+            with store_errors():
+                result, ended = await self._finish(
+                    keys=[
+                        _DUE,
+                        _job_key(job.id),
+                        _msg_key(job.message_id),
+                        _MESSAGES,
+                        _HELD,
+                        _msg_key(notice_id),
+                        _job_key(notice_job),
+                        self._leased,
+                    ],
+                    args=[
+                        job.token,
+                        action,
+                        job.id,
+                        job.message_id,
+                        repr(due_at),
+                        json.dumps(list(pending)),
+                        error[:1000],
+                        repr(now),
+                        _ACCT_PREFIX,
+                        *notice_args,
+                    ],
+                )
+        except BaseException:
+            if notice is not None:  # not queued: its body goes (a retry writes it again)
+                self._forget_body(notice_id)
+            raise
+        if notice is not None and int(result) != NOTICE_QUEUED:
+            self._forget_body(notice_id)
+        if int(ended):
+            self._forget_body(job.message_id)
         return int(result)
 
+    def _forget_body(self, message_id: str) -> None:
+        """The message left the queue: its body goes. Failing, `relay spool check` finds it."""
+        try:
+            self.spool.remove(message_id)
+        except SpoolError as exc:
+            log.warning("spool.remove_failed", message_id=message_id, error=str(exc))
+
+    async def renew(self, jobs: list[Job], lease: float) -> int:
+        """Extend the leases of jobs still being attempted (one round trip for all of them);
+        the number extended."""
+        if not jobs:
+            return 0
+        pairs = [value for job in jobs for value in (job.id, job.token)]
+        with store_errors():
+            renewed = await self._renew(
+                keys=[_DUE], args=[repr(self._clock.now() + lease), _JOB_PREFIX, *pairs]
+            )
+        return int(renewed)
+
+    async def reclaim(self, pid: int | None = None) -> int:
+        """Make due now the jobs leased by this node's process `pid`, or by any process of
+        this node (None: call it only when none of them runs); the number taken back."""
+        prefix = f"{self.node}:" if pid is None else f"{self.node}:{pid}:"
+        with store_errors():
+            count = await self._reclaim(
+                keys=[_DUE, self._leased], args=[repr(self._clock.now()), _JOB_PREFIX, prefix]
+            )
+        return int(count)
+
     async def load(self, message_id: str) -> StoredMessage:
+        """The message and its body (SpoolMissing when the body is not in the spool)."""
+        meta, prefix = await self._meta(message_id)
+        return StoredMessage(meta=meta, body=prefix + await self.spool.read(message_id))
+
+    async def meta(self, message_id: str) -> QueuedMessage:
+        return (await self._meta(message_id))[0]
+
+    async def prefix(self, message_id: str) -> bytes:
+        """The header lines added at acceptance (what is left to show without the body)."""
+        return (await self._meta(message_id))[1]
+
+    async def _meta(self, message_id: str) -> tuple[QueuedMessage, bytes]:
         with store_errors():
             raw = await self._redis.hgetall(_msg_key(message_id))
         if not raw:
             raise NotFound(f"no message {message_id!r} in the queue")
-        body = raw.pop(b"body", b"")
-        assert isinstance(body, bytes)
-        return StoredMessage(meta=_message(message_id, text_dict(raw)), body=body)
+        prefix = raw.pop(b"prefix", b"")
+        raw.pop(b"body", None)
+        assert isinstance(prefix, bytes)
+        return _message(message_id, text_dict(raw)), prefix
 
     async def next_due(self) -> float | None:
         """When the earliest job (claimed or not) comes due; None when the queue is empty."""
@@ -251,7 +343,7 @@ class QueueStore:
         ]
 
     async def jobs_of(self, message_id: str) -> list[Job]:
-        meta = (await self.load(message_id)).meta
+        meta = await self.meta(message_id)
         jobs = []
         with store_errors():
             for job_id in await self._job_ids(message_id, meta):
@@ -261,6 +353,11 @@ class QueueStore:
                     held = await self._redis.zscore(_HELD, job_id)
                     jobs.append(_job(job_id, fields, due_at=float(due or 0), held=held is not None))
         return jobs
+
+    async def message_ids(self) -> set[str]:
+        """Every queued message's id (for comparing with the spool)."""
+        with store_errors():
+            return {text(m) async for m, _ in self._redis.zscan_iter(_MESSAGES)}
 
     async def count(self) -> int:
         with store_errors():
@@ -274,7 +371,7 @@ class QueueStore:
 
     async def release(self, message_id: str) -> bool:
         """Attempt a held message again now. False: it was not held."""
-        meta = (await self.load(message_id)).meta
+        meta = await self.meta(message_id)
         if await self._account_held(meta.account):
             raise InvalidInput(
                 f"the mail of account {meta.account!r} is held: release the account instead"
@@ -292,6 +389,7 @@ class QueueStore:
         """Drop the message and its jobs without any notice (a job being attempted may still
         deliver; its result is then discarded)."""
         await self._operate("delete", message_id)
+        self._forget_body(message_id)
 
     async def hold_account(self, login: str) -> int:
         """Hold every queued message of the account and any it queues later (suspension).
@@ -382,7 +480,7 @@ class QueueStore:
         if stored is not None:
             count = int(stored)
         else:  # queued before the count was stored
-            meta = meta or (await self.load(message_id)).meta
+            meta = meta or await self.meta(message_id)
             count = len(split_by_domain(meta.recipients))
         return [f"{message_id}.{n}" for n in range(count)]
 

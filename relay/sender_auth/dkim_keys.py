@@ -83,13 +83,14 @@ class DkimSigner:
         self._cache[domain] = (now + self._ttl, key)
         return key
 
-    async def __call__(self, message: bytes) -> bytes:
-        """The message with a DKIM-Signature in front when its From: domain has a key."""
-        for address_domain in _from_domains(message):
+    async def __call__(self, headers: bytes, body_hash: str) -> bytes:
+        """The DKIM-Signature field for a message with this header section and body hash
+        (the body itself stays in the spool), or b"" when its From: domain has no key."""
+        for address_domain in _from_domains(headers):
             for domain in dict.fromkeys([address_domain, registrable_domain(address_domain)]):
                 if domain and (key := await self._key(domain)) is not None:
-                    return sign(message, key, now=int(self._clock())) + message
-        return message
+                    return sign(headers, key, now=int(self._clock()), body_hash=body_hash)
+        return b""
 
 
 def _from_domains(message: bytes) -> list[str]:

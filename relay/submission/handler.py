@@ -11,6 +11,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay import replies
 from relay.errors import StoreUnavailable
+from relay.spool import Incoming, InflightBudget, Spooled
 from relay.submission.dsn_params import dsn_request
 from relay.submission.guard import AuthGuard
 from relay.submission.service import Submission, Submitted
@@ -31,8 +32,15 @@ def _peer_ip(session: Session) -> str:
 
 
 class SubmissionHandler:
-    def __init__(self, service: Submission, guard: AuthGuard | None = None) -> None:
+    def __init__(
+        self,
+        service: Submission,
+        guard: AuthGuard | None = None,
+        budget: InflightBudget | None = None,
+    ) -> None:
         self._service = service
+        self.budget = budget or InflightBudget(0)
+        """DATA bytes in transfer in this process (past its limit, new transfers get 452)."""
         self._guard = guard
         """AUTH brute-force slowdown and lockout (None: none, for tests of other things)."""
         self._open: dict[Session, tuple[str, str]] = {}
@@ -126,6 +134,8 @@ class SubmissionHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         self.end_transaction(session)  # a transaction is always ended before, but be sure
+        if not self.budget.admits(_declared_size(options)):
+            return str(replies.SPOOL_BUSY)
         account, tx = str(session.auth_data), self._service.new_transaction()
         refusal = await self._service.check_sender(account, address, tx)
         if refusal is not None:
@@ -147,9 +157,16 @@ class SubmissionHandler:
         envelope.rcpt_options.extend(options)
         return str(replies.RECIPIENT_OK)
 
+    def receive(self, session: Session, declared: int) -> Incoming | str:
+        """Where DATA goes (a new spool file), or the 452 when this process has no room."""
+        if not self.budget.admits(declared):
+            return str(replies.SPOOL_BUSY)
+        return self._service.receive()
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         mail_from = envelope.mail_from or ""
-        content = envelope.original_content or b""
+        content = getattr(envelope, "spooled", None)
+        assert isinstance(content, Spooled), "DATA is streamed to the spool (server.smtp_DATA)"
         _, tx = self._open.pop(session)  # from here on, accept() commits or releases it
         return await self._service.accept(
             tx,
@@ -186,6 +203,15 @@ async def _challenge(server: SMTP, challenge: str) -> object:
                 break
         await server.push(str(replies.LINE_TOO_LONG))
         return None
+
+
+def _declared_size(options: list[str]) -> int:
+    """The SIZE= a client announced at MAIL (RFC 1870); 0 when none or not a number."""
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _b64(text: str) -> bytes | None:

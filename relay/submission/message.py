@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import re
 
-__all__ = ["received_header", "stamp"]
+__all__ = ["missing_headers", "received_header"]
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
@@ -22,10 +22,10 @@ def received_header(
     ).encode("ascii")
 
 
-def stamp(body: bytes, *, received: bytes, hostname: str, queue_id: str, now: float) -> bytes:
-    """Prepend `received` (header lines); add Message-ID and Date when the client sent none."""
-    match = _HEADER_END.search(body)
-    head = body[: match.start()] if match else body
+def missing_headers(head: bytes, *, hostname: str, queue_id: str, now: float) -> bytes:
+    """Message-ID and Date header lines when the client's header section has none."""
+    match = _HEADER_END.search(head)
+    head = head[: match.start()] if match else head
     names = {
         line.split(b":", 1)[0].strip().lower()
         for line in head.splitlines()
@@ -36,4 +36,4 @@ def stamp(body: bytes, *, received: bytes, hostname: str, queue_id: str, now: fl
         added += f"Message-ID: <{queue_id}@{hostname}>\r\n".encode("ascii")
     if b"date" not in names:
         added += f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode("ascii")
-    return received + added + body
+    return added

@@ -16,6 +16,8 @@ from aiosmtpd.smtp import SMTP, Envelope, syntax
 from relay import replies
 from relay.config import Listener, SubmissionSettings
 from relay.queue.model import RecipientDsn
+from relay.spool import Incoming, InflightBudget, Spooled, SpoolError
+from relay.submission.data_stream import SEARCH, DataDecoder, DataState
 from relay.submission.dsn_params import (
     MAIL_PARAMS,
     RCPT_PARAMS,
@@ -36,13 +38,15 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class DsnEnvelope(Envelope):
-    """aiosmtpd's envelope with the DSN parameters of the transaction (RFC 3461)."""
+    """aiosmtpd's envelope with the DSN parameters of the transaction (RFC 3461) and, after
+    DATA, where its body went (the spool) instead of `content`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dsn_ret: str | None = None
         self.dsn_envid: str | None = None
         self.dsn_rcpts: dict[str, RecipientDsn] = {}
+        self.spooled: Spooled | None = None
 
 
 def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]:
@@ -122,8 +126,64 @@ class SubmissionSMTP(SMTP):
             self._verbatim = False
 
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, streamed: the content goes to the spool as it arrives (never
+        held whole), in pieces of up to the reader's limit, and is durable before the
+        handler decides on it. Same replies as aiosmtpd for the same input."""
         self._reset_timeout(self.data_timeout)
-        await super().smtp_DATA(arg)
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, DsnEnvelope) and self.session is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        incoming = self.event_handler.receive(self.session, 0)
+        if isinstance(incoming, str):
+            await self.push(incoming)
+            return
+        budget = self.event_handler.budget
+        decoder = DataDecoder(
+            size_limit=self.data_size_limit or 0, line_limit=self.line_length_limit
+        )
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            while not decoder.done:
+                try:
+                    piece = await self._reader.readuntil(SEARCH)
+                except asyncio.LimitOverrunError as exc:
+                    piece = await self._reader.read(exc.consumed)
+                except asyncio.IncompleteReadError:  # the client went away mid-DATA
+                    return
+                content = decoder.feed(piece)
+                if content:
+                    budget.take(len(content))
+                    incoming.write(content)
+            status = await self._end_data(decoder, incoming, envelope)
+        except SpoolError as exc:
+            log.error("spool.write_failed", error=str(exc))
+            status = str(replies.SPOOL_FULL)
+        finally:
+            budget.give(incoming.size)
+            if envelope.spooled is None:
+                incoming.abort()
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _end_data(
+        self, decoder: DataDecoder, incoming: Incoming, envelope: DsnEnvelope
+    ) -> str:
+        if decoder.state is DataState.TOO_LONG:
+            return str(replies.LINE_TOO_LONG)
+        if decoder.state is DataState.TOO_MUCH:
+            return str(replies.MESSAGE_TOO_BIG)
+        if incoming.head_overflow:
+            return replies.HEADER_TOO_BIG.format(limit=len(incoming.head))
+        envelope.spooled = await incoming.commit()
+        status: str = await self.event_handler.handle_DATA(self, self.session, envelope)
+        return status
 
     # DSN (RFC 3461): our parameters leave the line before aiosmtpd sees it (it would
     # uppercase them and answer 555); they are kept on the envelope once the command succeeds.
@@ -233,9 +293,10 @@ async def start_listeners(
     tls: ssl.SSLContext,
     hostname: str,
     guard: AuthGuard | None = None,
+    budget: InflightBudget | None = None,
 ) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
-    handler = SubmissionHandler(service, guard)
+    handler = SubmissionHandler(service, guard, budget)
     protocol = _protocol_class(settings)
     servers = []
     for listener in listeners:

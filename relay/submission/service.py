@@ -17,9 +17,10 @@ from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
 from relay.queue import DsnRequest, Envelope, QueueStore
 from relay.sender_auth.spf import SpfChecker
+from relay.spool import Incoming, Spooled, SpoolError
 from relay.submission import policy
 from relay.submission.addresses import is_mailbox
-from relay.submission.message import received_header, stamp
+from relay.submission.message import missing_headers, received_header
 
 __all__ = ["Submission", "SubmissionService", "Submitted"]
 
@@ -27,6 +28,9 @@ log = structlog.get_logger("relay.submission")
 
 ContentCheck = Callable[[str, str, bytes], Awaitable[str | None]]
 """(account, mail_from, body) → a refusal reply, or None to accept."""
+
+CONTENT_SAMPLE = 4 << 20
+"""Bytes of a message the content check reads (link extraction stops earlier anyway)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,8 @@ class Submitted:
     account: str
     mail_from: str
     recipients: tuple[str, ...]
-    body: bytes
+    body: Spooled
+    """The content as received, durable in the spool."""
     peer_ip: str
     helo: str
     dsn: DsnRequest = field(default_factory=DsnRequest)
@@ -51,6 +56,8 @@ class Submission(Protocol):
     async def check_sender(self, account: str, address: str, tx: str) -> str | None: ...
 
     def new_transaction(self) -> str: ...
+
+    def receive(self) -> Incoming | str: ...
 
     async def check_recipient(
         self, account: str, address: str, accepted: int, tx: str
@@ -77,7 +84,8 @@ class SubmissionService:
         trace: Callable[[str, str], Awaitable[None]] | None = None,
         spf: SpfChecker | None = None,
         spf_mode: str = "off",
-        dkim: Callable[[bytes], Awaitable[bytes]] | None = None,
+        dkim: Callable[[bytes, str], Awaitable[bytes]] | None = None,
+        min_free: int = 0,
     ) -> None:
         self._accounts = accounts
         self._queue = queue
@@ -93,7 +101,10 @@ class SubmissionService:
         self._spf = spf
         self._spf_mode = spf_mode
         self._dkim = dkim
-        """Returns the message with a DKIM-Signature when its From: domain has a key."""
+        """(header section, body hash) → a DKIM-Signature field, or b"" when the From:
+        domain has no key."""
+        self._min_free = min_free
+        """Free bytes the spool's disk keeps; below, DATA is refused (452 4.3.1)."""
         self._headers: dict[str, bytes] = {}
         """Transaction → header lines to add at acceptance (the SPF warning)."""
         """Remembers queue id → account, to find the sender of a message complained about."""
@@ -140,6 +151,19 @@ class SubmissionService:
     def new_transaction(self) -> str:
         return self._quota.new_transaction()
 
+    def receive(self) -> Incoming | str:
+        """A spool file for the content of the next message, named by its queue id; the
+        452 4.3.1 when the disk is nearly full."""
+        spool = self._queue.spool
+        try:
+            if self._min_free and spool.free_bytes() < self._min_free:
+                log.error("spool.disk_full", dir=str(spool.root), min_free=self._min_free)
+                return str(replies.SPOOL_FULL)
+            return spool.receive(self._queue.new_id(), hash_body=self._dkim is not None)
+        except (SpoolError, OSError) as exc:
+            log.error("spool.unavailable", error=str(exc))
+            return str(replies.SPOOL_FULL)
+
     async def check_recipient(
         self, account: str, address: str, accepted: int, tx: str
     ) -> str | None:
@@ -179,26 +203,37 @@ class SubmissionService:
             log.warning("quota.release_failed", account=account, error=str(exc) or "timeout")
 
     async def accept(self, tx: str, message: Submitted) -> str:
-        """Store the message durably and return the 250, or a 4xx if it could not be stored.
-        The quota reserved at RCPT is committed with the 250, released with the 4xx."""
+        """Queue the spooled message and return the 250, or a refusal (its body is then
+        removed from the spool). The quota reserved at RCPT is committed with the 250,
+        released otherwise."""
+        try:
+            reply = await self._accept(tx, message)
+        except BaseException:
+            self._queue.spool.remove(message.body.id)
+            await self.release(message.account, tx)
+            raise
+        if not reply.startswith("250"):
+            self._queue.spool.remove(message.body.id)
+        return reply
+
+    async def _accept(self, tx: str, message: Submitted) -> str:
+        spooled = message.body
         if self._content_check is not None:
-            refusal = await self._content_check(message.account, message.mail_from, message.body)
+            sample = await self._queue.spool.read_prefix(spooled.id, CONTENT_SAMPLE)
+            refusal = await self._content_check(message.account, message.mail_from, sample)
             if refusal is not None:
                 await self.release(message.account, tx)
                 log.warning("message.refused", account=message.account, reply=refusal)
                 return refusal
-        queue_id = self._queue.new_id()
+        queue_id = spooled.id
         now = self._clock.now()
-        body = stamp(
-            message.body,
-            received=self._headers.pop(tx, b""),
-            hostname=self._hostname,
-            queue_id=queue_id,
-            now=now,
+        added = self._headers.pop(tx, b"") + missing_headers(
+            spooled.head, hostname=self._hostname, queue_id=queue_id, now=now
         )
-        if self._dkim is not None:
-            body = await self._dkim(body)
-        body = (
+        signature = b""
+        if self._dkim is not None and spooled.body_hash is not None:
+            signature = await self._dkim(added + spooled.head, spooled.body_hash)
+        prefix = (
             received_header(
                 helo=message.helo,
                 peer_ip=message.peer_ip,
@@ -207,7 +242,8 @@ class SubmissionService:
                 queue_id=queue_id,
                 now=now,
             )
-            + body
+            + signature
+            + added
         )
         envelope = Envelope(
             mail_from=message.mail_from,
@@ -217,7 +253,7 @@ class SubmissionService:
         )
         try:
             async with asyncio.timeout(self._store_timeout):
-                await self._queue.enqueue(envelope, body, message_id=queue_id)
+                await self._queue.enqueue_spooled(envelope, spooled, prefix)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("queue.store_failed", account=message.account, error=str(exc))
             await self.release(message.account, tx)
@@ -235,7 +271,7 @@ class SubmissionService:
             account=message.account,
             mail_from=message.mail_from,
             recipients=len(message.recipients),
-            size=len(body),
+            size=len(prefix) + spooled.size,
         )
         if self._trace is not None:
             try:

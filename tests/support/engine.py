@@ -18,6 +18,7 @@ from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
 from relay.queue import DsnRequest, Envelope, QueueStore
 from relay.sink import Received, Sink
+from tests.support.spool import temp_spool
 
 SENDER = "alice@sender.test"
 POOL = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
@@ -78,10 +79,12 @@ async def engine(
     clock: FakeClock,
     *,
     dns: DnsSettings | None = None,
+    queue: QueueStore | None = None,
     **overrides: object,
 ) -> AsyncIterator[Engine]:
+    """`queue`: another engine's, for two workers (as two processes) on one queue."""
     settings = delivery_settings(**overrides)
-    queue = QueueStore(redis, clock)
+    queue = queue or QueueStore(redis, clock, temp_spool())
     state = egress_state(redis, clock, settings)
     worker = DeliveryWorker(
         queue=queue,

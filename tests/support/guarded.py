@@ -22,11 +22,13 @@ from relay.accounts import AccountStore
 from relay.clock import Clock
 from relay.config import HostPort, Listener, SubmissionSettings
 from relay.queue import QueueStore
+from relay.spool import InflightBudget
 from relay.submission.guard import AuthGuard, AuthPolicy
 from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
 from relay.tls import server_context
 from tests.conftest import free_port
+from tests.support.spool import temp_spool
 
 REPLY_LINE = re.compile(rb"^([2-5]\d\d)([ -])(.*)$")
 
@@ -48,6 +50,8 @@ async def guarded_stack(
     ca,
     *,
     policy: AuthPolicy | None = None,
+    budget: InflightBudget | None = None,
+    min_free: int = 0,
     **settings: object,
 ) -> AsyncIterator[Guarded]:
     listeners = [
@@ -55,7 +59,7 @@ async def guarded_stack(
         Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="implicit"),
     ]
     submission = SubmissionSettings(listeners=listeners, **settings)  # type: ignore[arg-type]
-    queue = QueueStore(redis, clock)
+    queue = QueueStore(redis, clock, temp_spool())
     service = SubmissionService(
         accounts=AccountStore(redis, clock),
         queue=queue,
@@ -64,6 +68,7 @@ async def guarded_stack(
         hostname="relay.test",
         clock=clock,
         store_timeout=2.0,
+        min_free=min_free,
     )
     policy = policy or AuthPolicy.from_settings(submission.auth_guard)
     servers = await start_listeners(
@@ -73,6 +78,7 @@ async def guarded_stack(
         tls=server_context(*server_cert),
         hostname="relay.test",
         guard=AuthGuard(redis, policy, clock),
+        budget=budget,
     )
     client_tls = ssl.create_default_context()
     ca.configure_trust(client_tls)

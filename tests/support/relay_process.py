@@ -38,6 +38,8 @@ url = "{redis_url}"
 [tls]
 cert = "{cert}"
 key = "{key}"
+[spool]
+dir = "{path.parent / "spool"}"
 [[submission.listeners]]
 address = "127.0.0.1:{submit_port}"
 tls = "implicit"

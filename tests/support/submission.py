@@ -15,6 +15,7 @@ from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
 from relay.tls import server_context
 from tests.conftest import free_port
+from tests.support.spool import temp_spool
 
 
 @dataclass
@@ -41,7 +42,7 @@ async def start_stack(
     one); both default to `redis`."""
     accounts = AccountStore(redis, clock)
     quota = QuotaStore(quota_client or redis, default_per_minute=per_minute, per_recipient=100)
-    queue = QueueStore(redis_client or redis, clock)
+    queue = QueueStore(redis_client or redis, clock, temp_spool())
     settings = SubmissionSettings(**limits)
     service = SubmissionService(
         accounts=accounts,

@@ -1,0 +1,250 @@
+"""One file per message under the spool directory, named by its queue id.
+
+Layout: `<dir>/<last two hex digits of the id>/<id>`, 256 folders so that no directory grows
+huge; folders 0700, files 0600 (bodies are customers' mail). A body is durable when its file
+and its folder are fsync'd: only then does the queue get its metadata, and only then does
+the client get its 250. A file without queue metadata is an orphan of a transfer that never
+ended in a 250 (`relay spool check` lists them; they are removed after a grace period).
+
+Why files and not one journal with a group commit: measured on the development machine, a
+5 KB body costs 0.7 ms (write, fsync of the file and of its folder) against 0.26 ms for an
+append + fdatasync to one journal, but the fsync runs on a thread while the event loop serves
+other sessions, a finished message is one unlink (a journal needs compaction and a second
+index), a 20 MB body is written as it arrives (30 ms to fsync), and nothing of one message
+can damage another. README, "The spool".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay.spool.errors import SpoolError, SpoolMissing
+from reputation.dkim import RelaxedBodyHash
+
+__all__ = ["Incoming", "Spool", "Spooled"]
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_ID = re.compile(r"[0-9a-f]{8,40}(?:\.[a-z]+)?")
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A body written to the spool, and what acceptance needs without reading it again."""
+
+    id: str
+    size: int
+    head: bytes
+    """The header section, up to and including the empty line that ends it (capped)."""
+    body_hash: str | None
+    """DKIM relaxed body hash (base64 SHA-256), when asked for."""
+
+
+class Spool:
+    def __init__(self, root: Path, *, head_limit: int = 1 << 20, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self._head_limit = head_limit
+        self._fsync = fsync
+        self._ready: set[str] = set()
+
+    def path(self, message_id: str) -> Path:
+        if not _ID.fullmatch(message_id):
+            raise SpoolError(f"not a spool id: {message_id[:60]!r}")
+        return self.root / message_id[-2:] / message_id
+
+    def _folder(self, message_id: str) -> Path:
+        folder = self.path(message_id).parent
+        if folder.name not in self._ready:
+            old = os.umask(0o077)
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            finally:
+                os.umask(old)
+            self._ready.add(folder.name)
+        return folder
+
+    def receive(self, message_id: str, *, hash_body: bool = False) -> Incoming:
+        """A new body, written as it arrives (the caller commits or aborts it)."""
+        self._folder(message_id)
+        path = self.path(message_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot create {path.name} in the spool: {exc.strerror}") from None
+        return Incoming(
+            message_id,
+            path,
+            fd,
+            head_limit=self._head_limit,
+            fsync=self._fsync,
+            hasher=RelaxedBodyHash() if hash_body else None,
+        )
+
+    async def write(self, message_id: str, data: bytes) -> Spooled:
+        """A whole body at once (notices, the CLI): durable when this returns."""
+        incoming = self.receive(message_id)
+        try:
+            incoming.write(data)
+            return await incoming.commit()
+        except BaseException:
+            incoming.abort()
+            raise
+
+    async def read(self, message_id: str) -> bytes:
+        path = self.path(message_id)
+        try:
+            if os.stat(path).st_size < 256 * 1024:
+                return path.read_bytes()
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise SpoolMissing(f"message {message_id}: its body is not in the spool") from None
+        except OSError as exc:
+            raise SpoolError(f"message {message_id}: cannot read the spool: {exc}") from None
+
+    async def read_prefix(self, message_id: str, limit: int) -> bytes:
+        """The first `limit` bytes (what content checks look at)."""
+
+        def read() -> bytes:
+            with open(self.path(message_id), "rb") as file:
+                return file.read(limit)
+
+        try:
+            return await asyncio.to_thread(read)
+        except FileNotFoundError:
+            raise SpoolMissing(f"message {message_id}: its body is not in the spool") from None
+        except OSError as exc:
+            raise SpoolError(f"message {message_id}: cannot read the spool: {exc}") from None
+
+    def exists(self, message_id: str) -> bool:
+        return self.path(message_id).exists()
+
+    def remove(self, message_id: str) -> bool:
+        """Forget a body (its message ended). False when it was not there."""
+        try:
+            os.unlink(self.path(message_id))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SpoolError(f"message {message_id}: cannot remove it: {exc.strerror}") from None
+        return True
+
+    def entries(self) -> Iterator[tuple[str, float, int]]:
+        """(id, modification time, size) of every body in the spool."""
+        if not self.root.is_dir():
+            return
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.is_file() and _ID.fullmatch(entry.name):
+                    stat = entry.stat()
+                    yield entry.name, stat.st_mtime, stat.st_size
+
+    def free_bytes(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return shutil.disk_usage(self.root).free
+
+
+class Incoming:
+    """A body being received: pieces are written as they come (to the page cache, from the
+    event loop: a 64 KB write is tens of microseconds); `commit` makes it durable on a
+    thread; `abort` removes it."""
+
+    def __init__(
+        self,
+        message_id: str,
+        path: Path,
+        fd: int,
+        *,
+        head_limit: int,
+        fsync: bool,
+        hasher: RelaxedBodyHash | None,
+    ) -> None:
+        self.id = message_id
+        self.path = path
+        self._fd: int | None = fd
+        self._head_limit = head_limit
+        self._fsync = fsync
+        self._hasher = hasher
+        self._head = bytearray()
+        self._in_head = True
+        self.head_overflow = False
+        """The header section is longer than the limit (the message is refused)."""
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise SpoolError(f"{self.id}: written after it was closed")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise SpoolError(f"cannot write to the spool: {exc.strerror}") from None
+        self.size += len(data)
+        if self._in_head:
+            data = self._take_head(data)
+        if data and self._hasher is not None:
+            self._hasher.update(data)
+
+    def _take_head(self, data: bytes) -> bytes:
+        """Collect the header section; returns what of `data` is body."""
+        start = max(0, len(self._head) - 3)  # the end may straddle two pieces
+        self._head += data
+        match = _HEAD_END.search(self._head, start)
+        if match is None:
+            if len(self._head) > self._head_limit:  # refused at the end of DATA
+                self._in_head = False
+                self.head_overflow = True
+                del self._head[self._head_limit :]
+            return b""
+        self._in_head = False
+        body = bytes(self._head[match.end() :])
+        del self._head[match.end() :]
+        return body
+
+    @property
+    def head(self) -> bytes:
+        return bytes(self._head)
+
+    async def commit(self) -> Spooled:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise SpoolError(f"{self.id}: committed twice")
+        try:
+            if self._fsync:
+                await asyncio.to_thread(_sync, fd, self.path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise SpoolError(f"cannot make {self.id} durable: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return Spooled(
+            self.id,
+            self.size,
+            bytes(self._head),
+            self._hasher.b64digest() if self._hasher is not None else None,
+        )
+
+    def abort(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _sync(fd: int, folder: Path) -> None:
+    os.fsync(fd)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
