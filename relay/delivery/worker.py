@@ -23,6 +23,7 @@ from relay.delivery.egress import EgressPool, EgressStatus
 from relay.delivery.egress_state import EgressState
 from relay.delivery.errors import RouteError
 from relay.delivery.limits import DestinationLimiter, site_of
+from relay.delivery.memory import ByteBudget
 from relay.delivery.mx import Hop, resolve_hops
 from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
 from relay.delivery.schedule import RetrySchedule
@@ -71,6 +72,7 @@ class DeliveryWorker:
         self._schedule = RetrySchedule.from_settings(settings)
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
+        self._memory = ByteBudget(settings.max_inflight_bytes)
         self.sessions = SessionPool(
             idle=settings.session_idle.seconds, max_messages=settings.session_max_messages
         )
@@ -172,14 +174,23 @@ class DeliveryWorker:
     async def deliver(self, job: Job) -> None:
         """One attempt of one job; its result (and any notice) goes back to the queue."""
         try:
-            stored = await self._queue.load(job.message_id)
+            meta = await self._queue.meta(job.message_id)
         except NotFound:
             log.warning("delivery.message_missing", job=job.id, message_id=job.message_id)
             await self._queue.complete(job)
             return
-        except SpoolError as exc:
-            await self._unreadable(job, exc)
-            return
+        async with self._memory.hold(meta.size):
+            try:
+                stored = await self._queue.load(job.message_id)
+            except NotFound:
+                await self._queue.complete(job)
+                return
+            except SpoolError as exc:
+                await self._unreadable(job, exc)
+                return
+            await self._deliver(job, stored)
+
+    async def _deliver(self, job: Job, stored: StoredMessage) -> None:
         meta = stored.meta
         try:
             hops = await resolve_hops(
