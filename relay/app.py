@@ -27,7 +27,7 @@ from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.queue import QueueStore
-from relay.redis_client import connect
+from relay.redis_client import connect, insecure_url, redact_secret, redact_url
 from relay.sender_auth import DkimKeyStore, DkimSigner, SpfChecker
 from relay.sender_auth.spf import install_resolver
 from relay.submission.guard import AuthGuard, AuthPolicy
@@ -35,7 +35,7 @@ from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
 from relay.tls import ensure_self_signed, server_context
 
-__all__ = ["open_redis", "quota_store", "serve"]
+__all__ = ["open_redis", "quota_store", "serve", "warn_if_insecure"]
 
 log = structlog.get_logger("relay")
 
@@ -66,12 +66,20 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {settings.redis.url}: {exc}") from None
+            reason = redact_secret(str(exc), url)
+            raise StoreUnavailable(f"cannot reach Redis at {redact_url(url)}: {reason}") from None
         yield client
     finally:
         await client.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+def warn_if_insecure(url: str) -> None:
+    """One `redis.insecure` line at start for a remote Redis without TLS or without a password:
+    the relay still starts (a private network may make it acceptable), but not silently."""
+    if problem := insecure_url(url):
+        log.warning("redis.insecure", url=redact_url(url), problem=problem)
 
 
 def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
@@ -94,6 +102,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
     ):
         log.info("tls.self_signed_created", cert=str(settings.tls.cert))
     tls = server_context(settings.tls.cert, settings.tls.key)
+    warn_if_insecure(settings.redis.url)
     async with open_redis(settings) as redis:
         queue = QueueStore(redis, clock)
         worker = DeliveryWorker(
