@@ -29,6 +29,7 @@ from relay.errors import StoreUnavailable
 from relay.queue import QueueStore
 from relay.redis_client import connect, insecure_url, redact_secret, redact_url
 from relay.sender_auth import DkimKeyStore, DkimSigner, SpfChecker
+from relay.sender_auth.key_vault import KeyVault
 from relay.sender_auth.spf import install_resolver
 from relay.submission.guard import AuthGuard, AuthPolicy
 from relay.submission.server import start_listeners
@@ -133,7 +134,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             trace=TraceStore(redis).remember,
             spf=spf_checker(settings, clock),
             spf_mode=settings.sender_auth.spf,
-            dkim=DkimSigner(DkimKeyStore(redis), clock=clock.now)
+            dkim=DkimSigner(
+                DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth)), clock=clock.now
+            )
             if settings.sender_auth.dkim
             else None,
             settings=settings.submission,

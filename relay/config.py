@@ -361,6 +361,12 @@ class SenderAuthSettings(Section):
     spf_timeout: DurationField = Duration(3.0)
     dkim: bool = True
     """Sign with the key of the From: domain when `relay dkim add` made one."""
+    key_file: Path = Path("var/dkim.key")
+    """Keys that encrypt DKIM private keys in Redis (AES-256-GCM): one base64 key of 32 bytes
+    a line, the first encrypts, all decrypt. Missing: created 0600 with a new key by the first
+    `relay dkim add`. Not used when `key_env` is set."""
+    key_env: str = ""
+    """Name of an environment variable holding those keys instead (separated by spaces)."""
 
 
 class LogSettings(Section):
