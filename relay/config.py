@@ -363,8 +363,10 @@ class SenderAuthSettings(Section):
     """Sign with the key of the From: domain when `relay dkim add` made one."""
     key_file: Path = Path("var/dkim.key")
     """Keys that encrypt DKIM private keys in Redis (AES-256-GCM): one base64 key of 32 bytes
-    a line, the first encrypts, all decrypt. Missing: created 0600 with a new key by the first
-    `relay dkim add`. Not used when `key_env` is set."""
+    a line, the first encrypts, all decrypt. Not used when `key_env` is set."""
+    create_key_file: bool = False
+    """Create `key_file` (0600, a new key) at the first `relay dkim add` when missing: the dev
+    start. Off in production, where every relay host must share one file."""
     key_env: str = ""
     """Name of an environment variable holding those keys instead (separated by spaces)."""
 

@@ -137,7 +137,7 @@ async def test_mail_from_a_domain_with_a_key_is_dkim_signed(
     key = generate_key("example.org", "relay1", "ed25519-sha256")
     settings = with_parts(
         relay_settings(redis_server.url, server_cert, dns, routes={"*": f"127.0.0.1:{port}"}),
-        sender_auth=SenderAuthSettings(key_file=tmp_path / "dkim.key"),
+        sender_auth=SenderAuthSettings(key_file=tmp_path / "dkim.key", create_key_file=True),
     )
     await DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth)).put(key)
     task, stop = await run_relay(settings)

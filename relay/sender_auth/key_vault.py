@@ -155,7 +155,11 @@ class KeyVault:
             name = settings.key_env
             return cls(lambda: env.get(name), where=f"sender_auth.key_env: ${name}", create=None)
         path = settings.key_file
-        return cls(lambda: _read_key_file(path), where=f"sender_auth.key_file: {path}", create=path)
+        return cls(
+            lambda: _read_key_file(path),
+            where=f"sender_auth.key_file: {path}",
+            create=path if settings.create_key_file else None,
+        )
 
     @property
     def current(self) -> VaultKey:
@@ -182,8 +186,11 @@ class KeyVault:
         if text is None and create and self._create is not None:
             text = self._make_key_file(self._create)
         if text is None:
-            missing = "not set" if self._create is None else "not found"
-            raise KeyVaultError(f"{self.where}: {missing} (DKIM keys are encrypted with it)")
+            missing = "not set" if self.where.startswith("sender_auth.key_env") else "not found"
+            raise KeyVaultError(
+                f"{self.where}: {missing} (DKIM keys are encrypted with it; a key is made by"
+                " `openssl rand -base64 32`)"
+            )
         self._keys = parse_keys(text, where=self.where)
         return self._keys
 
