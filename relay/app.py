@@ -29,8 +29,9 @@ from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.queue import QueueStore
-from relay.redis_client import connect
+from relay.redis_client import connect, insecure_url, redact_secret, redact_url
 from relay.sender_auth import DkimKeyStore, DkimSigner, SpfChecker
+from relay.sender_auth.key_vault import KeyVault
 from relay.sender_auth.spf import install_resolver
 from relay.spool import InflightBudget
 from relay.submission.guard import AuthGuard, AuthPolicy
@@ -38,7 +39,7 @@ from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
 from relay.tls import ensure_self_signed, server_context
 
-__all__ = ["open_redis", "quota_store", "serve"]
+__all__ = ["open_redis", "quota_store", "serve", "warn_if_insecure"]
 
 log = structlog.get_logger("relay")
 
@@ -69,7 +70,8 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {settings.redis.url}: {exc}") from None
+            reason = redact_secret(str(exc), url)
+            raise StoreUnavailable(f"cannot reach Redis at {redact_url(url)}: {reason}") from None
         yield client
     finally:
         await client.aclose()
@@ -93,6 +95,13 @@ def _checks_content(settings: Settings) -> bool:
     """The DATA check reads the message only when a domain list can judge it."""
     rep = settings.reputation
     return rep.data_check and any(zone.kind == "domain" for zone in rep.zones)
+
+
+def warn_if_insecure(url: str) -> None:
+    """One `redis.insecure` line at start for a remote Redis without TLS or without a password:
+    the relay still starts (a private network may make it acceptable), but not silently."""
+    if problem := insecure_url(url):
+        log.warning("redis.insecure", url=redact_url(url), problem=problem)
 
 
 def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
@@ -120,6 +129,7 @@ async def serve(
     ):
         log.info("tls.self_signed_created", cert=str(settings.tls.cert))
     tls = server_context(settings.tls.cert, settings.tls.key)
+    warn_if_insecure(settings.redis.url)
     async with open_redis(settings) as redis:
         queue = QueueStore.from_settings(redis, clock, settings)
         if reclaim and (taken := await queue.reclaim()):
@@ -152,7 +162,9 @@ async def serve(
             trace=TraceStore(redis).remember,
             spf=spf_checker(settings, clock),
             spf_mode=settings.sender_auth.spf,
-            dkim=DkimSigner(DkimKeyStore(redis), clock=clock.now)
+            dkim=DkimSigner(
+                DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth)), clock=clock.now
+            )
             if settings.sender_auth.dkim
             else None,
             settings=settings.submission,

@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -118,10 +119,26 @@ class Section(BaseModel):
 
 class RedisSettings(Section):
     url: str = ""
-    """Empty: start the embedded redis-server with data in `embedded_dir`."""
+    """Empty: start the embedded redis-server with data in `embedded_dir`. May hold a password:
+    never shown as is (`relay.redis_client.redact_url`)."""
     embedded_dir: Path = Path("var/redis")
     timeout: DurationField = Duration(2.0)
     """Deadline of one Redis call on the submission path; past it the client gets 451."""
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        """The shape only, and the message never repeats the value (it may hold a password)."""
+        if not value:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError("not a URL (the value is not shown: it may hold a password)") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("use redis://, rediss:// (TLS) or unix:///path/to/socket")
+        return value
 
 
 class TlsSettings(Section):
@@ -360,6 +377,14 @@ class SenderAuthSettings(Section):
     spf_timeout: DurationField = Duration(3.0)
     dkim: bool = True
     """Sign with the key of the From: domain when `relay dkim add` made one."""
+    key_file: Path = Path("var/dkim.key")
+    """Keys that encrypt DKIM private keys in Redis (AES-256-GCM): one base64 key of 32 bytes
+    a line, the first encrypts, all decrypt. Not used when `key_env` is set."""
+    create_key_file: bool = False
+    """Create `key_file` (0600, a new key) at the first `relay dkim add` when missing: the dev
+    start. Off in production, where every relay host must share one file."""
+    key_env: str = ""
+    """Name of an environment variable holding those keys instead (separated by spaces)."""
 
 
 class LogSettings(Section):

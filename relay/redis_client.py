@@ -1,30 +1,125 @@
-"""The Redis client the whole relay shares, and loading of the Lua scripts beside the code."""
+"""The Redis client the whole relay shares, and loading of the Lua scripts beside the code.
+
+A Redis URL may carry a password (`redis://user:password@host`, or `?password=` in the
+query): whatever shows a URL to a person (logs, errors, CLI output) shows `redact_url(url)`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from relay.errors import StoreUnavailable
+from relay.errors import ConfigError, StoreUnavailable
 
-__all__ = ["connect", "load_script", "store_errors", "text", "text_dict"]
+__all__ = [
+    "connect",
+    "insecure_url",
+    "load_script",
+    "redact_secret",
+    "redact_url",
+    "store_errors",
+    "text",
+    "text_dict",
+]
+
+_HIDDEN = "***"
 
 
 def connect(url: str, *, timeout: float, max_connections: int = 64) -> aioredis.Redis:
-    """A bounded pool that waits for a free connection instead of raising when exhausted."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-    )
+    """A bounded pool that waits for a free connection instead of raising when exhausted.
+
+    `redis://`, `rediss://` (TLS; `?ssl_ca_certs=PATH` for a private CA) and
+    `unix:///path/to/socket?db=N`. A URL that cannot be used is a ConfigError naming
+    `redis.url`, never showing the password.
+    """
+    try:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"redis.url: {redact_secret(str(exc), url)}") from None
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (in the authority or a `password=` parameter) as `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<redis.url: not a URL>"
+    user, has_at, host = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if has_at:
+        name, has_colon, _ = user.partition(":")
+        netloc = f"{name}:{_HIDDEN}@{host}" if has_colon else f"{name}@{host}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(key == "password" for key, _ in pairs):
+        hidden = [(key, _HIDDEN if key == "password" else value) for key, value in pairs]
+        query = urlencode(hidden, safe="*/:")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Not urlunsplit: it turns `unix:///path` (empty authority) into `unix:/path`.
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def redact_secret(message: str, url: str) -> str:
+    """`message` (an error's text) without the URL's password in any spelling."""
+    for secret in _passwords(url):
+        for spelling in {secret, quote(secret, safe=""), unquote(secret)}:
+            if spelling:
+                message = message.replace(spelling, _HIDDEN)
+    return message
+
+
+def insecure_url(url: str) -> str | None:
+    """Why a Redis URL is unsafe to use over a network, or None: a remote `redis://` sends
+    the password and every message in clear, and a server without a password is open to
+    whoever reaches it. Unix sockets and loopback addresses stay on this machine."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return None  # refused when connecting
+    if parts.scheme not in ("redis", "rediss") or _loopback(host):
+        return None
+    problems = []
+    if parts.scheme == "redis":
+        problems.append("no TLS (use rediss://)")
+    if not _passwords(url):
+        problems.append("no password (use an ACL user: rediss://user:password@host)")
+    return "; ".join(problems) or None
+
+
+def _passwords(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""]
+    except ValueError:
+        return []
+    found += [value for key, value in parse_qsl(parts.query) if key == "password"]
+    return [p for p in found if p]
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_script(redis: aioredis.Redis, beside: str, name: str) -> AsyncScript:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from relay.errors import ConfigError
+from relay.private_files import make_private_dirs
 
 __all__ = ["client_context", "ensure_self_signed", "server_context"]
 
@@ -121,8 +122,9 @@ def _general_name(name: str) -> x509.GeneralName:
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    """Write via a temporary file so a crash never leaves half a key; the mode is set at open."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write via a temporary file so a crash never leaves half a key; the mode is set at open.
+    Folders it creates (`var/`, `var/tls/`) are 0700: only the relay reads its key."""
+    make_private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

@@ -14,6 +14,7 @@ from relay.abuse.store import SuspensionStore
 from relay.config import ReputationSettings, SenderAuthSettings
 from relay.delivery.egress_state import egress_state
 from relay.sender_auth import DkimKeyStore
+from relay.sender_auth.key_vault import KeyVault
 from reputation.dkim import dns_record, generate_key
 from tests.conftest import PASSWORD, add_sender, wait_until
 from tests.test_end_to_end import relay_settings, run_relay, submit
@@ -129,13 +130,16 @@ async def test_spf_at_mail_from(redis, redis_server, server_cert, ca, dns, sink,
 
 
 async def test_mail_from_a_domain_with_a_key_is_dkim_signed(
-    redis, redis_server, server_cert, ca, dns, sink
+    redis, redis_server, server_cert, ca, dns, sink, tmp_path
 ):
     received, port = sink
     await add_sender(redis)
     key = generate_key("example.org", "relay1", "ed25519-sha256")
-    await DkimKeyStore(redis).put(key)
-    settings = relay_settings(redis_server.url, server_cert, dns, routes={"*": f"127.0.0.1:{port}"})
+    settings = with_parts(
+        relay_settings(redis_server.url, server_cert, dns, routes={"*": f"127.0.0.1:{port}"}),
+        sender_auth=SenderAuthSettings(key_file=tmp_path / "dkim.key", create_key_file=True),
+    )
+    await DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth)).put(key)
     task, stop = await run_relay(settings)
     try:
         await submit(settings, ca, 0, ["bob@example.com"])  # From: alice@example.org

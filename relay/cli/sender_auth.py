@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+import redis.asyncio as aioredis
+
 from relay.app import open_redis
 from relay.cli.common import Failure, load, print_json
+from relay.config import Settings
 from relay.sender_auth import DkimKeyStore, spf_record
+from relay.sender_auth.key_vault import KeyVault
 from reputation.dkim import Algorithm, DkimError, dns_record, generate_key
 
 
@@ -25,6 +29,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     remove = sub.add_parser("remove", help="stop signing for a domain")
     remove.add_argument("domain")
     remove.set_defaults(handler=_remove)
+    rekey = sub.add_parser(
+        "rekey", help="encrypt every stored key with the current key of sender_auth.key_file"
+    )
+    rekey.set_defaults(handler=_rekey)
 
     spf = commands.add_parser("spf-record", help="the SPF record customers include")
     spf.set_defaults(handler=_spf)
@@ -38,7 +46,7 @@ async def _add(args: argparse.Namespace) -> int:
     except DkimError as exc:
         raise Failure(str(exc)) from None
     async with open_redis(settings) as redis:
-        await DkimKeyStore(redis).put(key)
+        await _store(redis, settings).put(key)
     name, value = dns_record(key)
     print(f"mail from {key.domain} is now signed (selector {key.selector}, {algorithm}).")
     print("Publish this TXT record:")
@@ -46,9 +54,14 @@ async def _add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(redis: aioredis.Redis, settings: Settings) -> DkimKeyStore:
+    return DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth))
+
+
 async def _list(args: argparse.Namespace) -> int:
-    async with open_redis(load(args)) as redis:
-        keys = await DkimKeyStore(redis).domains()
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        keys = await _store(redis, settings).domains()
     rows = [(k, *dns_record(k)) for k in keys]
     if args.json:
         print_json(
@@ -70,10 +83,35 @@ async def _list(args: argparse.Namespace) -> int:
 
 
 async def _remove(args: argparse.Namespace) -> int:
-    async with open_redis(load(args)) as redis:
-        await DkimKeyStore(redis).remove(args.domain)
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        await _store(redis, settings).remove(args.domain)
     print(f"mail from {args.domain} is no longer signed; remove its DNS record when unused")
     return 0
+
+
+async def _rekey(args: argparse.Namespace) -> int:
+    settings = load(args)
+    vault = KeyVault.from_settings(settings.sender_auth)
+    async with open_redis(settings) as redis:
+        report = await DkimKeyStore(redis, vault).rekey()
+    done = report.from_clear + report.from_old_keys
+    if not report.key_id:
+        print("no DKIM keys stored: nothing to encrypt")
+        return 0
+    if not done and not report.changed_meanwhile:
+        print(f"all {report.unchanged} DKIM key(s) already encrypted with key {report.key_id}")
+        return 0
+    print(
+        f"{done} DKIM key(s) re-encrypted with key {report.key_id}"
+        f" ({report.from_clear} were in clear, {report.from_old_keys} under older keys);"
+        f" {report.unchanged} already were"
+    )
+    if report.changed_meanwhile:
+        print(f"{report.changed_meanwhile} changed meanwhile and were left as written: run again")
+    else:
+        print(f"Keys other than the first can now be removed from {vault.where}")
+    return 0 if not report.changed_meanwhile else 1
 
 
 def _spf(args: argparse.Namespace) -> int:

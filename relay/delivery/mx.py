@@ -22,6 +22,7 @@ from dns.resolver import NoResolverConfiguration
 
 from relay.config import DnsSettings, HostPort
 from relay.delivery.errors import PermanentRouteError, TransientRouteError
+from relay.delivery.public_ip import is_public_address
 from relay.errors import ConfigError
 
 R = TypeVar("R", bound=dns.resolver.BaseResolver)
@@ -147,7 +148,7 @@ async def _implicit_mx(
 
 
 def _public(addresses: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(a for a in addresses if ipaddress.ip_address(a).is_global)
+    return tuple(a for a in addresses if is_public_address(a))
 
 
 async def _addresses(host: dns.name.Name, resolver: AsyncResolver) -> tuple[str, ...]:
