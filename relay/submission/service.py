@@ -19,7 +19,7 @@ from relay.queue import DsnRequest, Envelope, QueueStore
 from relay.sender_auth.spf import SpfChecker
 from relay.submission import policy
 from relay.submission.addresses import is_mailbox
-from relay.submission.message import received_header, stamp
+from relay.submission.message import message_id_of, received_header, stamp
 
 __all__ = ["Submission", "SubmissionService", "Submitted"]
 
@@ -74,7 +74,7 @@ class SubmissionService:
         store_timeout: float,
         on_queued: Callable[[], None] = lambda: None,
         content_check: ContentCheck | None = None,
-        trace: Callable[[str, str], Awaitable[None]] | None = None,
+        trace: Callable[[str, str, str], Awaitable[None]] | None = None,
         spf: SpfChecker | None = None,
         spf_mode: str = "off",
         dkim: Callable[[bytes], Awaitable[bytes]] | None = None,
@@ -90,13 +90,14 @@ class SubmissionService:
         self._content_check = content_check
         """Blocklist check of sender and link domains; a reply refuses the message."""
         self._trace = trace
+        """Remembers queue id → account and Message-ID, to find the sender of a message
+        complained about."""
         self._spf = spf
         self._spf_mode = spf_mode
         self._dkim = dkim
         """Returns the message with a DKIM-Signature when its From: domain has a key."""
         self._headers: dict[str, bytes] = {}
         """Transaction → header lines to add at acceptance (the SPF warning)."""
-        """Remembers queue id → account, to find the sender of a message complained about."""
 
     async def authenticate(self, login: str, password: str) -> Account | None:
         async with asyncio.timeout(self._store_timeout + 5.0):  # + time to hash
@@ -196,6 +197,7 @@ class SubmissionService:
             queue_id=queue_id,
             now=now,
         )
+        stamped_id = message_id_of(body)
         if self._dkim is not None:
             body = await self._dkim(body)
         body = (
@@ -239,7 +241,7 @@ class SubmissionService:
         )
         if self._trace is not None:
             try:
-                await self._trace(queue_id, message.account)
+                await self._trace(queue_id, message.account, stamped_id)
             except (StoreUnavailable, TimeoutError) as exc:
                 log.warning("trace.failed", queue_id=queue_id, error=str(exc))
         self._on_queued()
