@@ -70,7 +70,7 @@ class ComplaintDesk:
             reason=problem,
             evidence=review.evidence,
         )
-        log.warning(
+        log.info(
             "complaint.review",
             review=review.id,
             problem=review.problem,
