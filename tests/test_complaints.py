@@ -298,3 +298,20 @@ async def test_a_delivered_message_is_attributed(
     assert "complaint recorded against alice" in result.stdout
     (s,) = await SuspensionStore(redis).of_account("alice")
     assert (s.evidence["queue_id"], s.evidence["attributed"]) == (queue_id, "trace")
+
+
+def test_nesting_is_bounded_before_the_parser_recurses():
+    def nested(depth: int, part: bytes) -> bytes:
+        inner = ORIGINAL
+        for _ in range(depth):
+            inner = part + inner
+        return inner
+
+    rfc822 = b"Content-Type: message/rfc822\r\n\r\n"
+    deep = parse_complaint(nested(100, rfc822), hostname="relay.test")  # read, not attributed
+    assert "no Received line" in deep.problem, "only the outermost original is unwrapped"
+    folded = b"Content-type:\r\n\tmessage/rfc822\r\n\r\n"
+    multipart = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+    for part in (rfc822, folded, multipart):
+        with pytest.raises(InvalidInput, match="more than 100 multipart or message parts"):
+            parse_complaint(nested(3000, part), hostname="relay.test")
