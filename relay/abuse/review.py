@@ -94,8 +94,10 @@ class ReviewStore:
         review = await self.get(rid)
         with store_errors():
             won = await self._redis.hsetnx(_key(rid), "claimed", actor)
-        if review.status != "open" or not won:
+        if review.status != "open":
             raise InvalidInput(f"complaint {rid} is already {review.status}")
+        if not won:
+            raise InvalidInput(f"complaint {rid} is being closed by another operator")
         return review
 
     async def unclaim(self, rid: str) -> None:
