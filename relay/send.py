@@ -51,6 +51,7 @@ async def send_message(
         raise SendError("no recipients")
     for address in (mail_from, *recipients):
         _check_address(address)
+    _check_text("login", login)
     where = _where(host, port)
     client = aiosmtplib.SMTP(
         hostname=host,
@@ -86,6 +87,15 @@ def _check_address(address: str) -> None:
     # aiosmtplib would quietly reparse such an address; refuse it instead.
     if any(ch.isspace() or ord(ch) < 0x20 or ch in "<>" for ch in address):
         raise SendError(f"invalid address: {address!r}")
+    _check_text("address", address)
+
+
+def _check_text(what: str, value: str) -> None:
+    """Arguments that were not UTF-8 arrive with surrogates, which no encoder takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SendError(f"the {what} is not UTF-8 text: {value!r}") from None
 
 
 async def _transaction(
@@ -218,7 +228,16 @@ def build_test_message(
     *,
     now: dt.datetime | None = None,
 ) -> bytes:
-    """A small RFC 5322 message with CRLF line ends, ready for DATA."""
+    """A small RFC 5322 message with CRLF line ends, ready for DATA. A CR or LF in a header
+    value would start a header of its own (`--subject $'hi\\r\\nBcc: x'`): refused."""
+    for address in (mail_from, *recipients):
+        _check_address(address)
+    _check_text("subject", subject)
+    _check_text("body", body)
+    if "\r" in subject or "\n" in subject:
+        raise SendError("the subject must be one line: it contains a line break (CR or LF)")
+    if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in subject):
+        raise SendError(f"the subject has control characters: {subject!r}")
     message = EmailMessage(policy=email.policy.SMTP)
     message["Date"] = email.utils.format_datetime(now or dt.datetime.now(dt.UTC))
     message["Message-ID"] = email.utils.make_msgid(domain=hostname)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from relay.clock import Clock
 from relay.redis_client import store_errors, text_dict
+from relay.safe_text import clean_line, clean_tree
 
 __all__ = ["AuditEntry", "AuditLog"]
 
@@ -63,6 +64,10 @@ class AuditLog:
         reason: str = "",
         evidence: dict[str, Any] | None = None,
     ) -> AuditEntry:
+        """Append an entry; its text is cleaned (reasons and evidence come from outside, and
+        a line break in a reason would forge a row of `relay audit`)."""
+        actor, action, account = clean_line(actor), clean_line(action), clean_line(account)
+        subject, reason = clean_line(subject), clean_line(reason)
         entry = AuditEntry(
             at=self._clock.now(),
             actor=actor,
@@ -70,7 +75,7 @@ class AuditLog:
             account=account,
             subject=subject,
             reason=reason,
-            evidence=evidence or {},
+            evidence=clean_tree(evidence or {}),
         )
         fields: dict[str | bytes, str | bytes] = {
             "at": repr(entry.at),

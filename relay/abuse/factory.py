@@ -6,7 +6,10 @@ import redis.asyncio as aioredis
 
 from quota import QuotaStore
 from relay.abuse.audit import AuditLog
+from relay.abuse.complaint_desk import ComplaintDesk
+from relay.abuse.complaints import TraceStore
 from relay.abuse.notify import Notifier
+from relay.abuse.review import ReviewStore
 from relay.abuse.service import SuspensionService
 from relay.abuse.store import SuspensionStore
 from relay.accounts import AccountStore
@@ -16,7 +19,7 @@ from relay.delivery.mx import make_resolver
 from relay.queue import QueueStore
 from reputation import DnsblClient, EscalationPolicy, Zone
 
-__all__ = ["dnsbl_client", "suspension_service"]
+__all__ = ["complaint_desk", "dnsbl_client", "suspension_service"]
 
 
 def suspension_service(
@@ -42,6 +45,18 @@ def suspension_service(
             growth=rep.offence_growth,
             deny_from=rep.deny_from_offence,
         ),
+    )
+
+
+def complaint_desk(
+    redis: aioredis.Redis, settings: Settings, clock: Clock, quota: QuotaStore
+) -> ComplaintDesk:
+    return ComplaintDesk(
+        suspensions=suspension_service(redis, settings, clock, quota),
+        traces=TraceStore(redis),
+        reviews=ReviewStore(redis),
+        accounts=AccountStore(redis, clock),
+        clock=clock,
     )
 
 

@@ -18,6 +18,7 @@ from relay.abuse.store import Suspension, SuspensionStore
 from relay.accounts import AccountStore
 from relay.clock import Clock
 from relay.queue import QueueStore
+from relay.safe_text import clean_line, clean_tree
 from reputation import EscalationPolicy, Kind, Status, check_deny, check_lift, terms_for
 
 __all__ = ["SuspensionService"]
@@ -51,7 +52,9 @@ class SuspensionService:
         self, login: str, kind: Kind, reason: str, evidence: dict[str, Any], actor: str
     ) -> Suspension:
         """Suspend now. While an offence suspension is open, new evidence is added to the
-        audit log against it instead of counting as one more offence."""
+        audit log against it instead of counting as one more offence. Reason and evidence
+        often come from outside (a complaint, a DNS TXT record): stored cleaned."""
+        reason, evidence = clean_line(reason), clean_tree(evidence)
         now = self._clock.now()
         history = await self.store.of_account(login)
         for open_one in (s for s in history if s.status is Status.OPEN):
@@ -103,6 +106,7 @@ class SuspensionService:
         self, sid: str, *, actor: str, reason: str, by_operator: bool = True, force: bool = False
     ) -> Suspension:
         now = self._clock.now()
+        reason = clean_line(reason)
         s = await self.store.get(sid)
         check_lift(status=s.status, terms=s.terms, by_operator=by_operator, now=now, force=force)
         lifted = s.closed(Status.LIFTED, at=now, by=actor, reason=reason)
@@ -130,6 +134,7 @@ class SuspensionService:
 
     async def deny(self, sid: str, *, actor: str, reason: str) -> Suspension:
         now = self._clock.now()
+        reason = clean_line(reason)
         s = await self.store.get(sid)
         check_deny(status=s.status, terms=s.terms)
         denied = s.closed(Status.DENIED, at=now, by=actor, reason=reason)

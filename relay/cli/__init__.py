@@ -10,6 +10,7 @@ from relay.cli import abuse, accounts, ip, plans, queue, sender_auth, service, s
 from relay.cli.common import Failure, run_command
 from relay.config import LogSettings
 from relay.logging import configure_logging
+from relay.safe_text import clean_line
 
 __all__ = ["main"]
 
@@ -55,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(LogSettings(level="warning"))
     try:
         return run_command(args)
-    except Failure as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+    except Failure as exc:  # one line, whatever text from outside the message quotes
+        print(f"relay: {clean_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

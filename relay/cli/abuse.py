@@ -1,23 +1,34 @@
-"""`relay suspension …`, `relay audit`, `relay complaint add`: operators review abuse."""
+"""`relay suspension …`, `relay audit`, `relay complaint …`: operators review abuse.
+
+Everything printed here may hold text from outside (a complaint's headers, a DNS TXT reason):
+it goes through `relay.safe_text` on the way to the terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
 from relay.abuse import Suspension, SuspensionService
-from relay.abuse.complaints import TraceStore, parse_complaint
-from relay.abuse.factory import suspension_service
+from relay.abuse.complaints import parse_complaint
+from relay.abuse.factory import complaint_desk, suspension_service
+from relay.abuse.review import Review
 from relay.accounts import AccountStore
 from relay.app import open_redis, quota_store
-from relay.cli.common import Failure, load, print_json, when
+from relay.cli.common import Failure, load, operator_actor, print_json, refuse_option, when
 from relay.clock import SystemClock
 from relay.config import Settings
+from relay.safe_text import clean_block, clean_line
 from reputation import Kind, NotAllowed
+
+_NO_OPERATOR = (
+    "is no longer accepted: the audit log records the OS user running the command"
+    f" ({operator_actor()})"
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +46,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action = sub.add_parser(name, help=f"{text} (audited)")
         action.add_argument("id")
         action.add_argument("--reason", required=True)
-        action.add_argument("--operator", default=_whoami(), help="default: your user name")
+        refuse_option(action, "--operator", _NO_OPERATOR)
         if name == "lift":
             action.add_argument(
                 "--force", action="store_true", help="before the minimum duration (audited)"
@@ -45,7 +56,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     manual.add_argument("login")
     manual.add_argument("--reason", required=True)
     manual.add_argument("--kind", choices=["admin", "abuse", "reputation"], default="admin")
-    manual.add_argument("--operator", default=_whoami())
+    refuse_option(manual, "--operator", _NO_OPERATOR)
     manual.set_defaults(handler=_add)
 
     audit = commands.add_parser("audit", help="the audit log, newest last")
@@ -54,20 +65,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(handler=_audit)
 
-    complaint = commands.add_parser("complaint", help="spam complaints")
+    complaint = commands.add_parser("complaint", help="spam complaints and their review")
     csub = complaint.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = csub.add_parser("add", help="record a complaint (ARF or forwarded) and suspend")
-    add.add_argument("login", nargs="?", help="default: found from the original message")
+    add = csub.add_parser(
+        "add", help="record a complaint (ARF or forwarded): suspend, or queue for review"
+    )
+    add.add_argument("login", nargs="?", help="default: traced from the original message")
     add.add_argument("--file", required=True, help="the report (.eml); - for stdin")
-    add.add_argument("--operator", default=_whoami())
+    refuse_option(add, "--operator", _NO_OPERATOR)
     add.set_defaults(handler=_complaint)
-
-
-def _whoami() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "operator"
+    pending = csub.add_parser("list", help="complaints awaiting review, oldest first")
+    pending.add_argument("--all", action="store_true", help="the reviewed ones too")
+    pending.add_argument("--json", action="store_true")
+    pending.set_defaults(handler=_complaint_list)
+    one = csub.add_parser("show", help="one complaint under review with its evidence")
+    one.add_argument("id")
+    one.add_argument("--json", action="store_true")
+    one.set_defaults(handler=_complaint_show)
+    assign = csub.add_parser("assign", help="it is this login's complaint: suspend (audited)")
+    assign.add_argument("id")
+    assign.add_argument("login")
+    assign.add_argument("--reason", required=True, help="why this account (audited)")
+    assign.set_defaults(handler=_complaint_assign)
+    dismiss = csub.add_parser("dismiss", help="it is no account's complaint (audited)")
+    dismiss.add_argument("id")
+    dismiss.add_argument("--reason", required=True)
+    dismiss.set_defaults(handler=_complaint_dismiss)
 
 
 def _service(redis: Redis, settings: Settings) -> SuspensionService:
@@ -75,7 +98,7 @@ def _service(redis: Redis, settings: Settings) -> SuspensionService:
 
 
 def _line(s: Suspension) -> str:
-    return (
+    return clean_line(
         f"{s.id}  {when(s.created_at)}  {s.status.value:<7} {s.account:<20} {s.kind.value:<10}"
         f" offence {s.terms.offence}  {s.reason}"
     )
@@ -94,6 +117,18 @@ async def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evidence(evidence: dict[str, Any]) -> list[str]:
+    """Evidence as indented lines; a multi-line value (headers) below its name."""
+    lines = []
+    for key, value in evidence.items():
+        if isinstance(value, str) and "\n" in value.strip():
+            lines.append(f"  {clean_line(str(key))}:")
+            lines += [f"    {line}" for line in clean_block(value.strip()).split("\n")]
+        else:
+            lines.append(clean_line(f"  {key}: {value}"))
+    return lines
+
+
 def render(s: Suspension) -> str:
     terms = s.terms
     lift = "the user (password change) or an operator" if terms.user_may_lift else "an operator"
@@ -110,8 +145,9 @@ def render(s: Suspension) -> str:
     ]
     if s.closed_at is not None:
         lines.append(f"closed:     {when(s.closed_at)} by {s.closed_by}: {s.close_reason}")
+    lines = [clean_line(line) for line in lines]
     lines.append("evidence:")
-    lines += [f"  {k}: {v}" for k, v in s.evidence.items()]
+    lines += _evidence(s.evidence)
     return "\n".join(lines)
 
 
@@ -131,7 +167,7 @@ async def _lift(args: argparse.Namespace) -> int:
     async with open_redis(settings) as redis:
         try:
             s = await _service(redis, settings).lift(
-                args.id, actor=f"operator:{args.operator}", reason=args.reason, force=args.force
+                args.id, actor=operator_actor(), reason=args.reason, force=args.force
             )
         except NotAllowed as exc:
             raise Failure(f"cannot lift {args.id}: {exc}") from None
@@ -144,7 +180,7 @@ async def _deny(args: argparse.Namespace) -> int:
     async with open_redis(settings) as redis:
         try:
             s = await _service(redis, settings).deny(
-                args.id, actor=f"operator:{args.operator}", reason=args.reason
+                args.id, actor=operator_actor(), reason=args.reason
             )
         except NotAllowed as exc:
             raise Failure(f"cannot deny {args.id}: {exc}") from None
@@ -157,11 +193,7 @@ async def _add(args: argparse.Namespace) -> int:
     async with open_redis(settings) as redis:
         await AccountStore(redis, SystemClock()).require(args.login)
         s = await _service(redis, settings).suspend(
-            args.login,
-            Kind(args.kind),
-            args.reason,
-            {"by_hand": True},
-            actor=f"operator:{args.operator}",
+            args.login, Kind(args.kind), args.reason, {"by_hand": True}, actor=operator_actor()
         )
     print(f"suspension {s.id}: {s.account} ({s.kind.value}, offence {s.terms.offence})")
     return 0
@@ -178,7 +210,7 @@ async def _audit(args: argparse.Namespace) -> int:
         return 0
     for e in entries:
         about = " ".join(x for x in (e.account, e.subject) if x)
-        print(f"{when(e.at)}  {e.actor:<24} {e.action:<10} {about:<30} {e.reason}")
+        print(clean_line(f"{when(e.at)}  {e.actor:<24} {e.action:<10} {about:<30} {e.reason}"))
     return 0
 
 
@@ -193,26 +225,99 @@ async def _complaint(args: argparse.Namespace) -> int:
     settings = load(args)
     report = _read_report(args.file)
     complaint = parse_complaint(report, hostname=settings.hostname)
+    actor = operator_actor()
     async with open_redis(settings) as redis:
-        login = args.login
-        if login is None:
-            traces = TraceStore(redis)
-            found = {await traces.account_of(qid) for qid in complaint.queue_ids}
-            found.discard(None)
-            if len(found) != 1:
-                raise Failure(
-                    "cannot tell which account sent the original message"
-                    f" (queue ids found: {', '.join(complaint.queue_ids) or 'none'});"
-                    " give the LOGIN"
-                )
-            login = str(found.pop())
-        await AccountStore(redis, SystemClock()).require(login)
-        s = await _service(redis, settings).suspend(
-            login,
-            Kind.ABUSE,
-            f"spam complaint ({complaint.feedback_type}) from {complaint.reporter or 'unknown'}",
-            complaint.as_evidence(),
-            actor=f"operator:{args.operator}",
+        desk = complaint_desk(redis, settings, SystemClock(), quota_store(redis, settings))
+        if args.login is not None:
+            await AccountStore(redis, SystemClock()).require(args.login)
+            outcome: Suspension | Review = await desk.against(
+                args.login, complaint, actor=actor, extra={"attributed": "operator"}
+            )
+        else:
+            outcome = await desk.receive(complaint, actor=actor)
+    if isinstance(outcome, Review):
+        print(clean_line(f"complaint {outcome.id} queued for review: {outcome.problem}"))
+        print(
+            f"see `relay complaint show {outcome.id}`, then `relay complaint assign"
+            f" {outcome.id} LOGIN --reason …` or `relay complaint dismiss {outcome.id} --reason …`"
         )
-    print(f"complaint recorded against {login}: suspension {s.id} (offence {s.terms.offence})")
+        return 0
+    print(
+        f"complaint recorded against {outcome.account}: suspension {outcome.id}"
+        f" (offence {outcome.terms.offence})"
+    )
+    return 0
+
+
+def _review_line(r: Review) -> str:
+    reporter = r.evidence.get("reporter") or "unknown"
+    return clean_line(
+        f"{r.id}  {when(r.created_at)}  {r.status:<9} {r.account or '-':<20}"
+        f" from {reporter}: {r.problem}"
+    )
+
+
+def render_review(r: Review) -> str:
+    lines = [
+        f"id:         {r.id}",
+        f"status:     {r.status}",
+        f"received:   {when(r.created_at)} by {r.actor}",
+        f"problem:    {r.problem}",
+        f"traced to:  {r.traced_to or '-'} (the queue id's account: a hint, not proof)",
+    ]
+    if r.closed_at is not None:
+        to = f" to {r.account} (suspension {r.suspension})" if r.status == "assigned" else ""
+        lines.append(f"closed:     {when(r.closed_at)} by {r.closed_by}{to}: {r.close_reason}")
+    lines = [clean_line(line) for line in lines]
+    lines.append("evidence:")
+    lines += _evidence(r.evidence)
+    return "\n".join(lines)
+
+
+async def _complaint_list(args: argparse.Namespace) -> int:
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        desk = complaint_desk(redis, settings, SystemClock(), quota_store(redis, settings))
+        found = await desk.reviews.listing(open_only=not args.all)
+    if args.json:
+        print_json([r.as_dict() for r in found])
+        return 0
+    for r in found:
+        print(_review_line(r))
+    print(f"{len(found)} complaint(s)" + ("" if args.all else " awaiting review"))
+    return 0
+
+
+async def _complaint_show(args: argparse.Namespace) -> int:
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        desk = complaint_desk(redis, settings, SystemClock(), quota_store(redis, settings))
+        review = await desk.reviews.get(args.id)
+    if args.json:
+        print_json(review.as_dict())
+    else:
+        print(render_review(review))
+    return 0
+
+
+async def _complaint_assign(args: argparse.Namespace) -> int:
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        desk = complaint_desk(redis, settings, SystemClock(), quota_store(redis, settings))
+        review, s = await desk.assign(
+            args.id, args.login, actor=operator_actor(), reason=args.reason
+        )
+    print(
+        f"complaint {review.id} assigned to {s.account}: suspension {s.id}"
+        f" (offence {s.terms.offence})"
+    )
+    return 0
+
+
+async def _complaint_dismiss(args: argparse.Namespace) -> int:
+    settings = load(args)
+    async with open_redis(settings) as redis:
+        desk = complaint_desk(redis, settings, SystemClock(), quota_store(redis, settings))
+        review = await desk.dismiss(args.id, actor=operator_actor(), reason=args.reason)
+    print(f"complaint {review.id} dismissed")
     return 0

@@ -11,6 +11,7 @@ from relay.accounts.provisioning import create_account, remove_account
 from relay.app import open_redis, quota_store
 from relay.cli.common import Failure, load, print_json, read_password, when
 from relay.clock import SystemClock
+from relay.safe_text import clean_line
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -145,14 +146,20 @@ async def _history(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"{args.login}: {len(suspensions)} suspension(s)")
-    for x in suspensions:
+    for x in suspensions:  # reasons may quote a complaint or a DNS answer: cleaned to print
         print(
-            f"  {x.id}  {when(x.created_at)}  {x.kind.value:<10} offence {x.terms.offence}"
-            f"  {x.status.value:<7} {x.reason}"
+            "  "
+            + clean_line(
+                f"{x.id}  {when(x.created_at)}  {x.kind.value:<10} offence {x.terms.offence}"
+                f"  {x.status.value:<7} {x.reason}"
+            )
         )
     print("audit:")
     for e in entries:
-        print(f"  {when(e.at)}  {e.actor:<24} {e.action:<10} {e.subject:<12} {e.reason}")
+        print(
+            "  "
+            + clean_line(f"{when(e.at)}  {e.actor:<24} {e.action:<10} {e.subject:<12} {e.reason}")
+        )
     return 0
 
 

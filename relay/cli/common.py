@@ -8,6 +8,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import pwd
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,16 @@ from typing import Any
 from relay.config import Settings, load_settings
 from relay.errors import ConfigError, RelayError
 
-__all__ = ["Failure", "load", "print_json", "read_password", "run_command", "when"]
+__all__ = [
+    "Failure",
+    "load",
+    "operator_actor",
+    "print_json",
+    "read_password",
+    "refuse_option",
+    "run_command",
+    "when",
+]
 
 DEFAULT_CONFIG = Path("config/relay.toml")
 
@@ -44,8 +54,39 @@ def load(args: argparse.Namespace) -> Settings:
         raise Failure(f"config error: {exc}", exit_code=2) from None
 
 
+def operator_actor() -> str:
+    """Who runs this command, as the audit log records it: the OS user of the process (its
+    effective uid), which the caller cannot choose. Never $LOGNAME/$USER or a flag: anyone
+    can set those to another operator's name."""
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        name = f"uid:{uid}"
+    return f"operator:{name}"
+
+
+class _Refused(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.refused_option = f"{option_string} {self.const}"
+
+
+def refuse_option(parser: argparse.ArgumentParser, flag: str, why: str) -> None:
+    """An option that is gone on purpose: using it ends in one line saying why (rather than
+    argparse's usage text, or silently doing something else than the caller meant)."""
+    parser.add_argument(flag, action=_Refused, nargs="?", const=why, help=argparse.SUPPRESS)
+
+
 def run_command(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], Awaitable[int] | int] = args.handler
+    if getattr(args, "refused_option", None):
+        raise Failure(args.refused_option)
     try:
         result = handler(args)
         if asyncio.iscoroutine(result):

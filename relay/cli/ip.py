@@ -9,6 +9,7 @@ from relay.app import open_redis
 from relay.cli.common import Failure, load, print_json, when
 from relay.clock import SystemClock
 from relay.delivery.egress_state import egress_state
+from relay.safe_text import clean_line
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,9 +49,10 @@ async def _list(args: argparse.Namespace) -> int:
         helo = r.helo if r.helo is not None else "(not in delivery.egress)"
         print(f"{r.ip:<16} {helo:<32} {r.state}")
         if r.disabled is not None:
-            print(f"    disabled since {when(r.disabled[1])}: {r.disabled[0]}")
+            print("    " + clean_line(f"disabled since {when(r.disabled[1])}: {r.disabled[0]}"))
         if r.listed is not None:
-            print(f"    listed since {when(r.listed[1])}: {r.listed[0]}")
+            # the blocklist's TXT answer: text from outside
+            print("    " + clean_line(f"listed since {when(r.listed[1])}: {r.listed[0]}"))
         for domain, until in r.cooling:
             print(f"    cooling down for {domain} until {when(until)}")
     usable = sum(1 for r in reports if r.helo is not None and r.state in ("healthy", "cooling"))

@@ -102,11 +102,12 @@ async def _send(args: argparse.Namespace) -> int:
     tls_mode = args.tls or listener.tls
     cafile = Path(args.cafile) if args.cafile else settings.tls.cert
     context = client_context(cafile=cafile if cafile.is_file() else None, verify=not args.insecure)
+    sender = args.sender or f"{args.login}@{settings.hostname}"
+    # Built first: a bad --subject or address is refused before the password is asked for.
+    message = build_test_message(sender, args.to, args.subject, args.body, settings.hostname)
     password = read_password(args.password_stdin)
     if password is None:
         raise Failure("no password: use --password-stdin or run in a terminal")
-    sender = args.sender or f"{args.login}@{settings.hostname}"
-    message = build_test_message(sender, args.to, args.subject, args.body, settings.hostname)
     result = await send_message(
         host=address.host,
         port=address.port,

@@ -1,11 +1,12 @@
-"""Pure edits a submission server makes to a message: trace header, missing Message-ID/Date."""
+"""Pure edits a submission server makes to a message: trace header, missing Message-ID/Date;
+and what it reads back from the result (the Message-ID traced with the queue id)."""
 
 from __future__ import annotations
 
 import email.utils
 import re
 
-__all__ = ["missing_headers", "received_header"]
+__all__ = ["message_id_of", "missing_headers", "received_header"]
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
@@ -37,3 +38,25 @@ def missing_headers(head: bytes, *, hostname: str, queue_id: str, now: float) ->
     if b"date" not in names:
         added += f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode("ascii")
     return added
+
+
+def message_id_of(body: bytes) -> str:
+    """The value of the first Message-ID header (unfolded), "" when there is none.
+
+    Read from the message as stamped, so it is the one the recipients see: a complaint about
+    the message must quote it."""
+    match = _HEADER_END.search(body)
+    head = body[: match.start()] if match else body
+    value: list[bytes] | None = None
+    for line in head.splitlines():
+        if value is not None:
+            if line[:1] in (b" ", b"\t"):
+                value.append(line)
+                continue
+            break
+        name, colon, rest = line.partition(b":")
+        if colon and name.strip().lower() == b"message-id":
+            value = [rest]
+    if value is None:
+        return ""
+    return b" ".join(part.strip() for part in value).decode("utf-8", "replace").strip()

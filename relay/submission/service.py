@@ -20,7 +20,7 @@ from relay.sender_auth.spf import SpfChecker
 from relay.spool import Incoming, Spooled, SpoolError
 from relay.submission import policy
 from relay.submission.addresses import is_mailbox
-from relay.submission.message import missing_headers, received_header
+from relay.submission.message import message_id_of, missing_headers, received_header
 
 __all__ = ["Submission", "SubmissionService", "Submitted"]
 
@@ -81,7 +81,7 @@ class SubmissionService:
         store_timeout: float,
         on_queued: Callable[[], None] = lambda: None,
         content_check: ContentCheck | None = None,
-        trace: Callable[[str, str], Awaitable[None]] | None = None,
+        trace: Callable[[str, str, str], Awaitable[None]] | None = None,
         spf: SpfChecker | None = None,
         spf_mode: str = "off",
         dkim: Callable[[bytes, str], Awaitable[bytes]] | None = None,
@@ -98,6 +98,8 @@ class SubmissionService:
         self._content_check = content_check
         """Blocklist check of sender and link domains; a reply refuses the message."""
         self._trace = trace
+        """Remembers queue id → account and Message-ID, to find the sender of a message
+        complained about."""
         self._spf = spf
         self._spf_mode = spf_mode
         self._dkim = dkim
@@ -107,7 +109,6 @@ class SubmissionService:
         """Free bytes the spool's disk keeps; below, DATA is refused (452 4.3.1)."""
         self._headers: dict[str, bytes] = {}
         """Transaction → header lines to add at acceptance (the SPF warning)."""
-        """Remembers queue id → account, to find the sender of a message complained about."""
 
     async def authenticate(self, login: str, password: str) -> Account | None:
         async with asyncio.timeout(self._store_timeout + 5.0):  # + time to hash
@@ -230,6 +231,7 @@ class SubmissionService:
         added = self._headers.pop(tx, b"") + missing_headers(
             spooled.head, hostname=self._hostname, queue_id=queue_id, now=now
         )
+        stamped_id = message_id_of(added + spooled.head)
         signature = b""
         if self._dkim is not None and spooled.body_hash is not None:
             signature = await self._dkim(added + spooled.head, spooled.body_hash)
@@ -275,7 +277,7 @@ class SubmissionService:
         )
         if self._trace is not None:
             try:
-                await self._trace(queue_id, message.account)
+                await self._trace(queue_id, message.account, stamped_id)
             except (StoreUnavailable, TimeoutError) as exc:
                 log.warning("trace.failed", queue_id=queue_id, error=str(exc))
         self._on_queued()
