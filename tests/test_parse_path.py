@@ -23,6 +23,11 @@ def theirs(arg: str, limit: int):
 def test_same_answers_as_aiosmtpd(arg, limit):
     try:
         expected = theirs(arg, limit)
-    except IndexError:  # aiosmtpd crashes on a few paths ("<"); we call them malformed
+    except IndexError:  # aiosmtpd crashes on a few paths ("<", '"'); we call them malformed
         expected = (None, None)
     assert parse_path(arg, limit) == expected
+
+
+def test_paths_that_crash_the_email_parser_are_malformed():
+    for arg in ['"', ' "', '<"', "<"]:
+        assert parse_path(arg, 0) == (None, None)

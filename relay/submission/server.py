@@ -58,9 +58,9 @@ def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]
     try:
         parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
         address, rest = parse(arg)
-    except (HeaderParseError, IndexError):  # the email parser can run off the end ("<")
+        addr: str = address.addr_spec
+    except (HeaderParseError, IndexError):  # the email parser can run off the end ('<', '"')
         return None, None
-    addr: str = address.addr_spec
     if local_part_limit and len(addr.rpartition("@")[0]) > local_part_limit:
         return None, None
     return addr, rest
