@@ -28,7 +28,7 @@ from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.queue import QueueStore
 from relay.redis_client import connect
-from relay.sender_auth import DkimKeyStore, DkimSigner, SpfChecker
+from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
 from relay.sender_auth.spf import install_resolver
 from relay.submission.guard import AuthGuard, AuthPolicy
 from relay.submission.server import start_listeners
@@ -96,6 +96,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
     tls = server_context(settings.tls.cert, settings.tls.key)
     async with open_redis(settings) as redis:
         queue = QueueStore(redis, clock)
+        quota = quota_store(redis, settings)
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
@@ -104,8 +105,8 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             egress_state=egress_state(redis, clock, settings.delivery),
             hostname=settings.hostname,
             on_delivered=TrafficLog(redis).record_delivery,
+            quota=quota,
         )
-        quota = quota_store(redis, settings)
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)
         traffic = TrafficLog(redis)
@@ -127,6 +128,8 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             dkim=DkimSigner(DkimKeyStore(redis), clock=clock.now)
             if settings.sender_auth.dkim
             else None,
+            identities=IdentityCache(IdentityStore(redis, clock), clock=clock.now),
+            identities_mode=settings.sender_auth.identities,
             settings=settings.submission,
             hostname=settings.hostname,
             clock=clock,

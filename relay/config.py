@@ -343,7 +343,13 @@ class SenderAuthSettings(Section):
     """The name customers include (`include:NAME`); default `_spf.<hostname>`."""
     spf_timeout: DurationField = Duration(3.0)
     dkim: bool = True
-    """Sign with the key of the From: domain when `relay dkim add` made one."""
+    """Sign with the key of the From: domain when `relay dkim add` made one (and the key
+    belongs to the sending account)."""
+    identities: Literal["off", "warn", "enforce"] = "enforce"
+    """MAIL FROM and every From: address must be a verified identity of the account
+    (`relay domain`): enforce refuses with 550 5.7.1; warn logs `sender.unverified` and
+    accepts (for migrations); off checks nothing and treats every sender as verified for
+    notices. RET=FULL and NOTIFY=SUCCESS need a verified sender under warn and enforce."""
 
 
 class LogSettings(Section):

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from relay.abuse.audit import AuditLog
 from relay.app import open_redis
 from relay.cli.common import Failure, load, print_json
-from relay.sender_auth import DkimKeyStore, spf_record
+from relay.cli.domains import operator
+from relay.clock import SystemClock
+from relay.sender_auth import DkimKeyStore, IdentityStore, spf_record
+from relay.sender_auth.identities import normalise_domain
 from reputation.dkim import Algorithm, DkimError, dns_record, generate_key
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = commands.add_parser("dkim", help="DKIM keys of sender domains (mail is signed)")
     sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = sub.add_parser("add", help="make a key for a domain and print its DNS record")
+    add = sub.add_parser(
+        "add", help="make a key for a verified domain (signs its owner's mail); print its record"
+    )
     add.add_argument("domain")
     add.add_argument("--selector", required=True)
     add.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
@@ -33,14 +39,34 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 async def _add(args: argparse.Namespace) -> int:
     settings = load(args)
     algorithm: Algorithm = "ed25519-sha256" if args.algorithm == "ed25519" else "rsa-sha256"
+    domain = normalise_domain(args.domain)
     try:
-        key = generate_key(args.domain, args.selector, algorithm, args.bits)
+        key = generate_key(domain, args.selector, algorithm, args.bits)
     except DkimError as exc:
         raise Failure(str(exc)) from None
+    clock = SystemClock()
     async with open_redis(settings) as redis:
-        await DkimKeyStore(redis).put(key)
+        owner = await IdentityStore(redis, clock).owner(domain)
+        if owner is None:
+            raise Failure(
+                f"{domain} is not a verified sender domain of any account: "
+                f"`relay domain add LOGIN {domain}` and verify it first"
+            )
+        keys = DkimKeyStore(redis)
+        await keys.set_owner(domain, owner)
+        await keys.put(key)
+        await AuditLog(redis, clock).append(
+            actor=operator(),
+            action="dkim-add",
+            account=owner,
+            subject=domain,
+            reason=f"selector {key.selector}, {algorithm}",
+        )
     name, value = dns_record(key)
-    print(f"mail from {key.domain} is now signed (selector {key.selector}, {algorithm}).")
+    print(
+        f"mail from {key.domain} sent by {owner} is now signed"
+        f" (selector {key.selector}, {algorithm})."
+    )
     print("Publish this TXT record:")
     print(f'{name}. IN TXT "{value}"')
     return 0
@@ -48,13 +74,16 @@ async def _add(args: argparse.Namespace) -> int:
 
 async def _list(args: argparse.Namespace) -> int:
     async with open_redis(load(args)) as redis:
-        keys = await DkimKeyStore(redis).domains()
+        store = DkimKeyStore(redis)
+        keys = await store.domains()
+        owners = await store.owners()
     rows = [(k, *dns_record(k)) for k in keys]
     if args.json:
         print_json(
             [
                 {
                     "domain": k.domain,
+                    "owner": owners.get(k.domain, ""),
                     "selector": k.selector,
                     "algorithm": k.algorithm,
                     "record_name": name,
@@ -65,13 +94,19 @@ async def _list(args: argparse.Namespace) -> int:
         )
         return 0
     for k, name, _ in rows:
-        print(f"{k.domain:<30} {k.selector:<12} {k.algorithm:<15} {name}")
+        owner = owners.get(k.domain) or "(no owner: signs nothing)"
+        print(f"{k.domain:<30} {owner:<24} {k.selector:<12} {k.algorithm:<15} {name}")
     return 0
 
 
 async def _remove(args: argparse.Namespace) -> int:
     async with open_redis(load(args)) as redis:
-        await DkimKeyStore(redis).remove(args.domain)
+        store = DkimKeyStore(redis)
+        owner = await store.owner(args.domain)
+        await store.remove(args.domain)
+        await AuditLog(redis, SystemClock()).append(
+            actor=operator(), action="dkim-remove", account=owner, subject=args.domain.lower()
+        )
     print(f"mail from {args.domain} is no longer signed; remove its DNS record when unused")
     return 0
 
