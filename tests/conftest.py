@@ -88,13 +88,24 @@ PASSWORD = "correct horse battery"
 
 
 async def add_sender(
-    redis: aioredis.Redis, login: str = "alice", *, daily: int = 1000, per_minute: int = 1000
+    redis: aioredis.Redis,
+    login: str = "alice",
+    *,
+    daily: int = 1000,
+    per_minute: int = 1000,
+    sends_from: tuple[str, ...] | None = None,
 ) -> None:
-    """An account that can send: a login with PASSWORD and one plan."""
+    """An account that can send: a login with PASSWORD, one plan, and verified sender
+    identities (by default its own address `LOGIN@example.org`, which the relay's default
+    `sender_auth.identities = "enforce"` requires in MAIL FROM and From:)."""
     from quota import Plan, QuotaStore
     from relay.accounts import AccountStore
     from relay.clock import SystemClock
+    from relay.sender_auth import IdentityStore
 
     await AccountStore(redis, SystemClock()).add(login, PASSWORD)
     store = QuotaStore(redis, default_per_minute=per_minute, per_recipient=100)
     await store.add_plan(login, Plan("test", daily=daily, per_minute=per_minute))
+    identities = IdentityStore(redis, SystemClock())
+    for name in (f"{login}@example.org",) if sends_from is None else sends_from:
+        await identities.mark_verified(login, name, "operator")

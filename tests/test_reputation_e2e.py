@@ -82,7 +82,7 @@ async def test_listing_of_an_egress_ip_within_one_monitor_interval(
 @pytest.mark.parametrize("mode", ["warn", "enforce"])
 async def test_spf_at_mail_from(redis, redis_server, server_cert, ca, dns, sink, mode):
     received, port = sink
-    await add_sender(redis)
+    await add_sender(redis, sends_from=("good.example", "bad.example"))
     dns.load(
         'good.example. TXT "v=spf1 include:_spf.relay.test -all"\n'
         '_spf.relay.test. TXT "v=spf1 ip4:127.0.0.2 ip4:127.0.0.3 -all"\n'
@@ -132,8 +132,9 @@ async def test_mail_from_a_domain_with_a_key_is_dkim_signed(
     redis, redis_server, server_cert, ca, dns, sink
 ):
     received, port = sink
-    await add_sender(redis)
+    await add_sender(redis, sends_from=("example.org",))
     key = generate_key("example.org", "relay1", "ed25519-sha256")
+    await DkimKeyStore(redis).set_owner("example.org", "alice")
     await DkimKeyStore(redis).put(key)
     settings = relay_settings(redis_server.url, server_cert, dns, routes={"*": f"127.0.0.1:{port}"})
     task, stop = await run_relay(settings)

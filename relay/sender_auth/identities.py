@@ -225,9 +225,11 @@ class IdentityStore:
         Refused when another account has verified an overlapping name."""
         name = _checked(name)
         existing = await self.get(login, name)
-        if existing is not None:
+        if existing is not None and existing.verified:
             return existing
         await self._refuse_conflict(login, name)
+        if existing is not None:
+            return existing
         identity = Identity(name, login, secrets.token_hex(16), self._clock.now())
         with store_errors():
             await self._redis.hsetnx(_key(login), name, identity.to_json())
@@ -378,10 +380,11 @@ class IdentityCache:
     per account per `ttl`, per process).
 
     Staleness accepted: a name *removed* (or an account that lost it) keeps being allowed
-    by a process for up to `ttl` (60 s). A name *added* is seen within `recheck` (5 s): an
+    by a process for up to `ttl` (60 s). A name *added* is seen within `recheck` (1 s): an
     address the cached copy does not cover is looked up again once that copy is older than
-    `recheck`, so a customer who just verified a domain is not refused for a minute, while
-    a client trying unverified senders costs at most one lookup per `recheck`.
+    `recheck`, so a customer who was refused, then verified the domain, is not refused for
+    another minute; unverified senders (refused, or accepted under warn) cost at most one
+    HGETALL per account per `recheck`.
     """
 
     def __init__(
@@ -390,7 +393,7 @@ class IdentityCache:
         *,
         clock: Callable[[], float] = time.time,
         ttl: float = 60.0,
-        recheck: float = 5.0,
+        recheck: float = 1.0,
     ) -> None:
         self._store = store
         self._clock = clock
