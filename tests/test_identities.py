@@ -3,7 +3,6 @@ per-process cache and the DKIM signer's ownership rule against a real Redis and 
 
 from __future__ import annotations
 
-
 import dkim
 import pytest
 
@@ -135,7 +134,7 @@ async def test_addresses_of_a_hosted_domain_go_to_different_accounts(redis, cloc
     store = IdentityStore(redis, clock)
     await store.mark_verified("alice", "alice@hosted.example", "operator")
     await store.mark_verified("bob", "bob@hosted.example", "operator")
-    with pytest.raises(InvalidInput, match="alice@hosted.example"):
+    with pytest.raises(InvalidInput, match=r"alice@hosted\.example"):
         await store.add("carol", "hosted.example")
     assert await store.owner("hosted.example") is None, "an address does not own its domain"
 
@@ -189,7 +188,7 @@ async def test_dns_failure_is_one_clear_error(redis, clock, dns):
     store = IdentityStore(redis, clock)
     await store.add("alice", "example.com")
     dns.servfail("_relay-verify.example.com")
-    with pytest.raises(VerificationFailed, match="DNS lookup of _relay-verify.example.com"):
+    with pytest.raises(VerificationFailed, match=r"DNS lookup of _relay-verify\.example\.com"):
         await verify_by_dns(store, make_resolver(dns.settings()), "alice", "example.com")
 
 

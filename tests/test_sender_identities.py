@@ -141,9 +141,7 @@ async def test_warn_accepts_unverified_senders_but_gives_them_no_notices(
         try:
             async with client(settings, ca) as smtp:
                 await smtp.login("alice", PASSWORD)
-                reply = await smtp.execute_command(
-                    b"MAIL", b"FROM:<victim@third.example> RET=FULL"
-                )
+                reply = await smtp.execute_command(b"MAIL", b"FROM:<victim@third.example> RET=FULL")
                 assert (reply.code, reply.message) == (
                     550,
                     "5.7.1 RET=FULL refused: sender domain third.example is not verified for"

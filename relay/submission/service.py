@@ -127,6 +127,7 @@ class SubmissionService:
         SPF enforced, its domain must authorize our egress IPs.
         """
         if address in ("", "<>"):
+            self._senders[tx] = ("<>", True)  # never gets notices: nothing to refuse
             return None
         if not is_mailbox(address):
             return str(replies.BAD_SENDER)
