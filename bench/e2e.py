@@ -35,6 +35,7 @@ from relay.clock import SystemClock
 from relay.embedded_redis import EmbeddedRedis
 from relay.queue import Envelope, QueueStore
 from relay.redis_client import connect
+from relay.sender_auth import IdentityStore
 from relay.spool import Spool
 from relay.tls import ensure_self_signed
 
@@ -154,6 +155,9 @@ async def main(messages: int, sessions: int) -> list[Result]:
         password=PASSWORD,
         daily=10**9,
     )
+    await IdentityStore(redis, SystemClock()).mark_verified(
+        "bench", "bench@example.org", "operator"
+    )  # the sender and From: of its messages (sender identities are enforced)
     await redis.aclose()
     results = []
     processes = []

@@ -91,9 +91,9 @@ class Refused(Exception):
         self.code = code
 
 
-def body_for(ident: str, size: int) -> bytes:
+def body_for(ident: str, size: int, sender: str = "load@load.bench") -> bytes:
     head = (
-        f"From: <load@load.bench>\r\nTo: <u@example.com>\r\nSubject: bench {ident}\r\n"
+        f"From: <{sender}>\r\nTo: <u@example.com>\r\nSubject: bench {ident}\r\n"
         f"Message-ID: <bench-{ident}@load.bench>\r\nX-Bench-Id: {ident}\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     ).encode()
@@ -157,7 +157,9 @@ async def run(spec: LoadSpec, context: ssl.SSLContext | None = None) -> LoadResu
     accounts = itertools.cycle(spec.accounts) if spec.accounts else None
     if not ipaddress.ip_address(spec.host).is_loopback:
         raise ValueError(f"load only goes to loopback addresses, not {spec.host}")
-    template = body_for("{ID}", spec.size)  # the same filler for every message
+    # The same filler for every message; From: is the envelope sender, as the relay's
+    # sender identities require (each bench account owns LOGIN@load.bench).
+    template = body_for("{ID}", spec.size, "{FROM}")
     next_slot = 0.0
 
     async def pace() -> None:
@@ -222,7 +224,7 @@ async def run(spec: LoadSpec, context: ssl.SSLContext | None = None) -> LoadResu
     async def one(session: Session, n: int, sender: str) -> None:
         ident = str(n)
         rcpts = [f"u{n}.{k}@example.com" for k in range(spec.recipients)]
-        data = template.replace(b"{ID}", ident.encode())
+        data = template.replace(b"{ID}", ident.encode()).replace(b"{FROM}", sender.encode())
         await pace()
         started = time.perf_counter()
         try:

@@ -43,6 +43,7 @@ from bench.postfix import Postfix, postfix_binary
 from quota import Plan, QuotaStore
 from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
+from relay.sender_auth import Identity
 from relay.tls import ensure_self_signed
 
 PASSWORD = "bench-password-1"
@@ -200,6 +201,7 @@ class Bench:
             PASSWORD
         )
         quota = QuotaStore(self.redis, default_per_minute=HUGE, per_recipient=HUGE)
+        now = time.time()
         for start in range(0, len(logins), 500):
             batch = logins[start : start + 500]
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -214,6 +216,12 @@ class Bench:
                         },
                     )
                     pipe.sadd("accounts", login)
+                    # the one sender it uses (bench/load.py): a verified identity, as
+                    # `relay domain add LOGIN LOGIN@load.bench --verified` makes
+                    address = f"{login}@load.bench"
+                    identity = Identity(address, login, "bench", now, now, "operator")
+                    pipe.hset(f"ident:{{{login}}}", address, identity.to_json())
+                    pipe.hset("identities", address, login)
                 await pipe.execute()
             await asyncio.gather(
                 *(

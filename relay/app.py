@@ -30,8 +30,7 @@ from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
 from relay.queue import QueueStore
 from relay.redis_client import connect, insecure_url, redact_secret, redact_url
-from relay.sender_auth import DkimKeyStore, DkimSigner, SpfChecker
-from relay.sender_auth.key_vault import KeyVault
+from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
 from relay.sender_auth.spf import install_resolver
 from relay.spool import InflightBudget
 from relay.submission.guard import AuthGuard, AuthPolicy
@@ -134,6 +133,7 @@ async def serve(
         queue = QueueStore.from_settings(redis, clock, settings)
         if reclaim and (taken := await queue.reclaim()):
             log.warning("queue.reclaimed", jobs=taken, node=queue.node)
+        quota = quota_store(redis, settings)
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
@@ -142,8 +142,8 @@ async def serve(
             egress_state=egress_state(redis, clock, settings.delivery),
             hostname=settings.hostname,
             on_delivered=TrafficLog(redis).record_delivery,
+            quota=quota,
         )
-        quota = quota_store(redis, settings)
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)
         traffic = TrafficLog(redis)
@@ -163,10 +163,12 @@ async def serve(
             spf=spf_checker(settings, clock),
             spf_mode=settings.sender_auth.spf,
             dkim=DkimSigner(
-                DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth)), clock=clock.now
+                DkimKeyStore.from_settings(redis, settings.sender_auth), clock=clock.now
             )
             if settings.sender_auth.dkim
             else None,
+            identities=IdentityCache(IdentityStore(redis, clock), clock=clock.now),
+            identities_mode=settings.sender_auth.identities,
             settings=settings.submission,
             hostname=settings.hostname,
             clock=clock,

@@ -376,7 +376,8 @@ class SenderAuthSettings(Section):
     """The name customers include (`include:NAME`); default `_spf.<hostname>`."""
     spf_timeout: DurationField = Duration(3.0)
     dkim: bool = True
-    """Sign with the key of the From: domain when `relay dkim add` made one."""
+    """Sign with the key of the From: domain when `relay dkim add` made one (and the key
+    belongs to the sending account)."""
     key_file: Path = Path("var/dkim.key")
     """Keys that encrypt DKIM private keys in Redis (AES-256-GCM): one base64 key of 32 bytes
     a line, the first encrypts, all decrypt. Not used when `key_env` is set."""
@@ -385,6 +386,11 @@ class SenderAuthSettings(Section):
     start. Off in production, where every relay host must share one file."""
     key_env: str = ""
     """Name of an environment variable holding those keys instead (separated by spaces)."""
+    identities: Literal["off", "warn", "enforce"] = "enforce"
+    """MAIL FROM and every From: address must be a verified identity of the account
+    (`relay domain`): enforce refuses with 550 5.7.1; warn logs `sender.unverified` and
+    accepts (for migrations); off checks nothing and treats every sender as verified for
+    notices. RET=FULL and NOTIFY=SUCCESS need a verified sender under warn and enforce."""
 
 
 class LogSettings(Section):

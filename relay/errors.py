@@ -27,3 +27,7 @@ class EmbeddedRedisError(RelayError):
 
 class DeliveryError(RelayError):
     """A delivery attempt failed before any recipient outcome was known."""
+
+
+class VerificationFailed(RelayError):
+    """A sender identity could not be verified: its DNS token is missing, or DNS failed."""

@@ -65,6 +65,16 @@ SPF_NOT_AUTHORIZED = Reply(
     "5.7.23",
     "SPF of {domain} does not authorize our egress {ip} ({result}); include our record",
 )
+SENDER_NOT_VERIFIED = Reply(550, "5.7.1", "Sender domain {domain} is not verified for your account")
+FROM_NOT_VERIFIED = Reply(
+    550, "5.7.1", "Sender domain {domain} (From: header) is not verified for your account"
+)
+DSN_NEEDS_VERIFIED_SENDER = Reply(
+    550,
+    "5.7.1",
+    "{param} refused: sender domain {domain} is not verified for your account,"
+    " so it gets no notices",
+)
 CONTENT_LISTED = Reply(
     554, "5.7.1", "Refused: {what} is on the blocklist {zone}; the account is suspended"
 )

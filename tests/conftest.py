@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import redis.asyncio as aioredis
 import trustme
 
@@ -22,6 +24,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A test that configures logging (JSON to a buffer, a level) leaves it as it found it:
+    another test's `capture_logs` must still see info events."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    structlog.configure(**saved)
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 @pytest.fixture(scope="session")
@@ -88,13 +103,24 @@ PASSWORD = "correct horse battery"
 
 
 async def add_sender(
-    redis: aioredis.Redis, login: str = "alice", *, daily: int = 1000, per_minute: int = 1000
+    redis: aioredis.Redis,
+    login: str = "alice",
+    *,
+    daily: int = 1000,
+    per_minute: int = 1000,
+    sends_from: tuple[str, ...] | None = None,
 ) -> None:
-    """An account that can send: a login with PASSWORD and one plan."""
+    """An account that can send: a login with PASSWORD, one plan, and verified sender
+    identities (by default its own address `LOGIN@example.org`, which the relay's default
+    `sender_auth.identities = "enforce"` requires in MAIL FROM and From:)."""
     from quota import Plan, QuotaStore
     from relay.accounts import AccountStore
     from relay.clock import SystemClock
+    from relay.sender_auth import IdentityStore
 
     await AccountStore(redis, SystemClock()).add(login, PASSWORD)
     store = QuotaStore(redis, default_per_minute=per_minute, per_recipient=100)
     await store.add_plan(login, Plan("test", daily=daily, per_minute=per_minute))
+    identities = IdentityStore(redis, SystemClock())
+    for name in (f"{login}@example.org",) if sends_from is None else sends_from:
+        await identities.mark_verified(login, name, "operator")

@@ -81,7 +81,8 @@ async def test_stored_key_is_not_the_clear_pem_and_still_signs(
     dump = await redis.dump("dkim:keys")  # what the AOF or a backup holds
     assert dump is not None and b"PRIVATE KEY" not in dump and key.private_pem[40:80] not in dump
 
-    signed = await DkimSigner(store).sign_whole(MESSAGE)
+    await store.set_owner("customer.example", "alice")
+    signed = await DkimSigner(store).sign_whole(MESSAGE, "alice")
     assert signed.startswith(b"DKIM-Signature:")
     assert verifies(signed, key)
 
@@ -180,7 +181,8 @@ async def test_signing_fails_closed_when_the_key_cannot_be_decrypted(
         generate_key("customer.example", "relay1", "ed25519-sha256")
     )
     wrong = DkimSigner(DkimKeyStore(redis, vault_file(path, new_key_line())))
-    assert await wrong.sign_whole(MESSAGE) == MESSAGE, "sent unsigned, not refused"
+    await redis.hset("dkim:owners", "customer.example", "alice")
+    assert await wrong.sign_whole(MESSAGE, "alice") == MESSAGE, "sent unsigned, not refused"
     (error,) = [e for e in events(captured_logs) if e["event"] == "dkim.key_unavailable"]
     assert error["level"] == "error" and error["domain"] == "customer.example"
     assert error["error"].startswith("sender_auth.key_file: ") and "\n" not in error["error"]
@@ -262,10 +264,11 @@ def test_key_env_missing_names_the_config_key() -> None:
     assert from_env.open(value, context="c") == b"pem"
 
 
-def relay(*args: str, cwd: Path, env: dict[str, str] | None = None):
+def relay(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None):
     return subprocess.run(
         [sys.executable, "-m", "relay", "--config", "relay.toml", *args],
         cwd=cwd,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -289,6 +292,10 @@ def test_cli_wrong_or_missing_key_is_one_line_and_rekey(tmp_path: Path) -> None:
 
 
 def cli_steps(tmp_path: Path) -> None:
+    for step in (("account", "add", "alice", "--password-stdin"),):
+        assert relay(*step, cwd=tmp_path, stdin="a long enough password\n").returncode == 0
+    owned = relay("domain", "add", "alice", "customer.example", "--verified", cwd=tmp_path)
+    assert owned.returncode == 0, owned.stderr
     added = relay("dkim", "add", "customer.example", "--selector", "s1", cwd=tmp_path)
     assert added.returncode == 0, added.stderr
     assert "dkim.key_file_created" in added.stderr and "Traceback" not in added.stderr

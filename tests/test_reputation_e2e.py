@@ -83,7 +83,7 @@ async def test_listing_of_an_egress_ip_within_one_monitor_interval(
 @pytest.mark.parametrize("mode", ["warn", "enforce"])
 async def test_spf_at_mail_from(redis, redis_server, server_cert, ca, dns, sink, mode):
     received, port = sink
-    await add_sender(redis)
+    await add_sender(redis, sends_from=("good.example", "bad.example"))
     dns.load(
         'good.example. TXT "v=spf1 include:_spf.relay.test -all"\n'
         '_spf.relay.test. TXT "v=spf1 ip4:127.0.0.2 ip4:127.0.0.3 -all"\n'
@@ -133,13 +133,15 @@ async def test_mail_from_a_domain_with_a_key_is_dkim_signed(
     redis, redis_server, server_cert, ca, dns, sink, tmp_path
 ):
     received, port = sink
-    await add_sender(redis)
+    await add_sender(redis, sends_from=("example.org",))
     key = generate_key("example.org", "relay1", "ed25519-sha256")
     settings = with_parts(
         relay_settings(redis_server.url, server_cert, dns, routes={"*": f"127.0.0.1:{port}"}),
         sender_auth=SenderAuthSettings(key_file=tmp_path / "dkim.key", create_key_file=True),
     )
-    await DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth)).put(key)
+    keys = DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth))
+    await keys.set_owner("example.org", "alice")
+    await keys.put(key)
     task, stop = await run_relay(settings)
     try:
         await submit(settings, ca, 0, ["bob@example.com"])  # From: alice@example.org

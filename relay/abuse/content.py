@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 
 import structlog
 
@@ -21,6 +22,10 @@ __all__ = ["ContentGuard", "from_addresses", "sender_domains"]
 
 log = structlog.get_logger("relay.abuse")
 
+_FROM = re.compile(r"from[ \t]*:", re.IGNORECASE)
+"""A From: field, also in the obsolete form with blanks before the colon (RFC 5322 4.5),
+which receivers still read as the From: (a check that missed it could be dodged)."""
+
 
 def from_addresses(body: bytes) -> list[str]:
     """The addresses of the From: header(s), folded lines joined."""
@@ -32,9 +37,9 @@ def from_addresses(body: bytes) -> list[str]:
         if line[:1] in (" ", "\t") and in_from:
             values[-1] += " " + line.strip()
         else:
-            in_from = line.lower().startswith("from:")
+            in_from = _FROM.match(line) is not None
             if in_from:
-                values.append(line[5:].strip())
+                values.append(line.partition(":")[2].strip())
     return [addr for _, addr in email.utils.getaddresses(values) if "@" in addr]
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from relay.cli import abuse, accounts, ip, plans, queue, sender_auth, service, spool
+from relay.cli import abuse, accounts, domains, ip, plans, queue, sender_auth, service, spool
 from relay.cli.common import Failure, run_command
 from relay.config import LogSettings
 from relay.logging import configure_logging
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.register(commands)
     plans.register(commands)
     abuse.register(commands)
+    domains.register(commands)
     sender_auth.register(commands)
     queue.register(commands)
     spool.register(commands)

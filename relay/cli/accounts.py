@@ -12,6 +12,7 @@ from relay.app import open_redis, quota_store
 from relay.cli.common import Failure, load, print_json, read_password, when
 from relay.clock import SystemClock
 from relay.safe_text import clean_line
+from relay.sender_auth import DkimKeyStore, IdentityStore
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,7 +127,16 @@ async def _remove(args: argparse.Namespace) -> int:
         await remove_account(
             AccountStore(redis, SystemClock()), quota_store(redis, settings), args.login
         )
+        # Its domains become free for another account; its DKIM keys must not sign for it.
+        identities = await IdentityStore(redis, SystemClock()).forget(args.login)
+        keys = await DkimKeyStore.from_settings(redis, settings.sender_auth).remove_owned(
+            args.login
+        )
     print(f"removed account {args.login}")
+    if identities:
+        print(f"released sender identities: {', '.join(i.name for i in identities)}")
+    for domain in keys:
+        print(f"DKIM key of {domain} removed; remove its DNS record")
     return 0
 
 

@@ -6,10 +6,13 @@ import argparse
 
 import redis.asyncio as aioredis
 
+from relay.abuse.audit import AuditLog
 from relay.app import open_redis
-from relay.cli.common import Failure, load, print_json
+from relay.cli.common import Failure, load, operator_actor, print_json
+from relay.clock import SystemClock
 from relay.config import Settings
-from relay.sender_auth import DkimKeyStore, spf_record
+from relay.sender_auth import DkimKeyStore, IdentityStore, spf_record
+from relay.sender_auth.identities import normalise_domain
 from relay.sender_auth.key_vault import KeyVault
 from reputation.dkim import Algorithm, DkimError, dns_record, generate_key
 
@@ -17,7 +20,9 @@ from reputation.dkim import Algorithm, DkimError, dns_record, generate_key
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = commands.add_parser("dkim", help="DKIM keys of sender domains (mail is signed)")
     sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = sub.add_parser("add", help="make a key for a domain and print its DNS record")
+    add = sub.add_parser(
+        "add", help="make a key for a verified domain (signs its owner's mail); print its record"
+    )
     add.add_argument("domain")
     add.add_argument("--selector", required=True)
     add.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
@@ -41,33 +46,56 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 async def _add(args: argparse.Namespace) -> int:
     settings = load(args)
     algorithm: Algorithm = "ed25519-sha256" if args.algorithm == "ed25519" else "rsa-sha256"
+    domain = normalise_domain(args.domain)
     try:
-        key = generate_key(args.domain, args.selector, algorithm, args.bits)
+        key = generate_key(domain, args.selector, algorithm, args.bits)
     except DkimError as exc:
         raise Failure(str(exc)) from None
+    clock = SystemClock()
     async with open_redis(settings) as redis:
-        await _store(redis, settings).put(key)
+        owner = await IdentityStore(redis, clock).owner(domain)
+        if owner is None:
+            raise Failure(
+                f"{domain} is not a verified sender domain of any account: "
+                f"`relay domain add LOGIN {domain}` and verify it first"
+            )
+        keys = _store(redis, settings)
+        await keys.set_owner(domain, owner)
+        await keys.put(key)
+        await AuditLog(redis, clock).append(
+            actor=operator_actor(),
+            action="dkim-add",
+            account=owner,
+            subject=domain,
+            reason=f"selector {key.selector}, {algorithm}",
+        )
     name, value = dns_record(key)
-    print(f"mail from {key.domain} is now signed (selector {key.selector}, {algorithm}).")
+    print(
+        f"mail from {key.domain} sent by {owner} is now signed"
+        f" (selector {key.selector}, {algorithm})."
+    )
     print("Publish this TXT record:")
     print(f'{name}. IN TXT "{value}"')
     return 0
 
 
 def _store(redis: aioredis.Redis, settings: Settings) -> DkimKeyStore:
-    return DkimKeyStore(redis, KeyVault.from_settings(settings.sender_auth))
+    return DkimKeyStore.from_settings(redis, settings.sender_auth)
 
 
 async def _list(args: argparse.Namespace) -> int:
     settings = load(args)
     async with open_redis(settings) as redis:
-        keys = await _store(redis, settings).domains()
+        store = _store(redis, settings)
+        keys = await store.domains()
+        owners = await store.owners()
     rows = [(k, *dns_record(k)) for k in keys]
     if args.json:
         print_json(
             [
                 {
                     "domain": k.domain,
+                    "owner": owners.get(k.domain, ""),
                     "selector": k.selector,
                     "algorithm": k.algorithm,
                     "record_name": name,
@@ -78,14 +106,23 @@ async def _list(args: argparse.Namespace) -> int:
         )
         return 0
     for k, name, _ in rows:
-        print(f"{k.domain:<30} {k.selector:<12} {k.algorithm:<15} {name}")
+        owner = owners.get(k.domain) or "(no owner: signs nothing)"
+        print(f"{k.domain:<30} {owner:<24} {k.selector:<12} {k.algorithm:<15} {name}")
     return 0
 
 
 async def _remove(args: argparse.Namespace) -> int:
     settings = load(args)
     async with open_redis(settings) as redis:
-        await _store(redis, settings).remove(args.domain)
+        store = _store(redis, settings)
+        owner = await store.owner(args.domain)
+        await store.remove(args.domain)
+        await AuditLog(redis, SystemClock()).append(
+            actor=operator_actor(),
+            action="dkim-remove",
+            account=owner,
+            subject=args.domain.lower(),
+        )
     print(f"mail from {args.domain} is no longer signed; remove its DNS record when unused")
     return 0
 

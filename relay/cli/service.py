@@ -49,6 +49,7 @@ def _first_message_hint(settings: Settings) -> str:
             f"Relay listening on {addresses}.",
             "Send a first message:",
             "  .venv/bin/relay account add demo        # prints the generated password",
+            f"  .venv/bin/relay domain add demo demo@{settings.hostname} --verified",
             "  .venv/bin/relay send --login demo --to someone@example.com",
             f"  (submits over {listener.tls} to {listener.address}; the dev config routes every"
             f" domain to the sink, which stores it under {settings.sink.dir}/)",

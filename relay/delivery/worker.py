@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from dns.asyncresolver import Resolver
 
+from quota import QuotaStore, QuotaUnavailable
 from relay.clock import Clock
 from relay.config import DeliverySettings
 from relay.delivery.attempt import AttemptPlan, after_attempt
@@ -59,6 +60,7 @@ class DeliveryWorker:
         egress_state: EgressState,
         hostname: str,
         on_delivered: Callable[[str, str, float, int], Awaitable[None]] | None = None,
+        quota: QuotaStore | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -69,6 +71,9 @@ class DeliveryWorker:
         self._on_delivered = on_delivered
         """(egress IP, account, now, recipients): who sent what from where, for attributing
         a blocklist listing of an IP to the accounts that used it."""
+        self._quota = quota
+        """Notices are charged to the sender's account here (None: not charged, in tests
+        of other things)."""
         self._schedule = RetrySchedule.from_settings(settings)
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
@@ -228,6 +233,9 @@ class DeliveryWorker:
         for outcome in plan.expired:
             _log_outcome(job, meta.account, outcome, event="delivery.expired")
         notice = await self._notice(job, stored, plan, now, held_for)
+        charge = None
+        if notice is not None:
+            notice, charge = await self._charge(notice, job, now)
         if plan.done:
             result = await self._queue.complete(job, notice)
         else:
@@ -235,6 +243,8 @@ class DeliveryWorker:
             result = await self._queue.reschedule(
                 job, plan.pending, plan.retry_at, plan.error, notice
             )
+        if charge is not None:
+            await self._settle(charge, meta.account, queued=result == NOTICE_QUEUED)
         if result == LEASE_LOST:
             log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
         elif notice is not None and result == NOTICE_QUEUED:
@@ -379,6 +389,16 @@ class DeliveryWorker:
         )
         if decided is None:
             return None
+        if not meta.sender_verified:
+            log.info(
+                "notice.suppressed",
+                message_id=meta.id,
+                account=meta.account,
+                kind=decided.kind,
+                to=meta.mail_from,
+                reason="unverified sender",
+            )
+            return None
         notice_id = self._queue.new_id()
         body = compose(
             NoticeMessage(
@@ -402,6 +422,48 @@ class DeliveryWorker:
             kind=decided.kind,
             delay=decided.delay,
         )
+
+    async def _charge(
+        self, notice: Notice, job: Job, now: float
+    ) -> tuple[Notice | None, str | None]:
+        """Reserve one unit of the sender account's limits for the notice: (the notice, or
+        None when a limit refuses it; the quota transaction to settle, if any).
+
+        A notice is mail the account caused: it counts on the 24 h quota and the per-minute
+        rate, and on the per-recipient rate to the notice address, so one account cannot
+        use bounces to flood an address. Redis failing here sends the notice uncharged.
+        """
+        if self._quota is None:
+            return notice, None
+        tx = self._quota.new_transaction()
+        try:
+            decision = await self._quota.reserve(notice.account, tx, notice.recipient, now)
+        except QuotaUnavailable as exc:
+            log.warning("notice.uncharged", message_id=job.message_id, error=str(exc))
+            return notice, None
+        if decision.allowed:
+            return notice, tx
+        log.warning(
+            "notice.suppressed",
+            message_id=job.message_id,
+            account=notice.account,
+            kind=notice.kind,
+            to=notice.recipient,
+            reason=decision.verdict.name.lower(),
+        )
+        return None, None
+
+    async def _settle(self, tx: str, account: str, *, queued: bool) -> None:
+        """Keep the unit when the notice was queued; give it back when it was not (a lost
+        lease, or a delay notice another worker already sent)."""
+        assert self._quota is not None
+        try:
+            if queued:
+                await self._quota.commit(account, tx)
+            else:
+                await self._quota.release(account, tx, self._clock.now())
+        except QuotaUnavailable as exc:
+            log.warning("notice.charge_unsettled", account=account, error=str(exc))
 
     async def _delayed_elsewhere(self, job: Job) -> list[RecipientOutcome]:
         """Recipients of the message's other domains that were tried and are still pending."""

@@ -76,6 +76,9 @@ class Envelope:
     recipients: tuple[str, ...]
     account: str
     dsn: DsnRequest = DsnRequest()
+    sender_verified: bool = False
+    """The reverse-path was a verified identity of the account at submission: only then
+    does it get notices (bounces to a forged sender would be backscatter)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class QueuedMessage:
     delay_notified: bool = False
     notice: str = ""
     """For a notice we generated: its kind ("failure", "delay", "success"); else ""."""
+    sender_verified: bool = False
+    """See Envelope.sender_verified; False for mail queued before it was recorded."""
 
     def held_total(self, now: float) -> float:
         return self.held_for + (now - self.held_at if self.held_at is not None else 0.0)
@@ -112,6 +117,7 @@ class QueuedMessage:
             "held_for": self.held_for,
             "delay_notified": self.delay_notified,
             "notice": self.notice,
+            "sender_verified": self.sender_verified,
         }
 
 

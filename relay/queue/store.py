@@ -63,6 +63,7 @@ _LISTED = [
     "held_for",
     "delay_notified",
     "notice",
+    "sender_verified",
 ]
 
 
@@ -153,6 +154,8 @@ class QueueStore:
                 }
                 if dsn := envelope.dsn.to_json():
                     fields["dsn"] = dsn
+                if envelope.sender_verified:
+                    fields["sender_verified"] = "1"
                 pipe.hset(_msg_key(message_id), mapping=fields)
                 for n, (domain, rcpts) in enumerate(groups.items()):
                     job_id = f"{message_id}.{n}"
@@ -536,4 +539,5 @@ def _message(message_id: str, fields: dict[str, str]) -> QueuedMessage:
         held_for=float(fields.get("held_for") or 0.0),
         delay_notified=bool(fields.get("delay_notified")),
         notice=fields.get("notice", ""),
+        sender_verified=fields.get("sender_verified") == "1",
     )

@@ -1,13 +1,22 @@
 """DKIM keys of customer domains in Redis, and the signer used when a message is accepted.
 
-The key is chosen by the From: domain: its own key, else the key of its registrable domain
-(DMARC relaxed alignment). Keys are cached in the process for a minute, so signing costs no
-Redis round trip per message. Private keys are stored encrypted (`key_vault`); a key that
-cannot be decrypted leaves mail unsigned and logged, never refused.
+Every key belongs to the account that owns its domain (a verified sender identity), and
+signs only that account's mail: a signature says "the owner of this domain sent it", so a
+customer writing another customer's domain in From: must not get one. The key is chosen
+by the From: domain: its own key, else the key of its registrable domain (DMARC relaxed
+alignment), each only when it belongs to the sending account. Keys and owners are cached
+in the process for a minute, so signing costs no Redis round trip per message; a key
+removed (or a domain taken from an account) may still sign for that minute.
+Private keys are stored encrypted (`key_vault`); a key that cannot be decrypted leaves mail
+unsigned and logged, never refused.
+
+  dkim:keys     hash: domain → JSON (selector, algorithm, private key)
+  dkim:owners   hash: domain → login of the account the key belongs to
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -18,8 +27,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from relay.abuse.content import from_addresses
+from relay.config import SenderAuthSettings
 from relay.errors import NotFound
-from relay.redis_client import store_errors, text
+from relay.redis_client import store_errors, text, text_dict
 from relay.sender_auth.key_vault import KeyVault, KeyVaultError, is_sealed, sealed_key_id
 from reputation import registrable_domain
 from reputation.dkim import DkimKey, RelaxedBodyHash, sign
@@ -27,6 +37,7 @@ from reputation.dkim import DkimKey, RelaxedBodyHash, sign
 __all__ = ["DkimKeyStore", "DkimSigner", "RekeyReport"]
 
 _KEYS = "dkim:keys"
+_OWNERS = "dkim:owners"
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 log = structlog.get_logger("relay.dkim")
@@ -55,6 +66,10 @@ class DkimKeyStore:
     def __init__(self, redis: aioredis.Redis, vault: KeyVault) -> None:
         self._redis = redis
         self._vault = vault
+
+    @classmethod
+    def from_settings(cls, redis: aioredis.Redis, settings: SenderAuthSettings) -> DkimKeyStore:
+        return cls(redis, KeyVault.from_settings(settings))
 
     async def put(self, key: DkimKey) -> None:
         value = json.dumps(
@@ -95,6 +110,7 @@ class DkimKeyStore:
     async def remove(self, domain: str) -> None:
         with store_errors():
             removed = await self._redis.hdel(_KEYS, domain.lower())
+            await self._redis.hdel(_OWNERS, domain.lower())
         if not removed:
             raise NotFound(f"no DKIM key for {domain!r}")
 
@@ -131,47 +147,87 @@ class DkimKeyStore:
         report.key_id = self._vault.current.key_id if writes or sealed else ""
         return report
 
+    async def set_owner(self, domain: str, login: str) -> None:
+        """The account whose mail the domain's key signs (written before the key: a key
+        never exists without its owner)."""
+        with store_errors():
+            await self._redis.hset(_OWNERS, domain.lower(), login)
+
+    async def owner(self, domain: str) -> str:
+        """The login the domain's key belongs to; "" for none (such a key signs nothing)."""
+        with store_errors():
+            raw = await self._redis.hget(_OWNERS, domain.lower())
+        return text(raw) if raw is not None else ""
+
+    async def owners(self) -> dict[str, str]:
+        with store_errors():
+            return text_dict(await self._redis.hgetall(_OWNERS))
+
+    async def remove_owned(self, login: str, under: str | None = None) -> list[str]:
+        """Remove the keys of `login` (only those for `under` and its subdomains, when
+        given): the account lost the domain, so its keys must stop signing."""
+        removed = []
+        for domain, owner in sorted((await self.owners()).items()):
+            if owner != login:
+                continue
+            if under is not None and not (domain == under or domain.endswith("." + under)):
+                continue
+            with contextlib.suppress(NotFound):
+                await self.remove(domain)
+            with store_errors():
+                await self._redis.hdel(_OWNERS, domain)
+            removed.append(domain)
+        return removed
+
 
 class DkimSigner:
+    """Signs a message for the account that submitted it, with a key that account owns."""
+
     def __init__(
         self, store: DkimKeyStore, *, clock: Callable[[], float] = time.time, ttl: float = 60.0
     ) -> None:
         self._store = store
         self._clock = clock
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, DkimKey | None]] = {}
+        self._cache: dict[str, tuple[float, DkimKey | None, str]] = {}
 
-    async def _key(self, domain: str) -> DkimKey | None:
+    async def _key(self, domain: str) -> tuple[DkimKey | None, str]:
+        """(the domain's key or None, its owner's login)."""
         now = self._clock()
         hit = self._cache.get(domain)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return hit[1], hit[2]
+        owner = await self._store.owner(domain)
         try:
-            key = await self._store.get(domain)
+            key = await self._store.get(domain) if owner else None
         except KeyVaultError as exc:  # fail closed: unsigned, logged once per ttl
             log.error("dkim.key_unavailable", domain=domain, error=str(exc))
             key = None
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[domain] = (now + self._ttl, key)
-        return key
+        self._cache[domain] = (now + self._ttl, key, owner)
+        return key, owner
 
-    async def __call__(self, headers: bytes, body_hash: str) -> bytes:
-        """The DKIM-Signature field for a message with this header section and body hash
-        (the body itself stays in the spool), or b"" when its From: domain has no key."""
+    async def __call__(self, headers: bytes, body_hash: str, account: str) -> bytes:
+        """The DKIM-Signature field for a message with this header section and body hash (the
+        body itself stays in the spool), when its From: domain (or that domain's registrable
+        domain) has a key that belongs to `account`; else b""."""
         for address_domain in _from_domains(headers):
             for domain in dict.fromkeys([address_domain, registrable_domain(address_domain)]):
-                if domain and (key := await self._key(domain)) is not None:
+                if not domain:
+                    continue
+                key, owner = await self._key(domain)
+                if key is not None and owner == account:
                     return sign(headers, key, now=int(self._clock()), body_hash=body_hash)
         return b""
 
-    async def sign_whole(self, message: bytes) -> bytes:
+    async def sign_whole(self, message: bytes, account: str) -> bytes:
         """A message held whole in memory (not streamed to the spool), signed if it can be."""
         end = _HEAD_END.search(message)
         head, body = (message[: end.end()], message[end.end() :]) if end else (message, b"")
         body_hash = RelaxedBodyHash()
         body_hash.update(body)
-        return await self(head, body_hash.b64digest()) + message
+        return await self(head, body_hash.b64digest(), account) + message
 
 
 def _context(domain: str) -> str:

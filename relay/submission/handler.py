@@ -137,7 +137,9 @@ class SubmissionHandler:
         if not self.budget.admits(_declared_size(options)):
             return str(replies.SPOOL_BUSY)
         account, tx = str(session.auth_data), self._service.new_transaction()
-        refusal = await self._service.check_sender(account, address, tx)
+        refusal = await self._service.check_sender(
+            account, address, tx, ret=getattr(envelope, "dsn_ret", None)
+        )
         if refusal is not None:
             await self._service.release(account, tx)
             return refusal
@@ -150,7 +152,9 @@ class SubmissionHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         account, tx = self._open[session]
-        refusal = await self._service.check_recipient(account, address, len(envelope.rcpt_tos), tx)
+        refusal = await self._service.check_recipient(
+            account, address, len(envelope.rcpt_tos), tx, getattr(envelope, "dsn_asked", None)
+        )
         if refusal is not None:
             return refusal
         envelope.rcpt_tos.append(address)

@@ -46,6 +46,8 @@ class DsnEnvelope(Envelope):
         self.dsn_ret: str | None = None
         self.dsn_envid: str | None = None
         self.dsn_rcpts: dict[str, RecipientDsn] = {}
+        self.dsn_asked: RecipientDsn | None = None
+        """NOTIFY/ORCPT of the RCPT being checked (the handler decides on NOTIFY=SUCCESS)."""
         self.spooled: Spooled | None = None
 
 
@@ -204,9 +206,11 @@ class SubmissionSMTP(SMTP):
             return
         envelope = self.envelope
         before = envelope.mail_from if envelope is not None else None
+        if isinstance(envelope, DsnEnvelope) and before is None:
+            envelope.dsn_ret, envelope.dsn_envid = ret, envid  # the handler decides on RET
         await super().smtp_MAIL(arg)
-        if isinstance(envelope, DsnEnvelope) and before is None and envelope.mail_from:
-            envelope.dsn_ret, envelope.dsn_envid = ret, envid
+        if isinstance(envelope, DsnEnvelope) and before is None and not envelope.mail_from:
+            envelope.dsn_ret = envelope.dsn_envid = None  # refused: no transaction
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -221,7 +225,11 @@ class SubmissionSMTP(SMTP):
             return
         envelope = self.envelope
         before = len(envelope.rcpt_tos) if envelope is not None else 0
+        if isinstance(envelope, DsnEnvelope):
+            envelope.dsn_asked = wanted
         await super().smtp_RCPT(arg)
+        if isinstance(envelope, DsnEnvelope):
+            envelope.dsn_asked = None
         if isinstance(envelope, DsnEnvelope) and len(envelope.rcpt_tos) > before and params:
             envelope.dsn_rcpts[envelope.rcpt_tos[-1]] = wanted
 

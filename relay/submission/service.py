@@ -11,11 +11,13 @@ import structlog
 
 from quota import QuotaStore, QuotaUnavailable
 from relay import replies
+from relay.abuse.content import from_addresses
 from relay.accounts import Account, AccountStore
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
-from relay.queue import DsnRequest, Envelope, QueueStore
+from relay.queue import DsnRequest, Envelope, QueueStore, RecipientDsn
+from relay.sender_auth.identities import IdentityCache, IdentityMode
 from relay.sender_auth.spf import SpfChecker
 from relay.spool import Incoming, Spooled, SpoolError
 from relay.submission import policy
@@ -28,6 +30,8 @@ log = structlog.get_logger("relay.submission")
 
 ContentCheck = Callable[[str, str, bytes], Awaitable[str | None]]
 """(account, mail_from, body) → a refusal reply, or None to accept."""
+DkimSign = Callable[[bytes, str, str], Awaitable[bytes]]
+"""(message, account) → the message, signed when the account owns a key for its From:."""
 
 CONTENT_SAMPLE = 4 << 20
 """Bytes of a message the content check reads (link extraction stops earlier anyway)."""
@@ -53,14 +57,16 @@ class Submission(Protocol):
 
     async def authenticate(self, login: str, password: str) -> Account | None: ...
 
-    async def check_sender(self, account: str, address: str, tx: str) -> str | None: ...
+    async def check_sender(
+        self, account: str, address: str, tx: str, ret: str | None = None
+    ) -> str | None: ...
 
     def new_transaction(self) -> str: ...
 
     def receive(self) -> Incoming | str: ...
 
     async def check_recipient(
-        self, account: str, address: str, accepted: int, tx: str
+        self, account: str, address: str, accepted: int, tx: str, dsn: RecipientDsn | None = None
     ) -> str | None: ...
 
     async def accept(self, tx: str, message: Submitted) -> str: ...
@@ -84,7 +90,9 @@ class SubmissionService:
         trace: Callable[[str, str, str], Awaitable[None]] | None = None,
         spf: SpfChecker | None = None,
         spf_mode: str = "off",
-        dkim: Callable[[bytes, str], Awaitable[bytes]] | None = None,
+        dkim: DkimSign | None = None,
+        identities: IdentityCache | None = None,
+        identities_mode: IdentityMode = "off",
         min_free: int = 0,
     ) -> None:
         self._accounts = accounts
@@ -103,24 +111,64 @@ class SubmissionService:
         self._spf = spf
         self._spf_mode = spf_mode
         self._dkim = dkim
-        """(header section, body hash) → a DKIM-Signature field, or b"" when the From:
-        domain has no key."""
+        """(header section, body hash, account) → a DKIM-Signature field when the account owns
+        the From: domain's key, else b""."""
         self._min_free = min_free
         """Free bytes the spool's disk keeps; below, DATA is refused (452 4.3.1)."""
+        self._identities = identities if identities_mode != "off" else None
+        self._identities_mode = identities_mode
+        """Sender identities (sender_auth.identities); without a cache, or "off", nothing is
+        checked and every sender is treated as verified (the behaviour before identities)."""
         self._headers: dict[str, bytes] = {}
         """Transaction → header lines to add at acceptance (the SPF warning)."""
+        self._senders: dict[str, tuple[str, bool]] = {}
+        """Transaction → (sender domain, verified identity?): only a verified sender gets
+        notices, and may ask for NOTIFY=SUCCESS."""
 
     async def authenticate(self, login: str, password: str) -> Account | None:
         async with asyncio.timeout(self._store_timeout + 5.0):  # + time to hash
             return await self._accounts.authenticate(login, password)
 
-    async def check_sender(self, account: str, address: str, tx: str) -> str | None:
-        """A refusal reply for this reverse-path, or None. Any sender is allowed (contract),
-        as long as, with SPF enforced, its domain authorizes our egress IPs."""
+    async def check_sender(
+        self, account: str, address: str, tx: str, ret: str | None = None
+    ) -> str | None:
+        """A refusal reply for this reverse-path, or None.
+
+        With sender identities on, the address must be a verified identity of the account
+        (enforce: 550 5.7.1; warn: logged), and RET=FULL needs one in both modes (a notice
+        carrying the whole message to a forged sender is backscatter with a payload). With
+        SPF enforced, its domain must authorize our egress IPs.
+        """
         if address in ("", "<>"):
+            self._senders[tx] = ("<>", True)  # never gets notices: nothing to refuse
             return None
         if not is_mailbox(address):
             return str(replies.BAD_SENDER)
+        domain = address.rpartition("@")[2]
+        verified = True  # identities off: every sender is treated as before
+        if self._identities is not None:
+            try:
+                async with asyncio.timeout(self._store_timeout):
+                    verified = await self._identities.covers(account, address)
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.error("identities.unavailable", account=account, error=str(exc) or "timeout")
+                return str(replies.STORE_UNAVAILABLE)
+            if not verified:
+                log.warning(
+                    "sender.unverified",
+                    account=account,
+                    sender=address,
+                    where="mail_from",
+                    mode=self._identities_mode,
+                )
+                if self._identities_mode == "enforce":
+                    return replies.SENDER_NOT_VERIFIED.format(domain=domain)
+                if ret == "FULL":
+                    return replies.DSN_NEEDS_VERIFIED_SENDER.format(param="RET=FULL", domain=domain)
+        self._senders[tx] = (domain, verified)
+        return await self._check_spf(account, address, tx)
+
+    async def _check_spf(self, account: str, address: str, tx: str) -> str | None:
         if self._spf is None or self._spf_mode == "off":
             return None
         verdict = await self._spf.check(address)
@@ -166,13 +214,19 @@ class SubmissionService:
             return str(replies.SPOOL_FULL)
 
     async def check_recipient(
-        self, account: str, address: str, accepted: int, tx: str
+        self, account: str, address: str, accepted: int, tx: str, dsn: RecipientDsn | None = None
     ) -> str | None:
         """A refusal reply for this recipient, or None once one unit of every limit is
         reserved for it (one Redis round trip; released if the transaction does not end in
-        an accepted DATA)."""
+        an accepted DATA). NOTIFY=SUCCESS needs a verified sender: it gets no notices."""
         if not is_mailbox(address):
             return replies.BAD_RECIPIENT.format(address=address[:100])
+        if dsn is not None and dsn.notify and "SUCCESS" in dsn.notify:
+            domain, verified = self._senders.get(tx, ("<>", False))
+            if not verified:
+                return replies.DSN_NEEDS_VERIFIED_SENDER.format(
+                    param="NOTIFY=SUCCESS", domain=domain
+                )
         if accepted >= self._settings.max_recipients:
             return replies.TOO_MANY_RECIPIENTS.format(limit=self._settings.max_recipients)
         now = self._clock.now()
@@ -197,11 +251,39 @@ class SubmissionService:
         """Give back what an unfinished transaction reserved. Failing, the units stay counted
         until they leave the window: the safe side of a quota."""
         self._headers.pop(tx, None)
+        self._senders.pop(tx, None)
         try:
             async with asyncio.timeout(self._store_timeout):
                 await self._quota.release(account, tx, self._clock.now())
         except (QuotaUnavailable, TimeoutError) as exc:
             log.warning("quota.release_failed", account=account, error=str(exc) or "timeout")
+
+    async def _check_from_header(self, message: Submitted) -> str | None:
+        """Every From: address must be a verified identity of the account, as MAIL FROM
+        must: receivers show (and DMARC judges) the From:. None to go on."""
+        if self._identities is None:
+            return None
+        for address in from_addresses(message.body.head):
+            try:
+                async with asyncio.timeout(self._store_timeout):
+                    verified = await self._identities.covers(message.account, address)
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.error("identities.unavailable", account=message.account, error=str(exc))
+                return str(replies.STORE_UNAVAILABLE)
+            if verified:
+                continue
+            log.warning(
+                "sender.unverified",
+                account=message.account,
+                sender=address,
+                where="from_header",
+                mode=self._identities_mode,
+            )
+            if self._identities_mode == "enforce":
+                domain = address.rpartition("@")[2]
+                log.warning("message.refused", account=message.account, reason="unverified From")
+                return replies.FROM_NOT_VERIFIED.format(domain=domain)
+        return None
 
     async def accept(self, tx: str, message: Submitted) -> str:
         """Queue the spooled message and return the 250, or a refusal (its body is then
@@ -219,6 +301,11 @@ class SubmissionService:
 
     async def _accept(self, tx: str, message: Submitted) -> str:
         spooled = message.body
+        refusal = await self._check_from_header(message)
+        if refusal is not None:
+            await self.release(message.account, tx)
+            return refusal
+        sender_verified = self._senders.pop(tx, ("", False))[1]
         if self._content_check is not None:
             sample = await self._queue.spool.read_prefix(spooled.id, CONTENT_SAMPLE)
             refusal = await self._content_check(message.account, message.mail_from, sample)
@@ -234,7 +321,7 @@ class SubmissionService:
         stamped_id = message_id_of(added + spooled.head)
         signature = b""
         if self._dkim is not None and spooled.body_hash is not None:
-            signature = await self._dkim(added + spooled.head, spooled.body_hash)
+            signature = await self._dkim(added + spooled.head, spooled.body_hash, message.account)
         prefix = (
             received_header(
                 helo=message.helo,
@@ -252,6 +339,7 @@ class SubmissionService:
             recipients=message.recipients,
             account=message.account,
             dsn=message.dsn,
+            sender_verified=sender_verified and bool(message.mail_from),
         )
         try:
             async with asyncio.timeout(self._store_timeout):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from quota import QuotaStore
 from relay.clock import FakeClock
 from relay.config import DeliverySettings, DnsSettings
 from relay.delivery.egress_state import EgressState, egress_state
@@ -43,8 +44,9 @@ class Engine:
         body: bytes = BODY,
         account: str = "alice",
         dsn: DsnRequest | None = None,
+        sender_verified: bool = True,
     ) -> str:
-        envelope = Envelope(sender, recipients, account, dsn or DsnRequest())
+        envelope = Envelope(sender, recipients, account, dsn or DsnRequest(), sender_verified)
         return await self.queue.enqueue(envelope, body)
 
     async def step(self, seconds: float = 0.0) -> int:
@@ -80,9 +82,11 @@ async def engine(
     *,
     dns: DnsSettings | None = None,
     queue: QueueStore | None = None,
+    quota: QuotaStore | None = None,
     **overrides: object,
 ) -> AsyncIterator[Engine]:
-    """`queue`: another engine's, for two workers (as two processes) on one queue."""
+    """`queue`: another engine's, for two workers (as two processes) on one queue;
+    `quota`: charge notices to the sender's account (None: not charged)."""
     settings = delivery_settings(**overrides)
     queue = queue or QueueStore(redis, clock, temp_spool())
     state = egress_state(redis, clock, settings)
@@ -93,6 +97,7 @@ async def engine(
         clock=clock,
         egress_state=state,
         hostname="relay.test",
+        quota=quota,
     )
     try:
         yield Engine(queue, worker, state, clock, settings)
