@@ -46,7 +46,9 @@ async def test_a_restarted_node_takes_back_its_leased_jobs_at_once(redis, clock)
     before = QueueStore(redis, clock, spool, node="node-a")
     other = QueueStore(redis, clock, temp_spool(), node="node-b")
     mine = await before.enqueue(Envelope("a@x.org", ("b@y.com",), "alice"), BODY)
+    clock.advance(1)  # due one after the other: each node claims its own
     theirs = await other.enqueue(Envelope("a@x.org", ("c@y.com",), "alice"), BODY)
+    clock.advance(1)
     assert [j.message_id for j in await before.claim(1, lease=900)] == [mine]
     assert [j.message_id for j in await other.claim(1, lease=900)] == [theirs]
     assert await before.claim(10, lease=900) == [], "leased: nothing is due"

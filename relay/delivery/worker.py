@@ -179,14 +179,16 @@ class DeliveryWorker:
     async def deliver(self, job: Job) -> None:
         """One attempt of one job; its result (and any notice) goes back to the queue."""
         try:
-            meta = await self._queue.meta(job.message_id)
+            meta = job.meta or await self._queue.meta(job.message_id)
         except NotFound:
+            meta = None
+        if meta is None:
             log.warning("delivery.message_missing", job=job.id, message_id=job.message_id)
             await self._queue.complete(job)
             return
         async with self._memory.hold(meta.size):
             try:
-                stored = await self._queue.load(job.message_id)
+                stored = await self._queue.load_claimed(job)
             except NotFound:
                 await self._queue.complete(job)
                 return

@@ -11,7 +11,8 @@
 -- ARGV[4]  lease token prefix: "<node>:<process>:<random>" (each job adds ":<n>")
 -- ARGV[5]  job key prefix
 -- ARGV[6]  message key prefix
--- Returns  a flat list: job id, then its hash as field/value pairs, per job.
+-- Returns  a flat list: job id, its hash as field/value pairs, then its message's hash, per
+--          job (so a delivery needs no other read of the queue).
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for i, id in ipairs(ids) do
@@ -39,6 +40,7 @@ for i, id in ipairs(ids) do
       redis.call('SADD', KEYS[4], id)
       table.insert(out, id)
       table.insert(out, redis.call('HGETALL', key))
+      table.insert(out, redis.call('HGETALL', msg))
     end
   end
 end

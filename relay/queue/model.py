@@ -136,6 +136,10 @@ class Job:
     held: bool = False
     token: str = field(default="", compare=False)
     """The lease this worker holds; a finish with a stale token is refused."""
+    meta: QueuedMessage | None = field(default=None, compare=False, repr=False)
+    """Its message, as it was when the job was claimed (None: not read with the job)."""
+    prefix: bytes = field(default=b"", compare=False, repr=False)
+    """The header lines added to its message at acceptance (with `meta`)."""
 
     def as_dict(self) -> dict[str, object]:
         return {

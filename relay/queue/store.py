@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -175,9 +175,14 @@ class QueueStore:
                 args=[repr(now), repr(now + lease), limit, token, _JOB_PREFIX, _MSG_PREFIX],
             )
         jobs = []
-        for i in range(0, len(raw), 2):
-            fields = _decode_pairs(raw[i + 1])
-            jobs.append(_job(raw[i].decode(), fields, due_at=now + lease))
+        for i in range(0, len(raw), 3):
+            job = _job(raw[i].decode(), _decode_pairs(raw[i + 1]), due_at=now + lease)
+            message = dict(zip(raw[i + 2][::2], raw[i + 2][1::2], strict=True))
+            prefix = message.pop(b"prefix", b"")
+            if message:  # else its message is gone (deleted meanwhile): found when delivered
+                meta = _message(job.message_id, text_dict(message))
+                job = replace(job, meta=meta, prefix=prefix)
+            jobs.append(job)
         return jobs
 
     async def complete(self, job: Job, notice: Notice | None = None) -> int:
@@ -308,6 +313,13 @@ class QueueStore:
         """The message and its body (SpoolMissing when the body is not in the spool)."""
         meta, prefix = await self._meta(message_id)
         return StoredMessage(meta=meta, body=prefix + await self.spool.read(message_id))
+
+    async def load_claimed(self, job: Job) -> StoredMessage:
+        """The message of a job just claimed: its metadata came with the claim, so only the
+        body is read (from the spool)."""
+        if job.meta is None:
+            return await self.load(job.message_id)
+        return StoredMessage(job.meta, job.prefix + await self.spool.read(job.message_id))
 
     async def meta(self, message_id: str) -> QueuedMessage:
         return (await self._meta(message_id))[0]
