@@ -229,6 +229,14 @@ class Postfix:
         """Memory of the master and all its children in bytes, shared pages counted once."""
         return sum(pss(pid) for pid in self.pids())
 
+    def log_count(self, text: str) -> int:
+        """Lines of its log that contain `text`."""
+        try:
+            with (self.base / "maillog").open(errors="replace") as log:
+                return sum(text in line for line in log)
+        except OSError:
+            return 0
+
     def queued(self) -> int:
         """Messages in any of its queues (hold included)."""
         count = 0

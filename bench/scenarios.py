@@ -430,6 +430,9 @@ class Bench:
             cpu = postfix_cpu(instance, policyd, dovecot) - cpu_before
             stalls = await self.redis_stalls()
             used = instance.memory()
+            # smtpd exits when Dovecot's auth process, busy with argon2, leaves its handshake
+            # unanswered for 10 s (Postfix's AUTH_TIMEOUT): the sessions it had are lost.
+            no_sasl = instance.log_count("no SASL authentication mechanisms")
             cache = None
             if dovecot is not None:
                 used += sum(pss(pid) for pid in dovecot.pids())
@@ -454,7 +457,13 @@ class Bench:
                 f" {cache or 'auth cache counters not reported'});"
                 " policy daemon for quota"
             )
-            self.dovecot_notes.append(f"{scenario}: {row.logins} logins, {cache or '?'}")
+            note = f"{scenario}: {row.logins} logins, {cache or 'cache counters: ?'}"
+            if no_sasl:
+                note += (
+                    f"; {no_sasl} smtpd processes exited waiting over 10 s for Dovecot's"
+                    " handshake (fatal: no SASL authentication mechanisms)"
+                )
+            self.dovecot_notes.append(note)
         else:
             row.note = "no AUTH (the second reference); policy daemon for quota"
         return row
