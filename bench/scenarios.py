@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -595,7 +596,7 @@ def relay_pid(process: asyncio.subprocess.Process) -> int:
 
 
 def ratio(ours: float | None, theirs: float | None) -> float | None:
-    if not ours or not theirs:
+    if not ours or not theirs or math.isnan(ours) or math.isnan(theirs):
         return None
     return round(ours / theirs, 2)
 
@@ -706,8 +707,9 @@ def report(
     if dovecot_notes:
         print(
             f"\nDovecot: passwd-file, {KDF}, auth_cache_size 10M. Dovecot caches only passdbs"
-            " with a cache key\n (SQL, LDAP): with passwd-file every login pays argon2id in its"
-            " single auth process, as its counters show:"
+            " with a cache key\n (SQL, LDAP), and a cache hit verifies the cached hash again:"
+            " every login pays argon2id in its\n single auth process. Its cache counters"
+            " (SIGUSR2) and logins per run:"
         )
         for note in dovecot_notes:
             print(f"  {note}")
