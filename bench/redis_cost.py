@@ -46,7 +46,13 @@ class RedisCost:
     def per(self, messages: int, top: int = 10) -> dict[str, Any]:
         """Per message (None without messages); `top` commands by count, Lua included."""
         if messages <= 0:
-            return {"messages": 0, "commands": None, "round_trips": None, "by_command": {}}
+            return {
+                "messages": 0,
+                "commands": None,
+                "round_trips": None,
+                "lua_calls": None,
+                "by_command": {},
+            }
         ranked = Counter(self.by_command).most_common(top)
         return {
             "messages": messages,
