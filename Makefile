@@ -36,10 +36,11 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
 
-# Measured, never timed tests: the relay side by side with a throwaway Postfix (installed
-# here with apt when missing and root; without it, our numbers only), whole-path throughput
-# against a direct-to-sink baseline, and quota decisions/s against a bare Redis round trip
-# (loopback only; JSON in var/bench/). `make test` never needs Postfix.
+# Measured, never timed tests: the relay side by side with a throwaway Postfix+Dovecot (SASL
+# AUTH, the fair baseline) and a Postfix without AUTH (installed here with apt when missing
+# and root; without them, our numbers only), with Redis commands and round trips per message;
+# whole-path throughput against a direct-to-sink baseline, and quota decisions/s against a
+# bare Redis round trip (loopback only; JSON in var/bench/). `make test` never needs Postfix.
 bench: $(STAMP)
 	bash bench/install-postfix.sh
 	$(BIN)/python -m bench.scenarios

@@ -1,12 +1,14 @@
 """A throwaway Postfix for the side-by-side benchmark: its own config and queue directories
-under var/bench/postfix, listening on a loopback port, relaying everything to the sink.
+under var/bench/, listening on a loopback port, relaying everything to the sink.
 
-It gets what the relay is measured with, as far as Postfix can: implicit TLS on submission
-(the same certificate), a policy daemon doing the relay's own quota reservation per
-recipient (bench.policyd, over `check_policy_service`), and durable queue files (Postfix
-fsyncs before its 250, as the relay's Redis does with `appendfsync always`). It does no
-SASL AUTH: that would need Dovecot or Cyrus; the relay pays an argon2id check per session,
-which the table shows separately (logins/s).
+It gets what the relay is measured with: the same TLS mode on submission (STARTTLS by
+default, `smtpd_tls_security_level = encrypt`; or implicit TLS) and the same certificate,
+a policy daemon doing the relay's own quota reservation per recipient (bench.policyd, over
+`check_policy_service`), and durable queue files (Postfix fsyncs before its 250, as the
+relay's Redis does with `appendfsync always`). With `sasl`, SASL AUTH through Dovecot
+(bench.dovecot) as a submission port has it: `smtpd_tls_auth_only = yes`, and only
+authenticated clients may relay. Without it, the second reference: no AUTH, loopback
+clients may relay (`permit_mynetworks`).
 
 `bench/install-postfix.sh` installs it (Debian package, no configuration); without it the
 bench says so and prints the relay's numbers only.
@@ -21,10 +23,10 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["Postfix", "postfix_binary"]
+__all__ = ["Postfix", "postfix_binary", "pss"]
 
 MASTER_CF = """\
-{address} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt
+{address} inet n - n - - smtpd{options}
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -61,6 +63,17 @@ def postfix_binary() -> str | None:
     return found
 
 
+def pss(pid: int) -> int:
+    """Proportional set size in bytes: each shared page divided among the processes that map
+    it. Summed over Postfix's ~100 processes it counts their binaries and libraries once,
+    where a sum of RSS counts them once per process (ten times too much here)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class Postfix:
     def __init__(
         self,
@@ -73,14 +86,22 @@ class Postfix:
         policy_port: int | None,
         hold: bool,
         processes: int,
+        tls: str = "starttls",
+        sasl: bool = False,
     ) -> None:
+        """`tls`: "starttls" or "implicit"; `sasl`: AUTH through Dovecot, which must then
+        serve `sasl_socket` (Postfix's `private/auth`; bench.dovecot does)."""
         self.base = base.resolve()
         self.port = port
         self.config = self.base / "etc"
         self.queue = self.base / "spool"
         self.data = self.base / "data"
         self.binary = postfix_binary() or "postfix"
-        restrictions = ["permit_mynetworks", "reject"]
+        self.tls = tls
+        self.sasl_socket = self.queue / "private" / "auth"
+        # Who may relay: a logged-in client, or (no AUTH) anyone on loopback.
+        allowed = "permit_sasl_authenticated" if sasl else "permit_mynetworks"
+        restrictions = [allowed, "reject"]
         end_of_data = []
         if policy_port is not None:
             policy = f"check_policy_service inet:127.0.0.1:{policy_port}"
@@ -102,12 +123,12 @@ class Postfix:
             "inet_protocols": "ipv4",
             "mynetworks": "127.0.0.0/8",
             "relayhost": f"[127.0.0.1]:{sink_port}",
-            "smtpd_relay_restrictions": "permit_mynetworks, reject",
+            "smtpd_relay_restrictions": f"{allowed}, reject",
             "smtpd_recipient_restrictions": ", ".join(restrictions),
             "smtpd_end_of_data_restrictions": ", ".join(end_of_data),
             "smtpd_tls_cert_file": str(cert.resolve()),
             "smtpd_tls_key_file": str(key.resolve()),
-            "smtpd_tls_security_level": "may",
+            "smtpd_tls_security_level": "encrypt",
             "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
             "smtpd_tls_protocols": ">=TLSv1.2",
             "smtp_tls_security_level": "may",
@@ -123,6 +144,14 @@ class Postfix:
             "local_recipient_maps": "",
             "shlib_directory": "/usr/lib/postfix",
         }
+        if sasl:
+            self.main_cf |= {
+                "smtpd_tls_auth_only": "yes",
+                "smtpd_sasl_auth_enable": "yes",
+                "smtpd_sasl_type": "dovecot",
+                "smtpd_sasl_path": "private/auth",
+                "smtpd_sasl_security_options": "noanonymous",
+            }
 
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -142,7 +171,10 @@ class Postfix:
         (self.config / "main.cf").write_text(
             "".join(f"{key} = {value}\n" for key, value in self.main_cf.items())
         )
-        (self.config / "master.cf").write_text(MASTER_CF.format(address=f"127.0.0.1:{self.port}"))
+        options = " -o smtpd_tls_wrappermode=yes" if self.tls == "implicit" else ""
+        (self.config / "master.cf").write_text(
+            MASTER_CF.format(address=f"127.0.0.1:{self.port}", options=options)
+        )
         shutil.chown(self.data, "postfix", "postfix")
         self._postfix("set-permissions", check=False)
         self._postfix("check")
@@ -179,21 +211,31 @@ class Postfix:
             return None
         return pid if Path(f"/proc/{pid}").exists() else None
 
-    def rss(self) -> int:
-        """Resident memory of the master and all its children, in bytes."""
+    def pids(self) -> list[int]:
+        """The master and its children."""
         master = self.master_pid()
         if master is None:
-            return 0
-        total = 0
+            return []
+        found = [master]
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                status = (entry / "status").read_text()
-                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-                if int(entry.name) == master or int(fields["PPid"]) == master:
-                    total += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-        return total
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                    if int(stat[1]) == master:
+                        found.append(int(entry.name))
+        return found
+
+    def memory(self) -> int:
+        """Memory of the master and all its children in bytes, shared pages counted once."""
+        return sum(pss(pid) for pid in self.pids())
+
+    def log_count(self, text: str) -> int:
+        """Lines of its log that contain `text`."""
+        try:
+            with (self.base / "maillog").open(errors="replace") as log:
+                return sum(text in line for line in log)
+        except OSError:
+            return 0
 
     def queued(self) -> int:
         """Messages in any of its queues (hold included)."""

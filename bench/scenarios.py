@@ -1,21 +1,28 @@
 """The relay side by side with Postfix, on the same machine, load generator and sink.
 
+Three servers per scenario, each given the same load (STARTTLS by default, `--tls`):
+  - relay: TLS + AUTH (argon2id), quota at RCPT;
+  - postfix+dovecot: what a provider would run: SASL AUTH through Dovecot (argon2id with
+    the relay's parameters, auth cache on) over STARTTLS (`smtpd_tls_auth_only`), and a
+    policy daemon doing the relay's own quota work (bench.policyd). The ratios are against it;
+  - postfix: the second reference, the same without AUTH (the account travels as the sender).
+
 Scenarios (each bounded in count and time, loopback only):
   0. the load straight into the counting sink: the ceiling of this harness on this machine;
   1. accept only: the relay with `delivery.workers = 0` / Postfix parking mail in its hold
-     queue; implicit TLS, the relay with AUTH;
-  2. end to end: quota checks at RCPT, 4 egress IPs, delivery to the sink / Postfix with a
-     policy daemon doing the same quota work (bench.policyd) and relaying to the sink;
+     queue;
+  2. end to end: quota checks at RCPT, 4 egress IPs, delivery to the sink (50 sessions,
+     5 KB by default);
   3. the same with 10,000 accounts (sessions log in as different accounts, few messages
      each: the per-session cost shows);
   4. queue growth: accept only until the queue holds `--queue` messages, the relay's
-     memory sampled as it grows (bodies live in Redis: it should stay flat).
+     memory sampled as it grows.
 
 Reported per run: accepted msgs/s and recipients/s, accept latency p50/p99/max (MAIL FROM to
 the 250 after the dot), delivered msgs/s (until the sink has every accepted message), Redis
-commands per message (every command Redis executed, those inside Lua included, and the Lua
-calls), server memory (RSS at the end and peak; for Postfix all its processes), and whether
-every accepted message arrived exactly once at the sink (by id).
+commands and round trips per accepted and per delivered message, the top commands by name
+(bench.redis_cost), server memory (RSS at the end and peak; for Postfix all its processes,
+Dovecot's included), and whether every accepted message arrived exactly once at the sink.
 
     .venv/bin/python -m bench.scenarios [--messages 5000] [--sessions 50] [--queue 20000]
 """
@@ -26,21 +33,24 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from argon2 import PasswordHasher
-
+from bench.dovecot import Dovecot, dovecot_binary
 from bench.load import LoadResult, LoadSpec, client_context, run
 from bench.net import OUT, free_port, save_results, wait_port
-from bench.postfix import Postfix, postfix_binary
+from bench.postfix import Postfix, postfix_binary, pss
+from bench.redis_cost import RedisCost, RedisSnapshot, cost, snapshot
 from quota import Plan, QuotaStore
+from relay.accounts.passwords import hash_password
 from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
 from relay.sender_auth import Identity
@@ -49,6 +59,12 @@ from relay.tls import ensure_self_signed
 PASSWORD = "bench-password-1"
 EGRESS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 HUGE = 10**9
+RELAY = "relay"
+POSTFIX_DOVECOT = "postfix+dovecot"
+POSTFIX = "postfix"
+IDLE_WINDOW = 1.0
+"""Seconds the relay is watched idle before each run, for its Redis traffic without mail."""
+KDF = "argon2id m=19456 KiB, t=2, p=1 (relay.accounts.passwords, OWASP's floor)"
 
 
 @dataclass
@@ -64,8 +80,18 @@ class Row:
     p99_ms: float
     max_ms: float
     delivered_per_s: float | None = None
+    delivered: int = 0
+    """Accepted messages that reached the sink."""
     redis_cmds_per_msg: float | None = None
+    """Redis commands per accepted message (Lua-internal ones included)."""
+    redis_round_trips_per_msg: float | None = None
     redis_lua_per_msg: float | None = None
+    redis_per_accepted: dict[str, Any] = field(default_factory=dict)
+    redis_per_delivered: dict[str, Any] = field(default_factory=dict)
+    """bench.redis_cost's `per()`: commands, round trips, Lua calls and the top 10 commands
+    by name, per message."""
+    redis_idle_per_s: dict[str, float] = field(default_factory=dict)
+    """Commands and round trips per second of the relay before the load (no mail)."""
     cpu_ms_per_msg: float | None = None
     """CPU of the server per accepted message (Postfix: all its processes and the policy
     daemon), excluding Redis."""
@@ -179,6 +205,10 @@ class Bench:
         self.sink = SinkProcess(free_port())
         self.rows: list[Row] = []
         self.postfix_note = ""
+        # The relay's own hash function and parameters: Dovecot gets the same hashes.
+        self.password_hash = hash_password(PASSWORD)
+        self.logins: list[str] = []
+        self.dovecot_notes: list[str] = []
 
     # --- setup ---
 
@@ -197,9 +227,8 @@ class Bench:
     async def provision(self, logins: list[str]) -> None:
         """Accounts with one password hash (argon2id, as `relay account add` makes) and a
         plan large enough that the quota never refuses, written in bulk."""
-        password_hash = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1).hash(
-            PASSWORD
-        )
+        password_hash = self.password_hash
+        self.logins += logins
         quota = QuotaStore(self.redis, default_per_minute=HUGE, per_recipient=HUGE)
         now = time.time()
         for start in range(0, len(logins), 500):
@@ -243,16 +272,8 @@ class Bench:
             for name, _, _, worst, *_ in events
         )
 
-    async def redis_counts(self) -> tuple[int, int, float]:
-        """(commands processed, Lua calls, CPU seconds) of Redis so far."""
-        stats = await self.redis.info("stats")
-        commands = await self.redis.info("commandstats")
-        cpu = await self.redis.info("cpu")
-        lua = sum(
-            v["calls"] for k, v in commands.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
-        )
-        used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-        return int(stats["total_commands_processed"]), lua, used
+    async def redis_counts(self) -> RedisSnapshot:
+        return await snapshot(self.redis)
 
     # --- the relay ---
 
@@ -262,7 +283,8 @@ class Bench:
             f'hostname = "relay.bench"\n[redis]\nurl = "{self.redis_server.url}"\n'
             f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n'
             f"[submission]\nmax_connections_per_ip = {sessions + 10}\n"
-            f'[[submission.listeners]]\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
+            f'[[submission.listeners]]\naddress = "127.0.0.1:{port}"\n'
+            f'tls = "{self.options.tls}"\n'
             f'[delivery]\nworkers = {workers}\npoll_interval = "100ms"\n'
             + "".join(f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out.bench"\n' for ip in EGRESS)
             + f'[delivery.routes]\n"*" = "127.0.0.1:{self.sink.port}"\n'
@@ -318,6 +340,11 @@ class Bench:
             ]
             ports = [port for _, port in relays]
             pids = [relay_pid(process) for process, _ in relays]
+            # What the relay asks of Redis with no mail at all (polling, heartbeats): per
+            # second, so that the per-message counts below can be read net of it.
+            idle_from = await self.redis_counts()
+            await asyncio.sleep(IDLE_WINDOW)
+            idle = cost(idle_from, await self.redis_counts())
             cpu_before = sum(cpu_seconds(pid) for pid in pids)
             await self.redis_stalls()
             before = await self.redis_counts()
@@ -332,19 +359,23 @@ class Bench:
             stalls = await self.redis_stalls()
             used = [memory(pid) for pid in pids]
             rss, peak = round(sum(u[0] for u in used), 1), round(sum(u[1] for u in used), 1)
-        server = "relay" if count == 1 else f"relay x{count}"
+        server = RELAY if count == 1 else f"{RELAY} x{count}"
         row = self.row(
-            scenario, server, spec, result, delivered_at, stats, before, after, rss, peak
+            scenario, server, spec, result, delivered_at, stats, cost(before, after), rss, peak
         )
         if row.accepted:
             row.cpu_ms_per_msg = round(1000 * cpu / row.accepted, 2)
         row.redis_stalls = stalls
+        row.redis_idle_per_s = {
+            "commands": round(idle.commands / IDLE_WINDOW, 1),
+            "round_trips": round(idle.round_trips / IDLE_WINDOW, 1),
+        }
         return row
 
-    # --- Postfix ---
+    # --- Postfix, with or without Dovecot ---
 
     @contextlib.asynccontextmanager
-    async def postfix(self, *, hold: bool, sessions: int):  # type: ignore[no-untyped-def]
+    async def postfix(self, *, hold: bool, sessions: int, sasl: bool):  # type: ignore[no-untyped-def]
         policy_port = free_port()
         policyd = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -356,7 +387,7 @@ class Bench:
             self.redis_server.url,
         )
         instance = Postfix(
-            OUT / "postfix",
+            OUT / ("postfix-dovecot" if sasl else "postfix"),
             port=free_port(),
             sink_port=self.sink.port,
             cert=self.cert,
@@ -364,39 +395,86 @@ class Bench:
             policy_port=policy_port,
             hold=hold,
             processes=max(100, sessions + 20),
+            tls=self.options.tls,
+            sasl=sasl,
         )
+        dovecot = None
+        if sasl:
+            dovecot = Dovecot(
+                OUT / "dovecot",
+                socket=instance.sasl_socket,
+                users=[(login, self.password_hash) for login in self.logins],
+                cache_size="10M",
+            )
         try:
             await wait_port(policy_port)
-            await asyncio.to_thread(instance.start)
-            yield instance, policyd.pid
+            await asyncio.to_thread(instance.start)  # first: it makes private/ its own
+            if dovecot is not None:
+                await asyncio.to_thread(dovecot.start)
+            yield instance, policyd.pid, dovecot
         finally:
             await asyncio.to_thread(instance.stop)
+            if dovecot is not None:
+                await asyncio.to_thread(dovecot.stop)
             policyd.terminate()
             await policyd.wait()
 
-    async def run_postfix(self, scenario: str, spec: LoadSpec, *, deliver: bool) -> Row:
+    async def run_postfix(self, scenario: str, spec: LoadSpec, *, deliver: bool, sasl: bool) -> Row:
         await self.sink.ask("reset")
-        async with self.postfix(hold=not deliver, sessions=spec.sessions) as (instance, policyd):
-            cpu_before = postfix_cpu(instance, policyd)
+        async with self.postfix(hold=not deliver, sessions=spec.sessions, sasl=sasl) as (
+            instance,
+            policyd,
+            dovecot,
+        ):
+            cpu_before = postfix_cpu(instance, policyd, dovecot)
             await self.redis_stalls()
             before = await self.redis_counts()
-            # No SASL in this Postfix: the account travels as the sender (see bench.policyd).
-            result = await run(replace_port(spec, instance.port, auth=False), self.tls)
+            # Without SASL the account travels as the sender (see bench.policyd).
+            result = await run(replace_port(spec, instance.port, auth=sasl), self.tls)
             delivered_at = None
             stats: dict[str, Any] = {}
             if deliver:
                 stats, delivered_at = await self.sink.wait_for(set(result.acked), 300)
             after = await self.redis_counts()
-            cpu = postfix_cpu(instance, policyd) - cpu_before
+            cpu = postfix_cpu(instance, policyd, dovecot) - cpu_before
             stalls = await self.redis_stalls()
-            rss = round(instance.rss() / 2**20, 1)
+            used = instance.memory()
+            # smtpd exits when Dovecot's auth process, busy with argon2, leaves its handshake
+            # unanswered for 10 s (Postfix's AUTH_TIMEOUT): the sessions it had are lost.
+            no_sasl = instance.log_count("no SASL authentication mechanisms")
+            cache = None
+            if dovecot is not None:
+                used += sum(pss(pid) for pid in dovecot.pids())
+                cache = await asyncio.to_thread(dovecot.cache_stats)
         row = self.row(
-            scenario, "postfix", spec, result, delivered_at, stats, before, after, rss, None
+            scenario,
+            POSTFIX_DOVECOT if sasl else POSTFIX,
+            spec,
+            result,
+            delivered_at,
+            stats,
+            cost(before, after),
+            round(used / 2**20, 1),
+            None,
         )
         if row.accepted:
             row.cpu_ms_per_msg = round(1000 * cpu / row.accepted, 2)
         row.redis_stalls = stalls
-        row.note = "no AUTH (no SASL); policy daemon for quota"
+        if sasl:
+            row.note = (
+                f"SASL AUTH via Dovecot (passwd-file, {KDF}; auth_cache_size 10M:"
+                f" {cache or 'auth cache counters not reported'});"
+                " policy daemon for quota"
+            )
+            note = f"{scenario}: {row.logins} logins, {cache or 'cache counters: ?'}"
+            if no_sasl:
+                note += (
+                    f"; {no_sasl} smtpd processes exited waiting over 10 s for Dovecot's"
+                    " handshake (fatal: no SASL authentication mechanisms)"
+                )
+            self.dovecot_notes.append(note)
+        else:
+            row.note = "no AUTH (the second reference); policy daemon for quota"
         return row
 
     def row(
@@ -407,8 +485,7 @@ class Bench:
         result: LoadResult,
         delivered_at: float | None,
         stats: dict[str, Any],
-        before: tuple[int, int, float],
-        after: tuple[int, int, float],
+        spent: RedisCost | None,
         rss: float | None,
         peak: float | None,
     ) -> Row:
@@ -434,10 +511,14 @@ class Bench:
         if delivered_at is not None:
             row.delivered_per_s = round(accepted / (delivered_at - result.started), 1)
             row.exactly_once = exactly_once(set(result.acked), stats)
-        if accepted and before[0]:
-            row.redis_cmds_per_msg = round((after[0] - before[0]) / accepted, 1)
-            row.redis_lua_per_msg = round((after[1] - before[1]) / accepted, 1)
-            row.redis_cpu_ms_per_msg = round(1000 * (after[2] - before[2]) / accepted, 2)
+            row.delivered = len(set(result.acked) & stats["ids"].keys())
+        if accepted and spent is not None:
+            row.redis_per_accepted = spent.per(accepted)
+            row.redis_per_delivered = spent.per(row.delivered)
+            row.redis_cmds_per_msg = row.redis_per_accepted["commands"]
+            row.redis_round_trips_per_msg = row.redis_per_accepted["round_trips"]
+            row.redis_lua_per_msg = row.redis_per_accepted["lua_calls"]
+            row.redis_cpu_ms_per_msg = round(1000 * spent.cpu / accepted, 2)
         return row
 
     async def baseline(self, spec: LoadSpec) -> Row:
@@ -445,16 +526,7 @@ class Bench:
         result = await run(replace_port(spec, self.sink.port, tls="plain", auth=False), None)
         stats, delivered_at = await self.sink.wait_for(set(result.acked), 60)
         row = self.row(
-            "0 load -> sink",
-            "sink",
-            spec,
-            result,
-            delivered_at,
-            stats,
-            (0, 0, 0.0),
-            (0, 0, 0.0),
-            None,
-            None,
+            "0 load -> sink", "sink", spec, result, delivered_at, stats, None, None, None
         )
         row.note = "harness ceiling: plain SMTP, no TLS, no AUTH"
         return row
@@ -477,6 +549,8 @@ class Bench:
                     per_session=50,
                     accounts=[("bench", PASSWORD)],
                     first_id=first,
+                    tls=self.options.tls,
+                    size=self.options.size,
                 )
                 result = await run(spec, self.tls)
                 accepted += len(result.acked)
@@ -496,12 +570,15 @@ class Bench:
         }
 
 
-def postfix_cpu(instance: Postfix, policyd: int) -> float:
-    master = instance.master_pid()
-    if master is None:
-        return 0.0
-    live = sum(cpu_seconds(child) for child in children(master))
-    return cpu_seconds(master, reaped=True) + live + cpu_seconds(policyd)
+def postfix_cpu(instance: Postfix, policyd: int, dovecot: Dovecot | None = None) -> float:
+    """CPU seconds of Postfix (master, live and reaped children), the policy daemon and
+    Dovecot (its auth process verifies the passwords)."""
+    used = cpu_seconds(policyd)
+    for master in (instance.master_pid(), *(dovecot.pids()[:1] if dovecot else ())):
+        if master is not None:
+            live = sum(cpu_seconds(child) for child in children(master))
+            used += cpu_seconds(master, reaped=True) + live
+    return used
 
 
 def replace_port(
@@ -526,59 +603,154 @@ def relay_pid(process: asyncio.subprocess.Process) -> int:
     return process.pid
 
 
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    if not ours or not theirs or math.isnan(ours) or math.isnan(theirs):
+        return None
+    return round(ours / theirs, 2)
+
+
+def ratios_against(ours: Row, theirs: Row) -> dict[str, float | None]:
+    """relay / reference: above 1 is better for rates, below 1 for latencies and CPU."""
+    return {
+        "delivered": ratio(ours.delivered_per_s, theirs.delivered_per_s),
+        "accepted": ratio(ours.accepted_per_s, theirs.accepted_per_s),
+        "p50": ratio(ours.p50_ms, theirs.p50_ms),
+        "p99": ratio(ours.p99_ms, theirs.p99_ms),
+        "cpu/msg": ratio(ours.cpu_ms_per_msg, theirs.cpu_ms_per_msg),
+    }
+
+
+def scenario_ratios(rows: list[Row]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per scenario, the relay against each reference that ran: Postfix+Dovecot (the fair
+    one) and Postfix without AUTH."""
+    found: dict[str, dict[str, dict[str, float | None]]] = {}
+    for scenario in dict.fromkeys(r.scenario for r in rows):
+        ours = next(
+            (r for r in rows if r.scenario == scenario and r.server.startswith(RELAY)), None
+        )
+        if ours is None:
+            continue
+        for reference in (POSTFIX_DOVECOT, POSTFIX):
+            theirs = next(
+                (r for r in rows if r.scenario == scenario and r.server == reference), None
+            )
+            if theirs is not None:
+                found.setdefault(scenario, {})[reference] = ratios_against(ours, theirs)
+    return found
+
+
+def delivery_estimate(rows: list[Row]) -> dict[str, float] | None:
+    """Redis cost of delivering a message: end to end per delivered message less accept only
+    per accepted message (same load: sessions, size, messages per session)."""
+    relay = [r for r in rows if r.server.startswith(RELAY)]
+    accept = next((r for r in relay if r.scenario.startswith("1 accept only")), None)
+    e2e = next((r for r in relay if r.scenario.startswith("2 ")), None)
+    if accept is None or e2e is None:
+        return None
+    sub, both = accept.redis_per_accepted, e2e.redis_per_delivered
+    if not sub.get("messages") or not both.get("messages"):
+        return None
+    return {
+        "commands": round(both["commands"] - sub["commands"], 2),
+        "round_trips": round(both["round_trips"] - sub["round_trips"], 2),
+    }
+
+
 def report(
-    rows: list[Row], growth: dict[str, Any] | None, postfix_note: str, options: argparse.Namespace
+    rows: list[Row],
+    growth: dict[str, Any] | None,
+    postfix_note: str,
+    dovecot_notes: list[str],
+    options: argparse.Namespace,
 ) -> Path:
     header = (
-        f"{'scenario':<24} {'server':<8} {'acc/s':>7} {'rcpt/s':>7} {'dlv/s':>7} {'p50':>6}"
-        f" {'p99':>7} {'max':>7} {'cpu/m':>6} {'rcpu/m':>6} {'cmd/m':>6} {'lua/m':>6}"
-        f" {'RSS MB':>7} {'logins':>6}"
+        f"{'scenario':<24} {'server':<15} {'acc/s':>6} {'rcpt/s':>6} {'dlv/s':>6} {'p50':>6}"
+        f" {'p99':>7} {'max':>7} {'cpu/m':>6} {'rcpu/m':>6} {'cmd/m':>6} {'rt/m':>5}"
+        f" {'lua/m':>5} {'MB':>6} {'logins':>6}"
         "  exactly once"
     )
     print()
     print(header)
     print("-" * len(header))
     for r in rows:
-        dlv = f"{r.delivered_per_s:.0f}" if r.delivered_per_s is not None else "-"
-        cmd = f"{r.redis_cmds_per_msg:.1f}" if r.redis_cmds_per_msg is not None else "-"
-        lua = f"{r.redis_lua_per_msg:.1f}" if r.redis_lua_per_msg is not None else "-"
-        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
-        cpu = f"{r.cpu_ms_per_msg:.2f}" if r.cpu_ms_per_msg is not None else "-"
-        rcpu = f"{r.redis_cpu_ms_per_msg:.2f}" if r.redis_cpu_ms_per_msg is not None else "-"
         print(
-            f"{r.scenario:<24} {r.server:<8} {r.accepted_per_s:>7.0f} {r.recipients_per_s:>7.0f}"
-            f" {dlv:>7} {r.p50_ms:>6.1f} {r.p99_ms:>7.1f} {r.max_ms:>7.1f} {cpu:>6} {rcpu:>6}"
-            f" {cmd:>6} {lua:>6}"
-            f" {rss:>7} {r.logins:>6}  {r.exactly_once}"
+            f"{r.scenario:<24} {r.server:<15} {r.accepted_per_s:>6.0f} {r.recipients_per_s:>6.0f}"
+            f" {cell(r.delivered_per_s, 0):>6} {r.p50_ms:>6.1f} {r.p99_ms:>7.1f} {r.max_ms:>7.1f}"
+            f" {cell(r.cpu_ms_per_msg, 2):>6} {cell(r.redis_cpu_ms_per_msg, 2):>6}"
+            f" {cell(r.redis_cmds_per_msg, 1):>6} {cell(r.redis_round_trips_per_msg, 1):>5}"
+            f" {cell(r.redis_lua_per_msg, 1):>5} {cell(r.rss_mb, 0):>6} {r.logins:>6}"
+            f"  {r.exactly_once}"
         )
         if r.refusals or r.errors:
             print(f"{'':<24} ! refusals {r.refusals} errors {r.errors}")
         if r.redis_stalls:
             print(f"{'':<24} ! Redis stalled: {r.redis_stalls}")
-    print("(latencies in ms: MAIL FROM to the 250 after DATA; cpu/m: server CPU ms per accepted")
-    print(" message (Postfix: all its processes + the policy daemon); rcpu/m: Redis CPU ms per")
-    print(" message; cmd/m: Redis commands per message, Lua-internal included; lua/m: script")
-    print(" calls; RSS: the relay process(es), or all Postfix processes; Postfix runs without")
-    print(" AUTH and with a quota policy daemon)")
-    ratios = {}
-    for scenario in sorted({r.scenario for r in rows}):
-        ours = next(
-            (r for r in rows if r.scenario == scenario and r.server.startswith("relay")), None
-        )
-        theirs = next((r for r in rows if r.scenario == scenario and r.server == "postfix"), None)
-        if ours is None or theirs is None:
-            continue
-        line = {"accepted": round(ours.accepted_per_s / max(theirs.accepted_per_s, 1e-9), 2)}
-        if ours.delivered_per_s and theirs.delivered_per_s:
-            line["delivered"] = round(ours.delivered_per_s / theirs.delivered_per_s, 2)
-        line["p99"] = round(ours.p99_ms / max(theirs.p99_ms, 1e-9), 2)
-        if ours.cpu_ms_per_msg and theirs.cpu_ms_per_msg:
-            line["cpu/msg"] = round(ours.cpu_ms_per_msg / theirs.cpu_ms_per_msg, 2)
-        ratios[scenario] = line
+    print(
+        f"(TLS: {options.tls} for every server; {options.size} B messages; latencies in ms:"
+        " MAIL FROM to the 250 after DATA;\n cpu/m: server CPU ms per accepted message (Postfix:"
+        " all its processes, Dovecot's and the policy daemon's);\n rcpu/m: Redis CPU ms per"
+        " message; cmd/m: Redis commands per accepted message, Lua-internal included; rt/m:\n"
+        " Redis round trips per accepted message; lua/m: script calls (Postfix rows: those of"
+        " its quota policy\n daemon); MB: RSS of the relay process(es), PSS summed over all"
+        " Postfix (+Dovecot) processes.\n postfix+dovecot: SASL AUTH through Dovecot; postfix:"
+        " no AUTH; both with the quota policy daemon)"
+    )
+    ratios = scenario_ratios(rows)
     if ratios:
-        print("\nrelay / Postfix:")
-        for scenario, line in ratios.items():
-            print(f"  {scenario:<24} " + "  ".join(f"{k} {v:.2f}x" for k, v in line.items()))
+        print(
+            f"\nrelay / {POSTFIX_DOVECOT} (relay / {POSTFIX} without AUTH, the second reference):"
+        )
+        print(
+            f"  {'scenario':<24} {'delivered/s':>14} {'accepted/s':>14} {'p50':>14} {'p99':>14}"
+            f" {'cpu/msg':>14}"
+        )
+        for scenario, against in ratios.items():
+            fair, plain = against.get(POSTFIX_DOVECOT, {}), against.get(POSTFIX, {})
+            cells = [
+                f"{times(fair.get(k))} ({times(plain.get(k))})"
+                for k in ("delivered", "accepted", "p50", "p99", "cpu/msg")
+            ]
+            print(f"  {scenario:<24} " + " ".join(f"{c:>14}" for c in cells))
+        print("  (rates: above 1x the relay is faster; p50, p99, cpu/msg: below 1x it is)")
+    if dovecot_notes:
+        print(
+            f"\nDovecot: passwd-file, {KDF}, auth_cache_size 10M. Dovecot caches only passdbs"
+            " with a cache key\n (SQL, LDAP), and a cache hit verifies the cached hash again:"
+            " every login pays argon2id in its\n single auth process. Its cache counters"
+            " (SIGUSR2) and logins per run:"
+        )
+        for note in dovecot_notes:
+            print(f"  {note}")
+    costs = redis_costs(rows)
+    if costs:
+        print(
+            "\nRedis per message, relay (commands: every command Redis ran, those inside Lua"
+            " included;\n round trips: requests Redis answered, a pipeline, MULTI/EXEC or"
+            " script counting once):"
+        )
+        for scenario, per in costs.items():
+            accepted, delivered = per["per_accepted"], per["per_delivered"]
+            line = (
+                f"  {scenario:<24} per accepted: {accepted['commands']} commands,"
+                f" {accepted['round_trips']} round trips"
+            )
+            if delivered.get("messages"):
+                line += (
+                    f"; per delivered: {delivered['commands']} commands,"
+                    f" {delivered['round_trips']} round trips"
+                )
+            idle = per["idle_per_s"]
+            if idle:
+                line += f" (idle: {idle['commands']} commands/s, {idle['round_trips']} rt/s)"
+            print(line)
+            top = ", ".join(f"{k} {v}" for k, v in accepted["by_command"].items())
+            print(f"  {'':<24} top per accepted: {top}")
+        estimate = delivery_estimate(rows)
+        if estimate:
+            print(
+                f"  delivery alone (scenario 2 per delivered - scenario 1 per accepted):"
+                f" {estimate['commands']} commands, {estimate['round_trips']} round trips"
+            )
     if postfix_note:
         print(f"\n{postfix_note}")
     if growth:
@@ -597,16 +769,40 @@ def report(
             "load": os.getloadavg(),
             "rows": [asdict(r) for r in rows],
             "ratios": ratios,
+            "redis_per_message": costs,
+            "redis_delivery_estimate": delivery_estimate(rows),
+            "dovecot": {"kdf": KDF, "auth_cache_size": "10M", "runs": dovecot_notes},
             "postfix": postfix_note or "ran",
             "queue_growth": growth,
         },
     )
 
 
+def redis_costs(rows: list[Row]) -> dict[str, dict[str, Any]]:
+    return {
+        r.scenario: {
+            "per_accepted": r.redis_per_accepted,
+            "per_delivered": r.redis_per_delivered,
+            "idle_per_s": r.redis_idle_per_s,
+        }
+        for r in rows
+        if r.server.startswith(RELAY) and r.redis_per_accepted
+    }
+
+
+def cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 async def main(options: argparse.Namespace) -> None:
     work = (OUT / f"run-{time.strftime('%Y%m%dT%H%M%S')}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(work, options)
+    references = [name for name in options.references.split(",") if name]
     with_postfix = postfix_binary() is not None and not options.no_postfix
     postfix_note = (
         ""
@@ -617,6 +813,11 @@ async def main(options: argparse.Namespace) -> None:
             + "): our numbers only"
         )
     )
+    if with_postfix and POSTFIX_DOVECOT in references and dovecot_binary() is None:
+        references.remove(POSTFIX_DOVECOT)
+        postfix_note = "Dovecot: not installed, or not root: no postfix+dovecot rows"
+    if not with_postfix:
+        references = []
     scenarios = set(options.scenarios.split(","))
     rows: list[Row] = []
     growth = None
@@ -630,6 +831,7 @@ async def main(options: argparse.Namespace) -> None:
             recipients=options.recipients,
             per_session=options.per_session,
             accounts=[("bench", PASSWORD)],
+            tls=options.tls,
         )
         many = [(f"acct{n:05d}", PASSWORD) for n in range(options.accounts)]
         plan: list[tuple[str, LoadSpec, bool]] = []
@@ -637,8 +839,8 @@ async def main(options: argparse.Namespace) -> None:
             plan.append(("1 accept only", base, False))
             if options.rate:
                 # One login per session, done before the clock starts: the latency of
-                # accepting, at a rate below capacity (20 s of it at most).
-                paced_count = min(options.messages, int(20 * options.rate))
+                # accepting, at a rate below capacity (10 s of it at most).
+                paced_count = min(options.messages, int(10 * options.rate))
                 paced = LoadSpec(
                     **{
                         **asdict(base),
@@ -667,14 +869,18 @@ async def main(options: argparse.Namespace) -> None:
         for name, spec, deliver in plan:
             rows.append(await bench.run_relay(name, spec, deliver=deliver))
             print_row(rows[-1])
-            if with_postfix:
+            for reference in list(references):
                 try:
-                    rows.append(await bench.run_postfix(name, spec, deliver=deliver))
+                    rows.append(
+                        await bench.run_postfix(
+                            name, spec, deliver=deliver, sasl=reference == POSTFIX_DOVECOT
+                        )
+                    )
                     print_row(rows[-1])
-                except (RuntimeError, OSError) as exc:
-                    postfix_note = f"Postfix could not run: {exc}; our numbers only"
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    postfix_note = f"{reference} could not run: {exc}; no more of its rows"
                     print(postfix_note)
-                    with_postfix = False
+                    references.remove(reference)
         if "4" in scenarios and options.queue:
             growth = await bench.queue_growth(options.queue, options.sessions)
     finally:
@@ -683,14 +889,14 @@ async def main(options: argparse.Namespace) -> None:
             await bench.redis.aclose()
         bench.redis_server.stop()
         shutil.rmtree(work / "redis", ignore_errors=True)  # the AOF of every message sent
-    report(rows, growth, postfix_note, options)
+    report(rows, growth, postfix_note, bench.dovecot_notes, options)
 
 
 def print_row(row: Row) -> None:
     dlv = f", delivered {row.delivered_per_s}/s" if row.delivered_per_s is not None else ""
     print(
         f"  {row.scenario} [{row.server}]: {row.accepted} accepted, {row.accepted_per_s}/s{dlv},"
-        f" p99 {row.p99_ms} ms, exactly once: {row.exactly_once}",
+        f" p50 {row.p50_ms} ms, p99 {row.p99_ms} ms, exactly once: {row.exactly_once}",
         flush=True,
     )
 
@@ -699,11 +905,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--sessions", type=int, default=50)
-    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=5000, help="bytes per message")
+    parser.add_argument(
+        "--tls", choices=["starttls", "implicit"], default="starttls", help="for every server"
+    )
     parser.add_argument("--recipients", type=int, default=1)
     parser.add_argument("--per-session", type=int, default=20)
     parser.add_argument("--accounts", type=int, default=10_000)
-    parser.add_argument("--messages-many", type=int, default=2000, help="scenario 3")
+    parser.add_argument("--messages-many", type=int, default=1000, help="scenario 3")
     parser.add_argument("--per-session-many", type=int, default=2, help="scenario 3")
     parser.add_argument("--queue", type=int, default=20_000, help="scenario 4; 0: skip")
     parser.add_argument(
@@ -711,6 +920,11 @@ if __name__ == "__main__":
     )
     parser.add_argument("--scenarios", default="0,1,2,3,4")
     parser.add_argument("--no-postfix", action="store_true")
+    parser.add_argument(
+        "--references",
+        default=f"{POSTFIX_DOVECOT},{POSTFIX}",
+        help=f"Postfix rows to run: {POSTFIX_DOVECOT} (SASL AUTH via Dovecot), {POSTFIX} (no AUTH)",
+    )
     parser.add_argument(
         "--relay-processes",
         type=int,
