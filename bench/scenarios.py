@@ -863,6 +863,21 @@ async def main(options: argparse.Namespace) -> None:
                 }
             )
             plan.append((f"3 e2e, {options.accounts} accts", spec3, True))
+        if "5" in scenarios:
+            # Large mail at once: the bodies must stream to disk, not through memory.
+            big = LoadSpec(
+                **{
+                    **asdict(base),
+                    "messages": options.big_messages,
+                    "sessions": options.big_messages,
+                    "per_session": 1,
+                    "size": options.big_size,
+                    "timeout": 300.0,
+                }
+            )
+            plan.append(
+                (f"5 {options.big_messages} x {options.big_size // 1_000_000} MB", big, True)
+            )
         if "0" in scenarios:
             rows.append(await bench.baseline(base))
             print_row(rows[-1])
@@ -918,7 +933,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--rate", type=float, default=150.0, help="scenario 1 again at this offered msgs/s"
     )
-    parser.add_argument("--scenarios", default="0,1,2,3,4")
+    parser.add_argument("--scenarios", default="0,1,2,3,4,5")
+    parser.add_argument("--big-messages", type=int, default=40, help="scenario 5: at once")
+    parser.add_argument("--big-size", type=int, default=20_000_000, help="scenario 5: bytes")
     parser.add_argument("--no-postfix", action="store_true")
     parser.add_argument(
         "--references",

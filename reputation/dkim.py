@@ -150,9 +150,11 @@ class RelaxedBodyHash:
 
     def _lines(self, text: bytes) -> None:
         """Hash complete canonical lines (each ends in CRLF), holding back trailing blanks."""
-        run = _TRAILING_CRLF.search(text)
-        ends = len(run.group()) // 2 if run else 0
-        content = text[: run.start()] if run else text
+        end = len(text)
+        while end >= 2 and text[end - 2 : end] == b"\r\n":  # the trailing CRLFs
+            end -= 2
+        ends = (len(text) - end) // 2
+        content = text[:end]
         if not content:
             self._blank += ends
             return
@@ -175,7 +177,6 @@ class RelaxedBodyHash:
 
 _LINE_END = re.compile(rb"\r?\n")
 _SPACE_BEFORE_END = re.compile(rb" \r\n")
-_TRAILING_CRLF = re.compile(rb"(?:\r\n)+\Z")
 
 
 def _canonical(lines: bytes) -> bytes:

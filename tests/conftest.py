@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 import redis.asyncio as aioredis
+import structlog
 import trustme
 
 from relay.clock import FakeClock

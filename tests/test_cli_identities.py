@@ -35,7 +35,7 @@ def workdir(tmp_path, redis_server, dns):
         'hostname = "relay.test"\n'
         f'[redis]\nurl = "{redis_server.url}"\n'
         f'[dns]\nservers = ["127.0.0.1:{dns.port}"]\ntimeout = "2s"\n'
-        '[sender_auth]\ncreate_key_file = true\n'
+        "[sender_auth]\ncreate_key_file = true\n"
     )
     return tmp_path
 

@@ -9,7 +9,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.submission.data_stream import SEARCH, DataDecoder, DataState
+from relay.submission.data_stream import END, DataDecoder, DataState
 from reputation.dkim import RelaxedBodyHash, _relaxed_body, _split
 
 LINE_LIMIT = 40
@@ -35,34 +35,33 @@ def reference(stream: bytes, *, size_limit: int, line_limit: int) -> tuple[bytes
     return (b"".join(content) if state is DataState.NOMINAL else b""), state, len(rest)
 
 
-def reader_pieces(stream: bytes, cuts: list[int]) -> list[bytes]:
-    """What `readuntil(SEARCH)` / `read(consumed)` hand over: every ".\\r\\n" ends a piece
-    (the reader stops there), other cuts fall anywhere but inside one."""
-    ends = set()
-    at = stream.find(SEARCH)
-    while at >= 0:
-        ends.add(at + 3)
-        at = stream.find(SEARCH, at + 1)
-    inside = {e - 1 for e in ends} | {e - 2 for e in ends}
-    points = sorted(ends | {c for c in cuts if 0 < c < len(stream) and c not in inside})
-    pieces, start = [], 0
-    for point in points:
-        pieces.append(stream[start:point])
-        start = point
-    if start < len(stream):
-        pieces.append(stream[start:])
-    return [p for p in pieces if p]
-
-
-def decode(pieces: list[bytes], **limits: int) -> tuple[bytes, DataState, int]:
+def decode(stream: bytes, arrivals: list[int], **limits: int) -> tuple[bytes, DataState, int]:
+    """Drive the decoder as the server does, over a StreamReader of limit LINE_LIMIT whose
+    buffer fills by `arrivals` bytes at a time: (content, state, bytes left unread)."""
     decoder = DataDecoder(**limits)
-    out = b""
-    for n, piece in enumerate(pieces):
+    out, pos, buffered = b"", 0, 0
+    sizes = iter(arrivals)
+    while not decoder.done:
+        wanted = decoder.wanted()
+        if wanted:
+            piece = stream[pos : pos + wanted]
+        else:
+            while True:  # readuntil(END), or read(consumed) on LimitOverrunError
+                buffer = stream[pos : pos + buffered]
+                at = buffer.find(END)
+                if at >= 0:
+                    piece = buffer[:at] if at > LINE_LIMIT else buffer[: at + len(END)]
+                    break
+                if len(buffer) > LINE_LIMIT:
+                    piece = buffer[: len(buffer) - len(END) + 1]
+                    break
+                buffered += next(sizes, 7)
+        assert piece, "the reader always hands over something"
+        pos += len(piece)
+        buffered = max(0, buffered - len(piece))
         out += decoder.feed(piece)
-        if decoder.done:  # a refused message is dropped whole: what came before does not count
-            content = out if decoder.state is DataState.NOMINAL else b""
-            return content, decoder.state, sum(len(p) for p in pieces[n + 1 :])
-    raise AssertionError("the end of DATA was not found")
+    content = out if decoder.state is DataState.NOMINAL else b""
+    return content, decoder.state, len(stream) - pos
 
 
 line = st.lists(
@@ -70,30 +69,34 @@ line = st.lists(
 ).map(b"".join)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(
     lines=st.lists(line, max_size=12),
     after=st.sampled_from([b"", b"QUIT\r\n", b"MAIL FROM:<a@b>\r\n"]),
-    cuts=st.lists(st.integers(0, 400), max_size=8),
+    arrivals=st.lists(st.integers(1, 9), max_size=60),
     size_limit=st.sampled_from([0, 30, 200]),
 )
-def test_decoder_matches_aiosmtpd_for_any_pieces(lines, after, cuts, size_limit) -> None:
+def test_decoder_matches_aiosmtpd_however_the_bytes_arrive(
+    lines, after, arrivals, size_limit
+) -> None:
     stream = b"".join(x + b"\r\n" for x in lines) + b".\r\n" + after
     want = reference(stream, size_limit=size_limit, line_limit=LINE_LIMIT)
-    got = decode(reader_pieces(stream, cuts), size_limit=size_limit, line_limit=LINE_LIMIT)
+    got = decode(stream, arrivals, size_limit=size_limit, line_limit=LINE_LIMIT)
     assert got == want
 
 
 def test_the_end_line_alone_is_an_empty_message() -> None:
     decoder = DataDecoder(size_limit=0, line_limit=1000)
+    assert decoder.wanted() == 3, "the content starts after a CRLF: read what could end it"
     assert decoder.feed(b".\r\n") == b"" and decoder.done and decoder.size == 0
 
 
-def test_a_dot_line_split_from_its_crlf_is_not_the_end() -> None:
+def test_prose_lines_ending_in_a_period_are_not_the_end() -> None:
     decoder = DataDecoder(size_limit=0, line_limit=1000)
-    assert decoder.feed(b"a\r\n..\r\n") == b"a\r\n.\r\n" and not decoder.done
-    assert decoder.feed(b"b.\r\n") == b"b.\r\n" and not decoder.done
-    assert decoder.feed(b".\r\n") == b"" and decoder.done
+    assert decoder.feed(b"Hi.\r\n..\r\nBye.\r\n") == b"Hi.\r\n.\r\nBye." and not decoder.done
+    assert decoder.wanted() == 3, "held: the CRLF that could begin the end"
+    assert decoder.feed(b"x\r\n") == b"\r\nx" and not decoder.done
+    assert decoder.feed(b".\r\n") == b"\r\n" and decoder.done
 
 
 @settings(max_examples=300, deadline=None)
@@ -114,3 +117,11 @@ def test_streamed_body_hash_equals_the_whole_body_hash(body: bytes, cuts: list[i
         start += size
     streamed.update(body[start:])
     assert streamed.b64digest() == want
+
+
+def test_an_end_that_straddles_two_exact_reads_is_found_without_reading_past_it() -> None:
+    """ "x", an empty line, then the end: the buffer was cut after "x\\r"."""
+    decoder = DataDecoder(size_limit=0, line_limit=1000)
+    assert decoder.feed(b"x\r") == b"x" and decoder.wanted() == 4
+    assert decoder.feed(b"\n\r\n.") == b"\r\n" and decoder.wanted() == 2
+    assert decoder.feed(b"\r\n") == b"\r\n" and decoder.done

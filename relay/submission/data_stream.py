@@ -3,21 +3,23 @@ never held whole and every piece can go to the spool as it arrives.
 
 RFC 5321 4.5.2: the content ends with a line holding only "."; a "." starting any other line
 was doubled by the client and is removed. Lines are delimited by CRLF (a bare LF is part of
-its line, as aiosmtpd reads them). The reader hands over pieces that each end either where
-the stream buffer was full or right after a ".\\r\\n" (`SEARCH`), so the end is found without
-reading past it: what follows the end belongs to the next command.
+its line, as aiosmtpd reads them). The content ends at the first CRLF "." CRLF (`END`) of
+the stream as if a CRLF came before it (so a first line "." ends an empty message).
+
+The reader must not read past the end (what follows belongs to the next command), so it
+asks the decoder what to read next (`wanted`): up to and including the next `END` in its
+buffer (`readuntil`), or, when the bytes already read could begin an `END`, exactly the few
+bytes that would finish it. A piece may end anywhere else; bytes at its end that could begin
+an `END` are held back until the next piece tells.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["SEARCH", "DataDecoder", "DataState"]
+__all__ = ["END", "DataDecoder", "DataState"]
 
-SEARCH = b".\r\n"
-"""What the reader waits for: the end of DATA always ends with it."""
-
-_END = b"\r\n.\r\n"
+END = b"\r\n.\r\n"
 
 
 class DataState(Enum):
@@ -28,12 +30,22 @@ class DataState(Enum):
     """More bytes than the size limit: read to the end, then refused (552)."""
 
 
+def _partial(data: bytes) -> int:
+    """Length of the longest end of `data` that is a proper beginning of END."""
+    for length in (4, 3, 2, 1):
+        if data.endswith(END[:length]):
+            return length
+    return 0
+
+
 class DataDecoder:
     def __init__(self, *, size_limit: int, line_limit: int) -> None:
         self._size_limit = size_limit
         self._line_limit = line_limit
-        self._tail = b"\r\n"
-        """The last two bytes seen: the content starts at the start of a line."""
+        self._before = b"\r\n"
+        """The two bytes before the held ones (at first: the CRLF the content follows)."""
+        self._held = b""
+        """Bytes read but not decoded yet: they could begin the end of the content."""
         self._line = 0
         """Length of the line in progress (the bytes after the last CRLF)."""
         self._cr = b""
@@ -42,19 +54,31 @@ class DataDecoder:
         self.state = DataState.NOMINAL
         self.done = False
 
+    def wanted(self) -> int:
+        """Bytes the reader must read next, exactly, to learn whether the content ends there
+        (0: read up to the next END instead)."""
+        partial = _partial(self._before + self._held)
+        return len(END) - partial if partial else 0
+
     def feed(self, piece: bytes) -> bytes:
         """The content in `piece` with the transparency dots removed (b"" once refused).
 
-        Sets `done` when `piece` ends with the end-of-data line.
+        Sets `done` when the end of the content is in `piece` (which then ends with it).
         """
-        context = self._tail + piece
-        if context.endswith(_END) and len(context) >= len(_END):
+        data = self._held + piece
+        full = self._before + data
+        end = full.find(END)
+        if end >= 0:
             self.done = True
-            piece = piece[: len(piece) - 3]  # the end line; its CRLF ends the last line
-            context = context[: len(context) - 3]
-        self._tail = context[-2:]
-        self.size += len(piece)
-        self._check(piece)
+            raw = full[2 : end + 2]  # the CRLF of END ends the last line
+        else:
+            keep = min(_partial(full), len(data))
+            raw = data[: len(data) - keep]
+            self._held = data[len(data) - keep :]
+        context = self._before + raw
+        self._before = context[-2:]
+        self.size += len(raw)
+        self._check(raw)
         if self.state is not DataState.NOMINAL:
             return b""
         return context.replace(b"\r\n.", b"\r\n")[2:]

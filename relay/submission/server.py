@@ -17,7 +17,7 @@ from relay import replies
 from relay.config import Listener, SubmissionSettings
 from relay.queue.model import RecipientDsn
 from relay.spool import Incoming, InflightBudget, Spooled, SpoolError
-from relay.submission.data_stream import SEARCH, DataDecoder, DataState
+from relay.submission.data_stream import END, DataDecoder, DataState
 from relay.submission.dsn_params import (
     MAIL_PARAMS,
     RCPT_PARAMS,
@@ -154,9 +154,7 @@ class SubmissionSMTP(SMTP):
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             while not decoder.done:
                 try:
-                    piece = await self._reader.readuntil(SEARCH)
-                except asyncio.LimitOverrunError as exc:
-                    piece = await self._reader.read(exc.consumed)
+                    piece = await self._read_data(decoder.wanted())
                 except asyncio.IncompleteReadError:  # the client went away mid-DATA
                     return
                 content = decoder.feed(piece)
@@ -173,6 +171,15 @@ class SubmissionSMTP(SMTP):
                 incoming.abort()
         self._set_post_data_state()
         await self.push(status)
+
+    async def _read_data(self, exactly: int) -> bytes:
+        """The next piece of DATA, never past its end (see data_stream)."""
+        if exactly:
+            return await self._reader.readexactly(exactly)
+        try:
+            return await self._reader.readuntil(END)
+        except asyncio.LimitOverrunError as exc:  # no end in the buffer's first `limit` bytes
+            return await self._reader.read(exc.consumed)
 
     async def _end_data(
         self, decoder: DataDecoder, incoming: Incoming, envelope: DsnEnvelope
