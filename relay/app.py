@@ -19,8 +19,9 @@ from relay.abuse.factory import dnsbl_client, suspension_service
 from relay.abuse.monitor import MonitorSettings, ReputationMonitor
 from relay.abuse.traffic import TrafficLog
 from relay.accounts import AccountStore
+from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
-from relay.config import Settings
+from relay.config import AuthGuardSettings, Settings
 from relay.delivery.egress_state import egress_state
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
@@ -74,6 +75,15 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             await asyncio.to_thread(embedded.stop)
 
 
+def hashing_queue(guard: AuthGuardSettings) -> HashingQueue:
+    """The bounded queue of the submission listeners' password checks."""
+    return HashingQueue(
+        HashAdmission(
+            threads=default_threads(), queue=guard.hash_queue, known_queue=guard.hash_queue_known
+        )
+    )
+
+
 def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
     if settings.sender_auth.spf == "off":
         return None
@@ -117,7 +127,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             deadline=settings.reputation.data_check_deadline.seconds,
         )
         service = SubmissionService(
-            accounts=AccountStore(redis, clock),
+            accounts=AccountStore(
+                redis, clock, hashing=hashing_queue(settings.submission.auth_guard)
+            ),
             queue=queue,
             quota=quota,
             content_check=guard.check if settings.reputation.data_check else None,

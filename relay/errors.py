@@ -27,3 +27,15 @@ class EmbeddedRedisError(RelayError):
 
 class DeliveryError(RelayError):
     """A delivery attempt failed before any recipient outcome was known."""
+
+
+class Busy(RelayError):
+    """A bounded resource (the password-hashing queue) is full: the client tries later."""
+
+
+class AuthLocked(RelayError):
+    """An AUTH attempt refused because its login or address is locked (brute force)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply

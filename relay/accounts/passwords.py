@@ -1,16 +1,14 @@
-"""Password hashing with argon2id. Slow on purpose (~25 ms of CPU): it runs on its own small
-thread pool, and a session that logs in again with the same password is not hashed again."""
+"""Password hashing with argon2id. Slow on purpose (~20 ms of CPU): it runs on a few threads
+behind a bounded queue (relay/accounts/hashing.py), and a session that logs in again with
+the same password is not hashed again (`VerifiedCache`)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -34,21 +32,6 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
 def generate_password() -> str:
     return secrets.token_urlsafe(18)
-
-
-# argon2 releases the GIL: with more hashing threads than cores, a burst of logins starves
-# the event loop that serves every session. One core is left to the loop.
-_POOL = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="kdf")
-
-
-async def hash_off_loop(password: str) -> str:
-    return await asyncio.get_running_loop().run_in_executor(_POOL, hash_password, password)
-
-
-async def verify_off_loop(password_hash: str | None, password: str) -> bool:
-    return await asyncio.get_running_loop().run_in_executor(
-        _POOL, verify_password, password_hash, password
-    )
 
 
 class VerifiedCache:

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from relay.accounts.passwords import VerifiedCache, hash_off_loop, verify_off_loop
+from relay.accounts.hashing import HashingQueue, shared_queue
+from relay.accounts.passwords import VerifiedCache
 from relay.clock import Clock
-from relay.errors import InvalidInput, NotFound
+from relay.errors import Busy, InvalidInput, NotFound
 from relay.redis_client import load_script, store_errors, text, text_dict
 
-__all__ = ["Account", "AccountStore", "validate_login", "validate_password"]
+__all__ = [
+    "Account",
+    "AccountStore",
+    "unknown_login",
+    "validate_login",
+    "validate_password",
+]
 
 _LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=-]{0,127}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 MIN_PASSWORD_LENGTH = 8
 _INDEX = "accounts"
+_LOG_KEY = secrets.token_bytes(32)
+"""Key of the tags that stand for unknown logins in logs (never leaves this process)."""
 
 
 def validate_login(login: str) -> str:
@@ -52,18 +65,21 @@ class Account:
 
 
 class AccountStore:
-    def __init__(self, redis: aioredis.Redis, clock: Clock) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, clock: Clock, hashing: HashingQueue | None = None
+    ) -> None:
         self._redis = redis
         self._clock = clock
         self._create = load_script(redis, __file__, "create.lua")
         self._verified = VerifiedCache()
+        self._hashing = hashing or shared_queue()
 
     async def add(self, login: str, password: str, email: str = "") -> Account:
         validate_login(login)
         validate_password(password)
         if email and not _EMAIL.fullmatch(email):
             raise InvalidInput(f"invalid contact email {email!r}")
-        password_hash = await hash_off_loop(password)
+        password_hash = await self._hashing.hash(password)
         account = Account(login=login, email=email, created_at=self._clock.now())
         fields = {
             "login": login,
@@ -100,7 +116,7 @@ class AccountStore:
     async def set_password(self, login: str, password: str) -> None:
         await self.require(login)
         validate_password(password)
-        password_hash = await hash_off_loop(password)
+        password_hash = await self._hashing.hash(password)
         with store_errors():
             await self._redis.hset(_key(login), "password", password_hash)
 
@@ -110,22 +126,55 @@ class AccountStore:
             await self._redis.delete(_key(login))
             await self._redis.srem(_INDEX, login)
 
-    async def authenticate(self, login: str, password: str) -> Account | None:
-        """The account when the password matches; None otherwise (unknown login included)."""
+    async def authenticate(
+        self,
+        login: str,
+        password: str,
+        *,
+        known: bool = False,
+        before_hash: Callable[[], Awaitable[None]] | None = None,
+    ) -> Account | None:
+        """The account when the password matches; None otherwise (unknown login included).
+
+        A password not in the cache of verified logins is hashed: first `before_hash` runs
+        (the AUTH guard counts the attempt as failed until it succeeds, and may refuse it by
+        raising), then the check queues for a hashing thread, in the first lane when
+        `known` (the client's address is one the login succeeded from). Raises `Busy` when
+        its lane is full."""
         fields = await self._fields(login) if _LOGIN.fullmatch(login) else {}
         stored = fields.get("password")
         if stored and self._verified.hit(login, stored, password):
             return _account(fields)
-        if not await verify_off_loop(stored, password):
+        if self._hashing.full(known=known):
+            raise Busy("no room in the hashing queue")
+        if before_hash is not None:
+            await before_hash()
+        if not await self._hashing.verify(stored, password, known=known):
             return None
         assert stored is not None
         self._verified.remember(login, stored, password)
         return _account(fields)
 
+    async def log_name(self, login: str) -> str:
+        """How a login someone typed appears in logs: as itself when it is an account, else
+        as `unknown:` and a keyed hash, so that a password typed into the login field never
+        reaches the logs (the same unknown login gets the same tag within one process)."""
+        if _LOGIN.fullmatch(login):
+            with store_errors():
+                if await self._redis.exists(_key(login)):
+                    return login
+        return unknown_login(login)
+
     async def _fields(self, login: str) -> dict[str, str]:
         with store_errors():
             raw = await self._redis.hgetall(_key(login))
         return text_dict(raw)
+
+
+def unknown_login(login: str) -> str:
+    """The log tag of a login that is not an account (or could not be looked up)."""
+    mac = hmac.new(_LOG_KEY, login.encode("utf-8", "surrogateescape"), hashlib.sha256)
+    return f"unknown:{mac.hexdigest()[:10]}"
 
 
 def _account(fields: dict[str, str]) -> Account:

@@ -11,7 +11,7 @@ import structlog
 
 from quota import QuotaStore, QuotaUnavailable
 from relay import replies
-from relay.accounts import Account, AccountStore
+from relay.accounts import Account, AccountStore, unknown_login
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
@@ -46,7 +46,16 @@ class Submitted:
 class Submission(Protocol):
     """What the SMTP handler needs; tests can drive the server with a fake."""
 
-    async def authenticate(self, login: str, password: str) -> Account | None: ...
+    async def authenticate(
+        self,
+        login: str,
+        password: str,
+        *,
+        known: bool = False,
+        before_hash: Callable[[], Awaitable[None]] | None = None,
+    ) -> Account | None: ...
+
+    async def log_name(self, login: str) -> str: ...
 
     async def check_sender(self, account: str, address: str, tx: str) -> str | None: ...
 
@@ -98,9 +107,27 @@ class SubmissionService:
         """Transaction → header lines to add at acceptance (the SPF warning)."""
         """Remembers queue id → account, to find the sender of a message complained about."""
 
-    async def authenticate(self, login: str, password: str) -> Account | None:
+    async def authenticate(
+        self,
+        login: str,
+        password: str,
+        *,
+        known: bool = False,
+        before_hash: Callable[[], Awaitable[None]] | None = None,
+    ) -> Account | None:
+        """See `AccountStore.authenticate` (raises `Busy` when the hashing queue is full)."""
         async with asyncio.timeout(self._store_timeout + 5.0):  # + time to hash
-            return await self._accounts.authenticate(login, password)
+            return await self._accounts.authenticate(
+                login, password, known=known, before_hash=before_hash
+            )
+
+    async def log_name(self, login: str) -> str:
+        """The login as logs may show it: itself for an account, else a keyed tag."""
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                return await self._accounts.log_name(login)
+        except (StoreUnavailable, TimeoutError):
+            return unknown_login(login)
 
     async def check_sender(self, account: str, address: str, tx: str) -> str | None:
         """A refusal reply for this reverse-path, or None. Any sender is allowed (contract),
