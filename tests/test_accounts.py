@@ -61,9 +61,7 @@ class CountingQueue(HashingQueue):
         return await super().verify(password_hash, password, known=known)
 
 
-async def test_a_repeated_login_skips_the_hash_but_never_a_wrong_or_changed_password(
-    redis, clock
-):
+async def test_a_repeated_login_skips_the_hash_but_never_a_wrong_or_changed_password(redis, clock):
     hashing = CountingQueue()
     accounts = AccountStore(redis, clock, hashing=hashing)
     await accounts.add("gina", "password-one")

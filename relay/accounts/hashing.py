@@ -86,6 +86,10 @@ class HashingQueue:
         self._running = 0
         self._lanes: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
 
+    def close(self) -> None:
+        """Let the hashing threads end once the checks they run are done."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def waiting(self) -> dict[Lane, int]:
         return {lane: len(queue) for lane, queue in self._lanes.items()}
 

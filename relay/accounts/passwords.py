@@ -44,19 +44,27 @@ class VerifiedCache:
         self._key = secrets.token_bytes(32)
         self._ttl = ttl
         self._size = size
-        self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str, float, bytes]] = OrderedDict()
+        """login → (the stored hash it was verified against, expiry, HMAC of the password)"""
 
     def _mac(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
 
     def hit(self, login: str, password_hash: str, password: str) -> bool:
-        entry = self._entries.get((login, password_hash))
-        if entry is None or entry[0] < time.monotonic():
-            return False
-        return hmac.compare_digest(entry[1], self._mac(password))
+        entry = self._entries.get(login)
+        return entry is not None and entry[0] == password_hash and self._matches(entry, password)
+
+    def may_hit(self, login: str, password: str) -> bool:
+        """Whether `hit` can be true whatever the stored hash turns out to be: when not, a
+        check that must wait for hashing can be refused before anything is read."""
+        entry = self._entries.get(login)
+        return entry is not None and self._matches(entry, password)
+
+    def _matches(self, entry: tuple[str, float, bytes], password: str) -> bool:
+        return entry[1] >= time.monotonic() and hmac.compare_digest(entry[2], self._mac(password))
 
     def remember(self, login: str, password_hash: str, password: str) -> None:
-        self._entries[(login, password_hash)] = (time.monotonic() + self._ttl, self._mac(password))
-        self._entries.move_to_end((login, password_hash))
+        self._entries[login] = (password_hash, time.monotonic() + self._ttl, self._mac(password))
+        self._entries.move_to_end(login)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)

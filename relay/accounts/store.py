@@ -141,6 +141,9 @@ class AccountStore:
         raising), then the check queues for a hashing thread, in the first lane when
         `known` (the client's address is one the login succeeded from). Raises `Busy` when
         its lane is full."""
+        # Under a flood, most checks are refused here, before any Redis round trip.
+        if self._hashing.full(known=known) and not self._verified.may_hit(login, password):
+            raise Busy("no room in the hashing queue")
         fields = await self._fields(login) if _LOGIN.fullmatch(login) else {}
         stored = fields.get("password")
         if stored and self._verified.hit(login, stored, password):
