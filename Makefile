@@ -38,8 +38,9 @@ clean:
 
 # Measured, never timed tests: the relay side by side with a throwaway Postfix (installed
 # here with apt when missing and root; without it, our numbers only), whole-path throughput
-# against a direct-to-sink baseline, and quota decisions/s against a bare Redis round trip
-# (loopback only; JSON in var/bench/). `make test` never needs Postfix.
+# against a direct-to-sink baseline, quota decisions/s against a bare Redis round trip, and a
+# customer's login during an AUTH flood against no flood (loopback only; JSON in var/bench/).
+# `make test` never needs Postfix.
 bench: $(STAMP)
 	bash bench/install-postfix.sh
 	$(BIN)/python -m bench.scenarios
@@ -47,3 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.quota
 	$(BIN)/python -m bench.dkim
 	$(BIN)/python -m bench.reputation
+	$(BIN)/python -m bench.auth_flood
