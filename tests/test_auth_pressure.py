@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from relay.accounts.hashing import Admit, HashAdmission, HashingQueue, Lane
 from relay.accounts.passwords import hash_password
-from relay.errors import Busy
-from relay.submission.guard import AuthPolicy
+from relay.errors import AuthLocked, Busy
+from relay.submission.guard import AuthGuard, AuthPolicy, AuthState, Streak
 from tests.conftest import PASSWORD, add_sender
 from tests.support.guarded import RawClient, guarded_stack
 
@@ -86,6 +86,42 @@ async def test_a_waiter_that_goes_away_gives_its_turn_on():
         assert hashing.waiting() == {Lane.KNOWN: 0, Lane.OTHER: 0}
     finally:
         hashing.close()
+
+
+# --- the guard's count before hashing, on a real Redis ---
+
+
+async def test_a_count_taken_back_leaves_the_streaks_as_they_were(redis, clock):
+    guard = AuthGuard(redis, AuthPolicy(lock_after=5, ip_lock_after=9), clock)
+    ip = "127.0.0.50"
+    for _ in range(2):
+        failed = await guard.check("bob", ip)
+        await guard.count(failed)
+        assert await guard.failure(failed, "bob") == 0.0
+    before = clock.now()
+    clock.advance(100)
+    right = await guard.check("alice", ip)
+    await guard.count(right)
+    assert (await guard.state("alice", ip, clock.now())).ip == Streak(3, clock.now())
+    await guard.success(right)  # the right password: the address's count is taken back
+    unchecked = await guard.check("bob", ip)
+    await guard.count(unchecked)
+    await guard.uncount(unchecked)  # never checked (queue full): not a failure either
+    assert await guard.state("bob", ip, clock.now()) == AuthState(
+        Streak(2, before), Streak(2, before), 0.0
+    )
+
+
+async def test_the_count_refuses_at_the_threshold_and_counts_nothing_then(redis, clock):
+    guard = AuthGuard(redis, AuthPolicy(lock_after=3, ip_lock_after=100), clock)
+    attempts = [await guard.check("carol", f"127.0.0.{51 + n}") for n in range(5)]
+    assert all(a.locked is None for a in attempts), "all read before any was counted"
+    outcomes = await asyncio.gather(*(guard.count(a) for a in attempts), return_exceptions=True)
+    assert sum(o is None for o in outcomes) == 3
+    assert all(isinstance(o, AuthLocked) for o in outcomes if o is not None)
+    assert {a.locked.subject for a in attempts if a.locked} == {"login"}
+    state = await guard.state("carol", "127.0.0.51", clock.now())
+    assert state.login.failures == 3, "the refused ones were not counted"
 
 
 # --- over real sockets, TLS and Redis ---
