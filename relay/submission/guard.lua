@@ -10,9 +10,10 @@
 -- ARGV[7]  try: failures at which the subject is locked (0: never); undo: the `last` that
 --          the try wrote (ARGV[2] of that call)
 -- ARGV[8]  try: lockout (seconds); undo: `last` as it was before the try
--- Returns  {n, last, seen, admitted}: n and last after this call; seen (get only): when the
---          login last succeeded from ARGV[4], "0" when never or longer than ARGV[5] ago;
---          admitted (try only): 1 when counted, 0 when refused (locked: nothing written).
+-- Returns  {n, last, seen, admitted, before}: n and last after this call; seen (get only):
+--          when the login last succeeded from ARGV[4], "0" when never or longer than ARGV[5]
+--          ago; admitted (try only): 1 when counted, 0 when refused (locked: nothing
+--          written); before: `last` as it was before this call (what "undo" restores).
 --
 -- "try" counts a failure before the password is checked, and refuses instead when the
 -- subject is locked, in one step: N concurrent guesses get N different counts, so no more
@@ -34,33 +35,38 @@ if mode == 'get' then
       known = seen
     end
   end
-  return {n, last, known, 0}
+  return {n, last, known, 0, last}
 elseif mode == 'try' then
   local limit = tonumber(ARGV[7])
   if limit > 0 and n >= limit and now < tonumber(last) + tonumber(ARGV[8]) then
-    return {n, last, '0', 0}
+    return {n, last, '0', 0, last}
+  end
+  if n == 0 then
+    last = '0'  -- a forgotten streak: nothing to restore
   end
   n = n + 1
   redis.call('HSET', KEYS[1], 'n', n, 'last', ARGV[2])
   redis.call('EXPIRE', KEYS[1], math.ceil(forget))
-  return {n, ARGV[2], '0', 1}
+  return {n, ARGV[2], '0', 1, last}
 elseif mode == 'undo' then
   if n <= 1 then
     redis.call('DEL', KEYS[1])
-    return {0, '0', '0', 0}
+    return {0, '0', '0', 0, last}
   end
+  local before = last
   n = n - 1
   redis.call('HSET', KEYS[1], 'n', n)
   if last == ARGV[7] and tonumber(ARGV[8]) > 0 then
     last = ARGV[8]
     redis.call('HSET', KEYS[1], 'last', last)
   end
-  return {n, last, '0', 0}
+  return {n, last, '0', 0, before}
 elseif mode == 'fail' then
+  local before = last
   n = n + 1
   redis.call('HSET', KEYS[1], 'n', n, 'last', ARGV[2])
   redis.call('EXPIRE', KEYS[1], math.ceil(forget))
-  return {n, ARGV[2], '0', 0}
+  return {n, ARGV[2], '0', 0, before}
 else
   redis.call('DEL', KEYS[1])
   local ttl = tonumber(ARGV[5])
@@ -70,5 +76,5 @@ else
     redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
     redis.call('EXPIRE', KEYS[2], math.ceil(ttl))
   end
-  return {0, '0', ARGV[2], 0}
+  return {0, '0', ARGV[2], 0, last}
 end

@@ -192,8 +192,9 @@ class Counted:
 
     stamp: str
     """The `last` it wrote (as Redis holds it)."""
-    login_before: Streak
-    ip_before: Streak
+    login_before: str
+    ip_before: str
+    """`last` of the login / the address as it was before (what taking it back restores)."""
     login_failures: int
     ip_failures: int
     """Failures of the login / the address with this attempt counted."""
@@ -254,35 +255,28 @@ class AuthGuard:
         """Count the attempt as failed before its password is hashed; raises `AuthLocked`
         (and sets `attempt.locked`) when a concurrent attempt got there first."""
         now = self._clock.now()
+        stamp = repr(now)
         login_limit, ip_limit = self.policy.limits(known_ip=attempt.known)
+        login_tag, ip_tag = _login_tag(attempt.login), _ip_tag(attempt.ip)
         try:
             async with asyncio.timeout(self._timeout):
-                (login_streak, login_ok), (ip_streak, ip_ok) = await asyncio.gather(
-                    self._try(_login_tag(attempt.login), now, login_limit),
-                    self._try(_ip_tag(attempt.ip), now, ip_limit),
+                login, ip = await asyncio.gather(
+                    self._try(login_tag, stamp, login_limit), self._try(ip_tag, stamp, ip_limit)
                 )
-                if login_ok and ip_ok:
-                    before = attempt.state or AuthState(Streak(), Streak(), 0.0)
+                if login.counted and ip.counted:
                     attempt.counted = Counted(
-                        repr(now),
-                        before.login,
-                        before.ip,
-                        login_streak.failures,
-                        ip_streak.failures,
+                        stamp, login.before, ip.before, login.streak.failures, ip.streak.failures
                     )
                     return
-                # Refused: take back the half that was counted.
-                stamp = repr(now)
-                before = attempt.state or AuthState(Streak(), Streak(), 0.0)
-                if login_ok:
-                    await self._undo(_login_tag(attempt.login), now, stamp, before.login)
-                if ip_ok:
-                    await self._undo(_ip_tag(attempt.ip), now, stamp, before.ip)
+                # Refused by one subject: take back what the other counted.
+                for tried, tag in ((login, login_tag), (ip, ip_tag)):
+                    if tried.counted:
+                        await self._undo(tag, now, stamp, tried.before)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
             return
-        refused = ip_streak if not ip_ok else login_streak
-        attempt.locked = Locked("ip" if not ip_ok else "login", refused.last + self.policy.lockout)
+        subject, refused = ("ip", ip) if not ip.counted else ("login", login)
+        attempt.locked = Locked(subject, refused.streak.last + self.policy.lockout)
         raise AuthLocked(attempt.locked.reply(now))
 
     def refused(self, attempt: Attempt, shown: str) -> str:
@@ -385,40 +379,52 @@ class AuthGuard:
         """End the login's streak and remember the address (the address's streak stays)."""
         await self._call("ok", _login_tag(login), now, client_key(ip))
 
-    async def _try(self, tag: str, now: float, limit: int) -> tuple[Streak, bool]:
-        """(the streak, counted): counted unless it is locked at `limit` failures."""
-        streak, _, admitted = await self._run("try", tag, now, "", limit, repr(self.policy.lockout))
-        return streak, admitted
+    async def _try(self, tag: str, stamp: str, limit: int) -> _Tried:
+        """Count one failure unless the subject is locked at `limit` failures (0: never)."""
+        raw = await self._raw("try", tag, stamp, "", limit, repr(self.policy.lockout))
+        failures, last, _, admitted, before = raw
+        return _Tried(Streak(int(failures), float(last)), bool(int(admitted)), _text(before))
 
-    async def _undo(self, tag: str, now: float, stamp: str, before: Streak) -> None:
-        await self._run("undo", tag, now, "", stamp, repr(before.last))
+    async def _undo(self, tag: str, now: float, stamp: str, before: str) -> None:
+        await self._raw("undo", tag, repr(now), "", stamp, before)
 
     async def _call(self, mode: str, tag: str, now: float, ip: str) -> tuple[Streak, float]:
-        streak, seen, _ = await self._run(mode, tag, now, ip, 0, "0")
-        return streak, seen
+        failures, last, seen, _, _ = await self._raw(mode, tag, repr(now), ip, 0, "0")
+        return Streak(int(failures), float(last)), float(seen)
 
-    async def _run(
-        self, mode: str, tag: str, now: float, ip: str, extra: int | str, extra2: str
-    ) -> tuple[Streak, float, bool]:
+    async def _raw(
+        self, mode: str, tag: str, now: str, ip: str, arg7: int | str, arg8: str
+    ) -> list[bytes | int]:
         policy = self.policy
         try:
-            raw = await self._script(
+            raw: list[bytes | int] = await self._script(
                 keys=[f"{tag}:streak", f"{tag}:known"],
                 args=[
                     mode,
-                    repr(now),
+                    now,
                     repr(policy.forget_after),
                     ip,
                     repr(policy.known_ip_for),
                     _KNOWN_MAX,
-                    extra,
-                    extra2,
+                    arg7,
+                    arg8,
                 ],
             )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
-        failures, last, seen, admitted = raw
-        return Streak(int(failures), float(last)), float(seen), bool(int(admitted))
+        return raw
+
+
+@dataclass(frozen=True)
+class _Tried:
+    streak: Streak
+    counted: bool
+    before: str
+    """`last` before this count, as Redis held it."""
+
+
+def _text(value: bytes | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ConnectionLimits:
