@@ -109,7 +109,7 @@ class SubmissionHandler:
             return await self._refused(guard, attempt)
         except (Busy, StoreUnavailable, TimeoutError) as exc:
             if guard is not None and attempt is not None:
-                await guard.uncount(attempt)  # the password was never checked
+                await guard.uncount(attempt)  # not checked, or never answered: no failure
             if isinstance(exc, Busy):
                 log.info("auth.busy", peer=peer)
                 reply = replies.AUTH_BUSY

@@ -150,7 +150,7 @@ class SubmissionSMTP(SMTP):
             raise
         except Exception as error:
             peer = _peer_ip(self.session.peer if self.session else None)
-            log_handshake_failure(peer, error, self.tls_handshake_timeout)
+            _log_handshake_failure(peer, error, self.tls_handshake_timeout)
             # aiosmtpd closes the connection and ends the session on this exception.
             raise _HandshakeFailed() from error
 
@@ -283,7 +283,7 @@ def _peer_ip(peer: object) -> str:
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
-def log_handshake_failure(peer: str, error: BaseException | None, timeout: float) -> None:
+def _log_handshake_failure(peer: str, error: BaseException | None, timeout: float) -> None:
     """One line for a TLS handshake that did not complete (scanners, clients that do not
     trust the certificate, clients that stall): never a traceback."""
     if isinstance(error, ConnectionAbortedError):  # asyncio's handshake timeout
@@ -326,7 +326,7 @@ class _ImplicitTls(sslproto.SSLProtocol):
             return
         error = waiter.exception()
         if error is not None:
-            log_handshake_failure(self._peer, error, timeout)
+            _log_handshake_failure(self._peer, error, timeout)
 
 
 def _protocol_class(settings: SubmissionSettings) -> type[SubmissionSMTP]:
