@@ -124,6 +124,18 @@ async def test_the_count_refuses_at_the_threshold_and_counts_nothing_then(redis,
     assert state.login.failures == 3, "the refused ones were not counted"
 
 
+async def test_with_no_room_a_guess_from_an_unknown_address_is_busy_after_one_read(redis, clock):
+    guard = AuthGuard(redis, AuthPolicy(), clock)
+    await guard.succeeded("alice", "127.0.0.60", clock.now())
+    no_room_for_unknown = lambda known: not known  # noqa: E731
+    stranger = await guard.check("alice", "127.0.0.61", no_room=no_room_for_unknown)
+    assert stranger.busy and stranger.state is None
+    customer = await guard.check("alice", "127.0.0.60", no_room=no_room_for_unknown)
+    assert not customer.busy and customer.known and customer.state is not None
+    relaxed = await guard.check("alice", "127.0.0.61", no_room=lambda known: False)
+    assert not relaxed.busy and not relaxed.known
+
+
 # --- over real sockets, TLS and Redis ---
 
 

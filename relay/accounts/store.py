@@ -142,7 +142,7 @@ class AccountStore:
         `known` (the client's address is one the login succeeded from). Raises `Busy` when
         its lane is full."""
         # Under a flood, most checks are refused here, before any Redis round trip.
-        if self._hashing.full(known=known) and not self._verified.may_hit(login, password):
+        if self.no_room(login, password, known=known):
             raise Busy("no room in the hashing queue")
         fields = await self._fields(login) if _LOGIN.fullmatch(login) else {}
         stored = fields.get("password")
@@ -157,6 +157,11 @@ class AccountStore:
         assert stored is not None
         self._verified.remember(login, stored, password)
         return _account(fields)
+
+    def no_room(self, login: str, password: str, *, known: bool) -> bool:
+        """Whether checking this password would need a hashing thread (it is not in the
+        cache of verified logins) and the lane of such an address has no room to wait."""
+        return self._hashing.full(known=known) and not self._verified.may_hit(login, password)
 
     async def log_name(self, login: str) -> str:
         """How a login someone typed appears in logs: as itself when it is an account, else

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import ipaddress
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -214,6 +215,8 @@ class Attempt:
     and its password check goes first in the hashing queue."""
     locked: Locked | None = None
     counted: Counted | None = None
+    busy: bool = False
+    """Refused before anything else: no room in the hashing queue for its address."""
 
 
 class AuthGuard:
@@ -238,12 +241,29 @@ class AuthGuard:
         self._timeout = store_timeout
         self._script = load_script(redis, __file__, "guard.lua")
 
-    async def check(self, login: str, ip: str) -> Attempt:
-        """Read both streaks; `locked` is set when the attempt is refused outright."""
+    async def check(
+        self, login: str, ip: str, *, no_room: Callable[[bool], bool] | None = None
+    ) -> Attempt:
+        """Read both streaks; `locked` is set when the attempt is refused outright.
+
+        `no_room(known)`: whether the password check of an attempt from a known address (or
+        not) would find no room to wait for hashing. While it does for unknown addresses
+        (a flood), the login's streak is read first, and an attempt from an address unknown
+        to the login comes back `busy` without the address's being read: half the Redis work
+        per refused guess, so that the customers' own logins wait less behind them."""
         now = self._clock.now()
         try:
             async with asyncio.timeout(self._timeout):
-                state = await self.state(login, ip, now)
+                if no_room is None or not no_room(False):
+                    state = await self.state(login, ip, now)
+                else:
+                    login_streak, seen = await self._call(
+                        "get", _login_tag(login), now, client_key(ip)
+                    )
+                    if not self.policy.known(seen, now) and no_room(False):
+                        return Attempt(login, ip, None, busy=True)
+                    ip_streak, _ = await self._call("get", _ip_tag(ip), now, "")
+                    state = AuthState(login_streak, ip_streak, seen)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
             return Attempt(login, ip, None)

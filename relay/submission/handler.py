@@ -94,10 +94,13 @@ class SubmissionHandler:
         login = login_raw.decode("utf-8", errors="replace")
         password = password_raw.decode("utf-8", errors="replace")
         guard = self._guard
-        attempt = await guard.check(login, peer) if guard is not None else None
+        no_room = functools.partial(self._service.no_room, login, password)
+        attempt = await guard.check(login, peer, no_room=no_room) if guard is not None else None
         if guard is not None and attempt is not None and attempt.locked is not None:
             return await self._refused(guard, attempt)
         try:
+            if attempt is not None and attempt.busy:
+                raise Busy("no room in the hashing queue")
             account = await self._service.authenticate(
                 login,
                 password,

@@ -57,6 +57,8 @@ class Submission(Protocol):
 
     async def log_name(self, login: str) -> str: ...
 
+    def no_room(self, login: str, password: str, known: bool) -> bool: ...
+
     async def check_sender(self, account: str, address: str, tx: str) -> str | None: ...
 
     def new_transaction(self) -> str: ...
@@ -120,6 +122,10 @@ class SubmissionService:
             return await self._accounts.authenticate(
                 login, password, known=known, before_hash=before_hash
             )
+
+    def no_room(self, login: str, password: str, known: bool) -> bool:
+        """See `AccountStore.no_room`."""
+        return self._accounts.no_room(login, password, known=known)
 
     async def log_name(self, login: str) -> str:
         """The login as logs may show it: itself for an account, else a keyed tag."""
