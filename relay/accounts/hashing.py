@@ -123,7 +123,7 @@ class HashingQueue:
         except BaseException:
             self._release()
             raise
-        job.add_done_callback(lambda _: _call_soon(loop, self._release))
+        job.add_done_callback(lambda _: self._finished(loop))
         return await asyncio.wrap_future(job)
 
     async def _wait_turn(self, lane: Lane) -> None:
@@ -140,6 +140,13 @@ class HashingQueue:
                     self._lanes[lane].remove(turn)
             raise
 
+    def _finished(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A hash ended (in its thread): give its thread on, in the loop."""
+        try:
+            loop.call_soon_threadsafe(self._release)
+        except RuntimeError:  # the loop closed while it ran: nobody there waits any more
+            self._running -= 1
+
     def _release(self) -> None:
         self._running -= 1
         while (lane := self.admission.next_lane(self.waiting())) is not None:
@@ -148,11 +155,6 @@ class HashingQueue:
                 self._running += 1
                 turn.set_result(None)
                 return
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop closed while a hash was running
-        loop.call_soon_threadsafe(callback)
 
 
 _SHARED: HashingQueue | None = None
