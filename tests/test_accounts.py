@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 
 from relay.accounts import AccountStore
@@ -74,3 +76,14 @@ async def test_a_repeated_login_skips_the_hash_but_never_a_wrong_or_changed_pass
     await accounts.set_password("gina", "password-two")
     assert await accounts.authenticate("gina", "password-one") is None, "changed: cache missed"
     assert await accounts.authenticate("gina", "password-two") is not None
+
+
+async def test_the_same_password_checked_at_once_is_hashed_once(redis, clock):
+    hashing = CountingQueue()
+    accounts = AccountStore(redis, clock, hashing=hashing)
+    await accounts.add("hana", "password-one")
+    checks = [accounts.authenticate("hana", "password-one") for _ in range(10)]
+    checks += [accounts.authenticate("hana", "wrong password") for _ in range(10)]
+    results = await asyncio.gather(*checks)
+    assert [r is not None for r in results] == [True] * 10 + [False] * 10
+    assert sorted(hashing.checked) == ["password-one", "wrong password"]

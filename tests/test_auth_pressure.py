@@ -211,6 +211,19 @@ async def test_a_known_customer_logs_in_within_a_second_during_a_flood_of_250_gu
     assert codes.count(454) > 0, "past the queue bound, guesses are refused at once"
 
 
+async def test_an_application_opening_many_sessions_at_once_is_neither_locked_nor_busy(
+    redis, clock, server_cert, ca
+):
+    """The same login and password checked 40 times at once are one guess, hashed once:
+    counted before hashing, they would lock the login (10) and fill the queue (4)."""
+    await add_sender(redis, "alice")
+    async with guarded_stack(redis, clock, server_cert, ca, auth_guard={"hash_queue": 4}) as stack:
+        results = await asyncio.gather(
+            *(attempt(stack, "alice", PASSWORD, "127.0.0.85") for _ in range(40))
+        )
+    assert [code for code, _ in results] == [235] * 40, results
+
+
 async def test_a_password_typed_as_the_login_never_reaches_the_logs(redis, clock, server_cert, ca):
     await add_sender(redis, "alice")
     typed = "Tr0ub4dor-and-3"  # the password, typed into the login field

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -73,6 +74,9 @@ class AccountStore:
         self._create = load_script(redis, __file__, "create.lua")
         self._verified = VerifiedCache()
         self._hashing = hashing or shared_queue()
+        self._key = secrets.token_bytes(32)
+        self._checking: dict[tuple[str, bytes], tuple[str | None, asyncio.Future[bool | None]]] = {}
+        """(login, keyed hash of the password) → (stored hash, answer) of the checks running."""
 
     async def add(self, login: str, password: str, email: str = "") -> Account:
         validate_login(login)
@@ -140,7 +144,9 @@ class AccountStore:
         (the AUTH guard counts the attempt as failed until it succeeds, and may refuse it by
         raising), then the check queues for a hashing thread, in the first lane when
         `known` (the client's address is one the login succeeded from). Raises `Busy` when
-        its lane is full."""
+        its lane is full. The same login and password already being checked (an application
+        opening 50 sessions at once) are not hashed again: this check takes that one's
+        answer, without `before_hash` (it is the same guess)."""
         # Under a flood, most checks are refused here, before any Redis round trip.
         if self.no_room(login, password, known=known):
             raise Busy("no room in the hashing queue")
@@ -148,20 +154,61 @@ class AccountStore:
         stored = fields.get("password")
         if stored and self._verified.hit(login, stored, password):
             return _account(fields)
-        if self._hashing.full(known=known):
-            raise Busy("no room in the hashing queue")
-        if before_hash is not None:
-            await before_hash()
-        if not await self._hashing.verify(stored, password, known=known):
+        ok = await self._same_check(login, password, stored)
+        if ok is None:
+            ok = await self._check(login, password, stored, known, before_hash)
+        if not ok:
             return None
         assert stored is not None
         self._verified.remember(login, stored, password)
         return _account(fields)
 
+    async def _same_check(self, login: str, password: str, stored: str | None) -> bool | None:
+        """The answer of the identical check in flight; None when there is none (or it
+        never answered: the caller then checks by itself)."""
+        pending = self._checking.get((login, self._fingerprint(password)))
+        if pending is None or pending[0] != stored:
+            return None
+        return await asyncio.shield(pending[1])
+
+    async def _check(
+        self,
+        login: str,
+        password: str,
+        stored: str | None,
+        known: bool,
+        before_hash: Callable[[], Awaitable[None]] | None,
+    ) -> bool:
+        if self._hashing.full(known=known):
+            raise Busy("no room in the hashing queue")
+        # In flight from here on (no await before), so that identical checks arriving while
+        # this one is counted and queued wait for its answer instead of counting again.
+        key = (login, self._fingerprint(password))
+        answer: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._checking[key] = (stored, answer)
+        ok: bool | None = None
+        try:
+            if before_hash is not None:
+                await before_hash()
+            ok = await self._hashing.verify(stored, password, known=known)
+            return ok
+        finally:
+            answer.set_result(ok)  # None when it never answered (refused, cancelled)
+            if self._checking.get(key, (None, None))[1] is answer:
+                del self._checking[key]
+
+    def _fingerprint(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode("utf-8", "surrogateescape"), "sha256").digest()
+
     def no_room(self, login: str, password: str, *, known: bool) -> bool:
-        """Whether checking this password would need a hashing thread (it is not in the
-        cache of verified logins) and the lane of such an address has no room to wait."""
-        return self._hashing.full(known=known) and not self._verified.may_hit(login, password)
+        """Whether checking this password would need a hashing thread (it is neither in the
+        cache of verified logins nor being checked already) and the lane of such an address
+        has no room to wait."""
+        return (
+            self._hashing.full(known=known)
+            and not self._verified.may_hit(login, password)
+            and (login, self._fingerprint(password)) not in self._checking
+        )
 
     async def log_name(self, login: str) -> str:
         """How a login someone typed appears in logs: as itself when it is an account, else
