@@ -40,7 +40,8 @@ clean:
 # AUTH, the fair baseline) and a Postfix without AUTH (installed here with apt when missing
 # and root; without them, our numbers only), with Redis commands and round trips per message;
 # whole-path throughput against a direct-to-sink baseline, and quota decisions/s against a
-# bare Redis round trip (loopback only; JSON in var/bench/). `make test` never needs Postfix.
+# bare Redis round trip, and a customer's login during an AUTH flood against no flood
+# (loopback only; JSON in var/bench/). `make test` never needs Postfix.
 bench: $(STAMP)
 	bash bench/install-postfix.sh
 	$(BIN)/python -m bench.scenarios
@@ -48,3 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.quota
 	$(BIN)/python -m bench.dkim
 	$(BIN)/python -m bench.reputation
+	$(BIN)/python -m bench.auth_flood

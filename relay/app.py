@@ -21,8 +21,9 @@ from relay.abuse.factory import dnsbl_client, suspension_service
 from relay.abuse.monitor import MonitorSettings, ReputationMonitor
 from relay.abuse.traffic import TrafficLog
 from relay.accounts import AccountStore
+from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
-from relay.config import Settings
+from relay.config import AuthGuardSettings, Settings
 from relay.delivery.egress_state import egress_state
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
@@ -103,6 +104,15 @@ def warn_if_insecure(url: str) -> None:
         log.warning("redis.insecure", url=redact_url(url), problem=problem)
 
 
+def hashing_queue(guard: AuthGuardSettings) -> HashingQueue:
+    """The bounded queue of the submission listeners' password checks."""
+    return HashingQueue(
+        HashAdmission(
+            threads=default_threads(), queue=guard.hash_queue, known_queue=guard.hash_queue_known
+        )
+    )
+
+
 def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
     if settings.sender_auth.spf == "off":
         return None
@@ -155,7 +165,9 @@ async def serve(
             deadline=settings.reputation.data_check_deadline.seconds,
         )
         service = SubmissionService(
-            accounts=AccountStore(redis, clock),
+            accounts=AccountStore(
+                redis, clock, hashing=hashing_queue(settings.submission.auth_guard)
+            ),
             queue=queue,
             quota=quota,
             content_check=guard.check if _checks_content(settings) else None,

@@ -168,8 +168,19 @@ class SubmissionTimeouts(Section):
     data: DurationField = Duration(600.0)
     """Time allowed for the whole DATA transfer."""
     tls_handshake: DurationField = Duration(30.0)
-    """Time allowed for the TLS handshake of the implicit-TLS listener (a session, and its
-    place in the per-address count, only begins once it is done)."""
+    """Time allowed for a TLS handshake, on either listener (implicit TLS: a session, and
+    its place in the per-address count, only begins once it is done; STARTTLS: the
+    handshake that follows the command). A failed or late handshake is one log line."""
+    pre_auth: DurationField = Duration(60.0)
+    """Time from connect within which a session must authenticate, whatever it sends
+    meanwhile (a NOOP every few seconds does not keep a connection slot); then `421 4.7.0`."""
+
+    @field_validator("tls_handshake", "pre_auth")
+    @classmethod
+    def _positive(cls, value: Duration) -> Duration:
+        if value.seconds <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class AuthGuardSettings(Section):
@@ -190,6 +201,11 @@ class AuthGuardSettings(Section):
     lockout: DurationField = Duration(900.0)
     known_ip_for: DurationField = Duration(30 * 86400.0)
     """An address a login succeeded from stays exempt from that login's lock this long."""
+    hash_queue: int = Field(32, ge=0)
+    """Password checks from addresses unknown to their login that may wait for a hashing
+    thread (process-wide); more get `454 4.7.0` at once instead of slowing every login."""
+    hash_queue_known: int = Field(256, ge=1)
+    """The same for addresses the login succeeded from (`known_ip_for`): served first."""
 
 
 class SubmissionSettings(Section):

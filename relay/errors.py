@@ -31,3 +31,15 @@ class DeliveryError(RelayError):
 
 class VerificationFailed(RelayError):
     """A sender identity could not be verified: its DNS token is missing, or DNS failed."""
+
+
+class Busy(RelayError):
+    """A bounded resource (the password-hashing queue) is full: the client tries later."""
+
+
+class AuthLocked(RelayError):
+    """An AUTH attempt refused because its login or address is locked (brute force)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply

@@ -85,6 +85,8 @@ HEADER_TOO_BIG = Reply(552, "5.3.4", "Header section too large (limit {limit} by
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, please try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed logins; try again in {wait}")
+AUTH_BUSY = Reply(454, "4.7.0", "Too many logins in progress, try again later")
+PRE_AUTH_TIMEOUT = Reply(421, "4.7.0", "Not authenticated in time, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Too many connections, try again later")
 TOO_MANY_FROM_IP = Reply(421, "4.7.0", "Too many connections from {ip}, try again later")
 

@@ -1,6 +1,9 @@
+import asyncio
+
 import pytest
 
 from relay.accounts import AccountStore
+from relay.accounts.hashing import HashAdmission, HashingQueue
 from relay.errors import InvalidInput, NotFound
 
 
@@ -50,25 +53,37 @@ async def test_passwd_and_remove(accounts):
         await accounts.set_password("frank", "password3")
 
 
-async def test_a_repeated_login_skips_the_hash_but_never_a_wrong_or_changed_password(
-    accounts, monkeypatch
-):
-    from relay.accounts import store as store_module
+class CountingQueue(HashingQueue):
+    def __init__(self) -> None:
+        super().__init__(HashAdmission(threads=1))
+        self.checked: list[str] = []
 
+    async def verify(self, password_hash, password, *, known):
+        self.checked.append(password)
+        return await super().verify(password_hash, password, known=known)
+
+
+async def test_a_repeated_login_skips_the_hash_but_never_a_wrong_or_changed_password(redis, clock):
+    hashing = CountingQueue()
+    accounts = AccountStore(redis, clock, hashing=hashing)
     await accounts.add("gina", "password-one")
     assert await accounts.authenticate("gina", "password-one") is not None
-    calls = []
-
-    async def counting(stored, password):
-        calls.append(password)
-        return False
-
-    monkeypatch.setattr(store_module, "verify_off_loop", counting)
+    assert hashing.checked == ["password-one"]
     assert await accounts.authenticate("gina", "password-one") is not None, "from the cache"
-    assert calls == []
+    assert hashing.checked == ["password-one"]
     assert await accounts.authenticate("gina", "wrong password") is None
-    assert calls == ["wrong password"], "a wrong password is always checked in full"
-    monkeypatch.undo()
+    assert hashing.checked[1:] == ["wrong password"], "a wrong password is always checked in full"
     await accounts.set_password("gina", "password-two")
     assert await accounts.authenticate("gina", "password-one") is None, "changed: cache missed"
     assert await accounts.authenticate("gina", "password-two") is not None
+
+
+async def test_the_same_password_checked_at_once_is_hashed_once(redis, clock):
+    hashing = CountingQueue()
+    accounts = AccountStore(redis, clock, hashing=hashing)
+    await accounts.add("hana", "password-one")
+    checks = [accounts.authenticate("hana", "password-one") for _ in range(10)]
+    checks += [accounts.authenticate("hana", "wrong password") for _ in range(10)]
+    results = await asyncio.gather(*checks)
+    assert [r is not None for r in results] == [True] * 10 + [False] * 10
+    assert sorted(hashing.checked) == ["password-one", "wrong password"]

@@ -68,6 +68,7 @@ def test_account_lifecycle_with_embedded_redis(workdir):
         ('[delivery]\nretry_interval = "soon"\n', "delivery.retry_interval: not a duration"),
         ('[[delivery.egress]]\nip = "300.1.1.1"\nhelo = "x"\n', "delivery.egress.0.ip: not an IP"),
         ("[submission]\nmax_recipients = 0\n", "submission.max_recipients:"),
+        ('[submission.timeouts]\npre_auth = "0s"\n', "submission.timeouts.pre_auth: must be"),
         ("this is not toml", "invalid TOML"),
     ],
 )

@@ -1,5 +1,5 @@
 """SMTP credentials: logins with argon2id password hashes, stored in Redis."""
 
-from relay.accounts.store import Account, AccountStore
+from relay.accounts.store import Account, AccountStore, unknown_login
 
-__all__ = ["Account", "AccountStore"]
+__all__ = ["Account", "AccountStore", "unknown_login"]

@@ -1,16 +1,14 @@
-"""Password hashing with argon2id. Slow on purpose (~25 ms of CPU): it runs on its own small
-thread pool, and a session that logs in again with the same password is not hashed again."""
+"""Password hashing with argon2id. Slow on purpose (~20 ms of CPU): it runs on a few threads
+behind a bounded queue (relay/accounts/hashing.py), and a session that logs in again with
+the same password is not hashed again (`VerifiedCache`)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -36,21 +34,6 @@ def generate_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-# argon2 releases the GIL: with more hashing threads than cores, a burst of logins starves
-# the event loop that serves every session. One core is left to the loop.
-_POOL = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="kdf")
-
-
-async def hash_off_loop(password: str) -> str:
-    return await asyncio.get_running_loop().run_in_executor(_POOL, hash_password, password)
-
-
-async def verify_off_loop(password_hash: str | None, password: str) -> bool:
-    return await asyncio.get_running_loop().run_in_executor(
-        _POOL, verify_password, password_hash, password
-    )
-
-
 class VerifiedCache:
     """Logins verified in the last `ttl` seconds (as Dovecot's auth cache): web applications
     connect for every message with the same credentials. An entry is a keyed HMAC of the
@@ -61,19 +44,27 @@ class VerifiedCache:
         self._key = secrets.token_bytes(32)
         self._ttl = ttl
         self._size = size
-        self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str, float, bytes]] = OrderedDict()
+        """login → (the stored hash it was verified against, expiry, HMAC of the password)"""
 
     def _mac(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
 
     def hit(self, login: str, password_hash: str, password: str) -> bool:
-        entry = self._entries.get((login, password_hash))
-        if entry is None or entry[0] < time.monotonic():
-            return False
-        return hmac.compare_digest(entry[1], self._mac(password))
+        entry = self._entries.get(login)
+        return entry is not None and entry[0] == password_hash and self._matches(entry, password)
+
+    def may_hit(self, login: str, password: str) -> bool:
+        """Whether `hit` can be true whatever the stored hash turns out to be: when not, a
+        check that must wait for hashing can be refused before anything is read."""
+        entry = self._entries.get(login)
+        return entry is not None and self._matches(entry, password)
+
+    def _matches(self, entry: tuple[str, float, bytes], password: str) -> bool:
+        return entry[1] >= time.monotonic() and hmac.compare_digest(entry[2], self._mac(password))
 
     def remember(self, login: str, password_hash: str, password: str) -> None:
-        self._entries[(login, password_hash)] = (time.monotonic() + self._ttl, self._mac(password))
-        self._entries.move_to_end((login, password_hash))
+        self._entries[login] = (password_hash, time.monotonic() + self._ttl, self._mac(password))
+        self._entries.move_to_end(login)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)

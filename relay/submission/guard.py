@@ -13,6 +13,9 @@ Policy, chosen so that an attacker cannot lock a customer out of their own accou
 - past `ip_lock_after` failures an address is locked for every login;
 - while locked, AUTH gets `454 4.7.0` without the password being checked (no oracle, and no
   argon2 work for the attacker to make us do); a success ends the login's streak.
+
+Every limit per client address, here and in the server, groups an address by `client_key`
+(an IPv6 address by its /64): one customer of an ISP gets a whole /64.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import hashlib
 import ipaddress
 import math
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -31,11 +34,12 @@ from redis.exceptions import RedisError
 from relay import replies
 from relay.clock import Clock
 from relay.config import AuthGuardSettings
-from relay.errors import StoreUnavailable
+from relay.errors import AuthLocked, StoreUnavailable
 from relay.redis_client import load_script
 from relay.submission.policy import format_wait
 
 __all__ = [
+    "Attempt",
     "AuthGuard",
     "AuthPolicy",
     "ConnectionLimits",
@@ -51,7 +55,6 @@ _KNOWN_MAX = 64
 _REFRESH_KNOWN = 3600.0
 """A success from an address the login is known at, with no streak to end, is written to
 Redis at most this often (most logins are of this kind: one Redis call saved per login)."""
-_CHECKED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,12 @@ class AuthPolicy:
             return Locked("login", login.last + self.lockout)
         return None
 
+    def limits(self, *, known_ip: bool) -> tuple[int, int]:
+        """Failures at which (the login, the address) lock an attempt, for the atomic count in
+        Redis (0: no lock): the same rule as `locked`, a known address exempt from the
+        login's."""
+        return (0 if known_ip else self.lock_after), self.ip_lock_after
+
     def delay(self, failures: int) -> float:
         """How long to wait before answering the `failures`-th failure in a row."""
         over = failures - self.delay_after
@@ -146,8 +155,9 @@ class AuthPolicy:
 
 
 def client_key(ip: str) -> str:
-    """The address an AUTH streak belongs to: the IPv4 address, or the /64 of an IPv6 one
-    (one customer of an ISP gets a whole /64)."""
+    """The client an address belongs to, for every per-address limit (AUTH streaks, open
+    connections): the IPv4 address, or the /64 of an IPv6 one (one customer of an ISP gets
+    a whole /64)."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -165,6 +175,10 @@ def _login_tag(login: str) -> str:
     return f"guard:{{l:{digest}}}"
 
 
+def _ip_tag(ip: str) -> str:
+    return f"guard:{{ip:{client_key(ip)}}}"
+
+
 @dataclass(frozen=True)
 class AuthState:
     login: Streak
@@ -173,9 +187,47 @@ class AuthState:
     """When the login last succeeded from this address (0: never, or forgotten)."""
 
 
+@dataclass(frozen=True)
+class Counted:
+    """What `AuthGuard.count` wrote for one attempt, to take it back on success."""
+
+    stamp: str
+    """The `last` it wrote (as Redis holds it)."""
+    login_before: str
+    ip_before: str
+    """`last` of the login / the address as it was before (what taking it back restores)."""
+    login_failures: int
+    ip_failures: int
+    """Failures of the login / the address with this attempt counted."""
+
+
+@dataclass
+class Attempt:
+    """One AUTH attempt as the guard follows it: read (`check`), counted as failed before
+    the password is hashed (`count`), then settled (`failure`, `success` or `uncount`)."""
+
+    login: str
+    ip: str
+    state: AuthState | None
+    """None when Redis did not answer (the attempt is let through)."""
+    known: bool = False
+    """The login succeeded from this address within `known_ip_for`: exempt from its lock,
+    and its password check goes first in the hashing queue."""
+    locked: Locked | None = None
+    counted: Counted | None = None
+    busy: bool = False
+    """Refused before anything else: no room in the hashing queue for its address."""
+
+
 class AuthGuard:
     """What the AUTH handler asks before and after checking a password. The Redis side is
     one script call per subject (login, address) per step.
+
+    A password that must be hashed is counted as a failure before it is hashed, in the
+    same atomic step that checks the lock (`count`), and taken back when it turns out right
+    (`success`) or is never checked (`uncount`): concurrent guesses cannot all slip under
+    the threshold while their hashes run, and a guesser who hangs up before the answer has
+    spent a guess. A login found in the cache of verified logins is not counted at all.
 
     If Redis does not answer, the guard lets the attempt through: the password check needs
     Redis too and answers 454 by itself.
@@ -188,71 +240,150 @@ class AuthGuard:
         self._clock = clock
         self._timeout = store_timeout
         self._script = load_script(redis, __file__, "guard.lua")
-        self._checked: OrderedDict[tuple[str, str], AuthState] = OrderedDict()
-        """What `refusal` read, for `success` to skip a write that would change nothing."""
 
-    async def refusal(self, login: str, ip: str) -> str | None:
-        """The `454 4.7.0` for an attempt while the login or the address is locked."""
+    async def check(
+        self, login: str, ip: str, *, no_room: Callable[[bool], bool] | None = None
+    ) -> Attempt:
+        """Read both streaks; `locked` is set when the attempt is refused outright.
+
+        `no_room(known)`: whether the password check of an attempt from a known address (or
+        not) would find no room to wait for hashing. While it does for unknown addresses
+        (a flood), the login's streak is read first, and an attempt from an address unknown
+        to the login comes back `busy` without the address's being read: half the Redis work
+        per refused guess, so that the customers' own logins wait less behind them."""
         now = self._clock.now()
         try:
             async with asyncio.timeout(self._timeout):
-                state = await self.state(login, ip, now)
+                if no_room is None or not no_room(False):
+                    state = await self.state(login, ip, now)
+                else:
+                    login_streak, seen = await self._call(
+                        "get", _login_tag(login), now, client_key(ip)
+                    )
+                    if not self.policy.known(seen, now) and no_room(False):
+                        return Attempt(login, ip, None, busy=True)
+                    ip_streak, _ = await self._call("get", _ip_tag(ip), now, "")
+                    state = AuthState(login_streak, ip_streak, seen)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
-            return None
-        known_ip = self.policy.known(state.seen, now)
-        locked = self.policy.locked(state.login, state.ip, known_ip=known_ip, now=now)
-        if locked is None:
-            self._checked[(login, ip)] = state
-            while len(self._checked) > _CHECKED_MAX:
-                self._checked.popitem(last=False)
-            return None
+            return Attempt(login, ip, None)
+        known = self.policy.known(state.seen, now)
+        locked = self.policy.locked(state.login, state.ip, known_ip=known, now=now)
+        return Attempt(login, ip, state, known, locked)
+
+    async def count(self, attempt: Attempt) -> None:
+        """Count the attempt as failed before its password is hashed; raises `AuthLocked`
+        (and sets `attempt.locked`) when a concurrent attempt got there first."""
+        now = self._clock.now()
+        stamp = repr(now)
+        login_limit, ip_limit = self.policy.limits(known_ip=attempt.known)
+        login_tag, ip_tag = _login_tag(attempt.login), _ip_tag(attempt.ip)
+        try:
+            async with asyncio.timeout(self._timeout):
+                login, ip = await asyncio.gather(
+                    self._try(login_tag, stamp, login_limit), self._try(ip_tag, stamp, ip_limit)
+                )
+                if login.counted and ip.counted:
+                    attempt.counted = Counted(
+                        stamp, login.before, ip.before, login.streak.failures, ip.streak.failures
+                    )
+                    return
+                # Refused by one subject: take back what the other counted.
+                for tried, tag in ((login, login_tag), (ip, ip_tag)):
+                    if tried.counted:
+                        await self._undo(tag, now, stamp, tried.before)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
+            return
+        subject, refused = ("ip", ip) if not ip.counted else ("login", login)
+        attempt.locked = Locked(subject, refused.streak.last + self.policy.lockout)
+        raise AuthLocked(attempt.locked.reply(now))
+
+    def refused(self, attempt: Attempt, shown: str) -> str:
+        """Log the refusal of a locked attempt; the `454 4.7.0` to answer it with.
+
+        `shown`: the login as logs may show it (an account's login, else a tag)."""
+        locked = attempt.locked
+        assert locked is not None
         log.warning(
             "auth.refused_locked",
-            login=login[:128],
-            peer=ip,
+            login=shown,
+            peer=attempt.ip,
             locked=locked.subject,
             until=round(locked.until, 3),
         )
-        return locked.reply(now)
+        return locked.reply(self._clock.now())
 
-    async def failure(self, login: str, ip: str) -> float:
-        """Count a failed attempt; the seconds to wait before answering it."""
+    async def failure(self, attempt: Attempt, shown: str) -> float:
+        """The password was wrong: the seconds to wait before answering it. Counted already
+        (by `count`), unless Redis was away then: it is counted now if it can be."""
         now = self._clock.now()
-        try:
-            async with asyncio.timeout(self._timeout):
-                login_failures, ip_failures = await self.failed(login, ip, now)
-        except (StoreUnavailable, TimeoutError) as exc:
-            log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
-            return self.policy.delay(self.policy.delay_after + 1)
+        if attempt.counted is not None:
+            login_failures, ip_failures = (
+                attempt.counted.login_failures,
+                attempt.counted.ip_failures,
+            )
+        else:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    login_failures, ip_failures = await self.failed(attempt.login, attempt.ip, now)
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
+                return self.policy.delay(self.policy.delay_after + 1)
         for subject in self.policy.locks_now(login_failures, ip_failures):
             log.warning(
                 "auth.locked",
                 subject=subject,
-                login=login[:128],
-                peer=ip,
+                login=shown,
+                peer=attempt.ip,
                 failures=login_failures if subject == "login" else ip_failures,
                 until=round(now + self.policy.lockout, 3),
             )
         return self.policy.delay(max(login_failures, ip_failures))
 
-    async def success(self, login: str, ip: str) -> None:
+    async def success(self, attempt: Attempt) -> None:
+        """End the login's streak, remember the address, take back the address's count."""
         now = self._clock.now()
-        checked = self._checked.pop((login, ip), None)
-        if checked is not None and not self.policy.must_record_success(
-            self.policy.current(checked.login, now), checked.seen, now
-        ):
-            return
+        counted = attempt.counted
+        attempt.counted = None
+        if counted is None and attempt.state is not None:
+            state = attempt.state
+            if not self.policy.must_record_success(
+                self.policy.current(state.login, now), state.seen, now
+            ):
+                return
         try:
             async with asyncio.timeout(self._timeout):
-                await self.succeeded(login, ip, now)
+                if counted is None:
+                    await self.succeeded(attempt.login, attempt.ip, now)
+                else:
+                    await asyncio.gather(
+                        self.succeeded(attempt.login, attempt.ip, now),
+                        self._undo(_ip_tag(attempt.ip), now, counted.stamp, counted.ip_before),
+                    )
         except (StoreUnavailable, TimeoutError) as exc:
-            log.error("auth.guard_unavailable", peer=ip, error=str(exc) or "timeout")
+            log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
+
+    async def uncount(self, attempt: Attempt) -> None:
+        """The password was never checked (hashing queue full, store down): not a failure."""
+        counted = attempt.counted
+        attempt.counted = None
+        if counted is None:
+            return
+        now = self._clock.now()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await asyncio.gather(
+                    self._undo(_login_tag(attempt.login), now, counted.stamp, counted.login_before),
+                    self._undo(_ip_tag(attempt.ip), now, counted.stamp, counted.ip_before),
+                )
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
 
     async def state(self, login: str, ip: str, now: float) -> AuthState:
         (login_streak, seen), (ip_streak, _) = await asyncio.gather(
             self._call("get", _login_tag(login), now, client_key(ip)),
-            self._call("get", f"guard:{{ip:{client_key(ip)}}}", now, ""),
+            self._call("get", _ip_tag(ip), now, ""),
         )
         return AuthState(login_streak, ip_streak, seen)
 
@@ -260,7 +391,7 @@ class AuthGuard:
         """Count one failure; (failures of the login, failures of the address) after it."""
         (login_streak, _), (ip_streak, _) = await asyncio.gather(
             self._call("fail", _login_tag(login), now, ""),
-            self._call("fail", f"guard:{{ip:{client_key(ip)}}}", now, ""),
+            self._call("fail", _ip_tag(ip), now, ""),
         )
         return login_streak.failures, ip_streak.failures
 
@@ -268,34 +399,62 @@ class AuthGuard:
         """End the login's streak and remember the address (the address's streak stays)."""
         await self._call("ok", _login_tag(login), now, client_key(ip))
 
+    async def _try(self, tag: str, stamp: str, limit: int) -> _Tried:
+        """Count one failure unless the subject is locked at `limit` failures (0: never)."""
+        raw = await self._raw("try", tag, stamp, "", limit, repr(self.policy.lockout))
+        failures, last, _, admitted, before = raw
+        return _Tried(Streak(int(failures), float(last)), bool(int(admitted)), _text(before))
+
+    async def _undo(self, tag: str, now: float, stamp: str, before: str) -> None:
+        await self._raw("undo", tag, repr(now), "", stamp, before)
+
     async def _call(self, mode: str, tag: str, now: float, ip: str) -> tuple[Streak, float]:
+        failures, last, seen, _, _ = await self._raw(mode, tag, repr(now), ip, 0, "0")
+        return Streak(int(failures), float(last)), float(seen)
+
+    async def _raw(
+        self, mode: str, tag: str, now: str, ip: str, arg7: int | str, arg8: str
+    ) -> list[bytes | int]:
         policy = self.policy
         try:
-            raw = await self._script(
+            raw: list[bytes | int] = await self._script(
                 keys=[f"{tag}:streak", f"{tag}:known"],
                 args=[
                     mode,
-                    repr(now),
+                    now,
                     repr(policy.forget_after),
                     ip,
                     repr(policy.known_ip_for),
                     _KNOWN_MAX,
+                    arg7,
+                    arg8,
                 ],
             )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
-        failures, last, seen = raw
-        return Streak(int(failures), float(last)), float(seen)
+        return raw
+
+
+@dataclass(frozen=True)
+class _Tried:
+    streak: Streak
+    counted: bool
+    before: str
+    """`last` before this count, as Redis held it."""
+
+
+def _text(value: bytes | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ConnectionLimits:
-    """Open sessions of this process, in all and per client address."""
+    """Open sessions of this process, in all and per client (`client_key`: IPv6 by /64)."""
 
     def __init__(self, total: int, per_ip: int) -> None:
         self.total = total
         self.per_ip = per_ip
         self._open = 0
-        self._by_ip: dict[str, int] = {}
+        self._by_client: dict[str, int] = {}
 
     @property
     def open(self) -> int:
@@ -305,18 +464,20 @@ class ConnectionLimits:
         """Count one more session from `ip`, or return the 421 that refuses it."""
         if self._open >= self.total:
             return str(replies.TOO_MANY_CONNECTIONS)
-        if self._by_ip.get(ip, 0) >= self.per_ip:
-            return replies.TOO_MANY_FROM_IP.format(ip=ip)
+        key = client_key(ip)
+        if self._by_client.get(key, 0) >= self.per_ip:
+            return replies.TOO_MANY_FROM_IP.format(ip=key)
         self._open += 1
-        self._by_ip[ip] = self._by_ip.get(ip, 0) + 1
+        self._by_client[key] = self._by_client.get(key, 0) + 1
         return None
 
     def release(self, ip: str) -> None:
-        count = self._by_ip.get(ip, 0)
+        key = client_key(ip)
+        count = self._by_client.get(key, 0)
         if count <= 0:
             return
         self._open -= 1
         if count == 1:
-            del self._by_ip[ip]
+            del self._by_client[key]
         else:
-            self._by_ip[ip] = count - 1
+            self._by_client[key] = count - 1

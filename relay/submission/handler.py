@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 from base64 import b64decode
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay import replies
-from relay.errors import StoreUnavailable
+from relay.errors import AuthLocked, Busy, StoreUnavailable
 from relay.spool import Incoming, InflightBudget, Spooled
 from relay.submission.dsn_params import dsn_request
-from relay.submission.guard import AuthGuard
+from relay.submission.guard import Attempt, AuthGuard
 from relay.submission.service import Submission, Submitted
 
 __all__ = ["SubmissionHandler"]
@@ -100,22 +101,48 @@ class SubmissionHandler:
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_NEEDS_TLS))
         login = login_raw.decode("utf-8", errors="replace")
         password = password_raw.decode("utf-8", errors="replace")
-        if self._guard is not None and (locked := await self._guard.refusal(login, peer)):
-            return AuthResult(success=False, handled=False, message=locked)
+        guard = self._guard
+        no_room = functools.partial(self._service.no_room, login, password)
+        attempt = await guard.check(login, peer, no_room=no_room) if guard is not None else None
+        if guard is not None and attempt is not None and attempt.locked is not None:
+            return await self._refused(guard, attempt)
         try:
-            account = await self._service.authenticate(login, password)
-        except (StoreUnavailable, TimeoutError) as exc:
-            log.error("auth.unavailable", peer=peer, error=str(exc))
-            return AuthResult(success=False, handled=False, message=str(replies.AUTH_TEMPORARY))
+            if attempt is not None and attempt.busy:
+                raise Busy("no room in the hashing queue")
+            account = await self._service.authenticate(
+                login,
+                password,
+                known=attempt is not None and attempt.known,
+                before_hash=functools.partial(guard.count, attempt) if guard and attempt else None,
+            )
+        except AuthLocked:  # a concurrent attempt reached the lock while this one was read
+            assert guard is not None and attempt is not None
+            return await self._refused(guard, attempt)
+        except (Busy, StoreUnavailable, TimeoutError) as exc:
+            if guard is not None and attempt is not None:
+                await guard.uncount(attempt)  # not checked, or never answered: no failure
+            if isinstance(exc, Busy):
+                log.info("auth.busy", peer=peer)
+                reply = replies.AUTH_BUSY
+            else:
+                log.error("auth.unavailable", peer=peer, error=str(exc))
+                reply = replies.AUTH_TEMPORARY
+            return AuthResult(success=False, handled=False, message=str(reply))
         if account is None:
-            delay = await self._guard.failure(login, peer) if self._guard is not None else 0.0
-            log.warning("auth.failed", login=login[:128], peer=peer, delay=delay)
+            # Never the login as typed: it may be the password, typed into the wrong field.
+            shown = await self._service.log_name(login)
+            delay = await guard.failure(attempt, shown) if guard and attempt else 0.0
+            log.warning("auth.failed", login=shown, peer=peer, delay=delay)
             await asyncio.sleep(delay)  # slows a guesser down; other sessions go on
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
-        if self._guard is not None:
-            await self._guard.success(login, peer)
+        if guard is not None and attempt is not None:
+            await guard.success(attempt)
         log.info("auth.ok", account=account.login, peer=peer)
         return AuthResult(success=True, auth_data=account.login, message=str(replies.AUTH_OK))
+
+    async def _refused(self, guard: AuthGuard, attempt: Attempt) -> AuthResult:
+        locked = guard.refused(attempt, await self._service.log_name(attempt.login))
+        return AuthResult(success=False, handled=False, message=locked)
 
     async def handle_EHLO(
         self,

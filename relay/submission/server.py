@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import ssl
 import warnings
+from asyncio import sslproto
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 from typing import AnyStr
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, syntax
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from relay import replies
 from relay.config import Listener, SubmissionSettings
@@ -69,15 +71,19 @@ def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]
 
 
 class SubmissionSMTP(SMTP):
-    """aiosmtpd's SMTP with enhanced codes on every reply, a DATA timeout and a 421 on idle."""
+    """aiosmtpd's SMTP with enhanced codes on every reply, a DATA timeout, a 421 on idle, a
+    deadline to authenticate by, and a bounded STARTTLS handshake."""
 
     data_timeout: float = 600.0
+    pre_auth_timeout: float = 60.0
+    tls_handshake_timeout: float = 30.0
     connections: ConnectionLimits | None = None
     """Open sessions per process and per client address (shared by every listener)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._verbatim = False
         self._counted: str | None = None
+        self._pre_auth: asyncio.TimerHandle | None = None
         self._last_address: tuple[str, tuple[str | None, str | None]] | None = None
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
@@ -91,9 +97,11 @@ class SubmissionSMTP(SMTP):
         return parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None and self.connections is not None:  # not STARTTLS's switch
-            peer = transport.get_extra_info("peername")
-            ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if self.transport is not None:  # STARTTLS's switch: the same session goes on
+            super().connection_made(transport)
+            return
+        ip = _peer_ip(transport.get_extra_info("peername"))
+        if self.connections is not None:
             refusal = self.connections.admit(ip)
             if refusal is not None:  # before aiosmtpd starts a session: no greeting, no task
                 log.info("submission.connection_refused", peer=ip, reply=refusal)
@@ -102,7 +110,60 @@ class SubmissionSMTP(SMTP):
                 transport.close()
                 return
             self._counted = ip
+        # From connect, not from the last command: a client that never authenticates does
+        # not keep its slot by sending a NOOP now and then.
+        self._pre_auth = self.loop.call_later(self.pre_auth_timeout, self._pre_auth_expired)
         super().connection_made(transport)
+
+    def _pre_auth_expired(self) -> None:
+        self._pre_auth = None
+        if self.session is None or self.session.authenticated:
+            return
+        transport = self.transport or self._original_transport
+        if transport is None or transport.is_closing():
+            return
+        log.info("submission.pre_auth_timeout", peer=_peer_ip(self.session.peer))
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(f"{replies.PRE_AUTH_TIMEOUT}\r\n".encode())
+        transport.close()  # connection_lost follows, which ends the session
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's, with the handshake bounded by `tls_handshake_timeout` (aiosmtpd leaves
+        asyncio's 60 s default) and a failed handshake logged as one line, not a traceback."""
+        if arg or not self.tls_context:
+            await super().smtp_STARTTLS(arg)  # its 501 / 454
+            return
+        await self.push("220 Ready to start TLS")
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop,
+            self,
+            self.tls_context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=self.tls_handshake_timeout,  # type: ignore[arg-type]  # any number
+        )
+        # As aiosmtpd: the TLS layer goes between the socket and this protocol, which
+        # connection_made() gets again once the handshake is done.
+        self._original_transport = self.transport
+        assert self._original_transport is not None
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            peer = _peer_ip(self.session.peer if self.session else None)
+            _log_handshake_failure(peer, error, self.tls_handshake_timeout)
+            # aiosmtpd closes the connection and ends the session on this exception.
+            raise _HandshakeFailed() from error
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, _HandshakeFailed):  # logged already; nothing is sent back
+            return str(replies.INTERNAL_ERROR)
+        return await super().handle_exception(error)
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
@@ -273,6 +334,9 @@ class SubmissionSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self.session is None:
             return  # refused in connection_made: aiosmtpd never started
+        if self._pre_auth is not None:
+            self._pre_auth.cancel()
+            self._pre_auth = None
         if self._counted is not None and self.connections is not None:
             self.connections.release(self._counted)
             self._counted = None
@@ -286,6 +350,60 @@ class SubmissionSMTP(SMTP):
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
 
+class _HandshakeFailed(TLSSetupException):
+    """A STARTTLS handshake that failed or timed out, and was logged as such."""
+
+
+def _peer_ip(peer: object) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def _log_handshake_failure(peer: str, error: BaseException | None, timeout: float) -> None:
+    """One line for a TLS handshake that did not complete (scanners, clients that do not
+    trust the certificate, clients that stall): never a traceback."""
+    if isinstance(error, ConnectionAbortedError):  # asyncio's handshake timeout
+        reason = f"timeout after {timeout:g}s"
+    elif isinstance(error, ssl.SSLError):
+        reason = error.reason or str(error)
+    elif error is None or (isinstance(error, ConnectionError) and not str(error)):
+        reason = "connection closed"
+    else:
+        reason = str(error) or type(error).__name__
+    log.info("tls.handshake_failed", peer=peer, error=reason)
+
+
+class _ImplicitTls(sslproto.SSLProtocol):
+    """The TLS layer of an implicit-TLS connection, as `loop.create_server(ssl=...)` builds
+    it, made here so that a handshake that fails or times out is logged (asyncio drops it
+    silently unless the loop runs in debug mode). The SMTP session starts once it is done."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, app: SMTP, tls: ssl.SSLContext, timeout: float
+    ) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        super().__init__(
+            loop,
+            app,
+            tls,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=timeout,  # type: ignore[arg-type]  # typeshed: int; any number
+        )
+        self._peer = "?"
+        waiter.add_done_callback(functools.partial(self._handshake_done, timeout))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._peer = _peer_ip(transport.get_extra_info("peername"))
+        super().connection_made(transport)
+
+    def _handshake_done(self, timeout: float, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled():
+            return
+        error = waiter.exception()
+        if error is not None:
+            _log_handshake_failure(self._peer, error, timeout)
+
+
 def _protocol_class(settings: SubmissionSettings) -> type[SubmissionSMTP]:
     return type(
         "ConfiguredSubmissionSMTP",
@@ -293,6 +411,8 @@ def _protocol_class(settings: SubmissionSettings) -> type[SubmissionSMTP]:
         {
             "line_length_limit": settings.max_line_length,
             "data_timeout": settings.timeouts.data.seconds,
+            "pre_auth_timeout": settings.timeouts.pre_auth.seconds,
+            "tls_handshake_timeout": settings.timeouts.tls_handshake.seconds,
             "connections": ConnectionLimits(
                 settings.max_connections, settings.max_connections_per_ip
             ),
@@ -317,13 +437,16 @@ async def start_listeners(
     for listener in listeners:
         implicit = listener.tls == "implicit"
 
-        def factory(implicit: bool = implicit) -> SMTP:
+        def factory(implicit: bool = implicit) -> asyncio.BaseProtocol:
             with warnings.catch_warnings():
                 # On the implicit-TLS listener aiosmtpd warns, per connection, that AUTH is
                 # allowed without TLS: it cannot see the socket's TLS (upstream #274). The
                 # handler refuses AUTH on any transport without an ssl_object.
                 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring")
-                return _make(implicit)
+                smtp = _make(implicit)
+            if not implicit:
+                return smtp
+            return _ImplicitTls(loop, smtp, tls, settings.timeouts.tls_handshake.seconds)
 
         def _make(implicit: bool) -> SMTP:
             return protocol(
@@ -343,11 +466,7 @@ async def start_listeners(
             )
 
         server = await loop.create_server(
-            factory,
-            host=listener.address.host,
-            port=listener.address.port,
-            ssl=tls if implicit else None,
-            ssl_handshake_timeout=settings.timeouts.tls_handshake.seconds if implicit else None,
+            factory, host=listener.address.host, port=listener.address.port
         )
         log.info("submission.listening", address=str(listener.address), tls=listener.tls)
         servers.append(server)

@@ -12,7 +12,7 @@ import structlog
 from quota import QuotaStore, QuotaUnavailable
 from relay import replies
 from relay.abuse.content import from_addresses
-from relay.accounts import Account, AccountStore
+from relay.accounts import Account, AccountStore, unknown_login
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
@@ -55,7 +55,18 @@ class Submitted:
 class Submission(Protocol):
     """What the SMTP handler needs; tests can drive the server with a fake."""
 
-    async def authenticate(self, login: str, password: str) -> Account | None: ...
+    async def authenticate(
+        self,
+        login: str,
+        password: str,
+        *,
+        known: bool = False,
+        before_hash: Callable[[], Awaitable[None]] | None = None,
+    ) -> Account | None: ...
+
+    async def log_name(self, login: str) -> str: ...
+
+    def no_room(self, login: str, password: str, known: bool) -> bool: ...
 
     async def check_sender(
         self, account: str, address: str, tx: str, ret: str | None = None
@@ -125,9 +136,31 @@ class SubmissionService:
         """Transaction → (sender domain, verified identity?): only a verified sender gets
         notices, and may ask for NOTIFY=SUCCESS."""
 
-    async def authenticate(self, login: str, password: str) -> Account | None:
+    async def authenticate(
+        self,
+        login: str,
+        password: str,
+        *,
+        known: bool = False,
+        before_hash: Callable[[], Awaitable[None]] | None = None,
+    ) -> Account | None:
+        """See `AccountStore.authenticate` (raises `Busy` when the hashing queue is full)."""
         async with asyncio.timeout(self._store_timeout + 5.0):  # + time to hash
-            return await self._accounts.authenticate(login, password)
+            return await self._accounts.authenticate(
+                login, password, known=known, before_hash=before_hash
+            )
+
+    def no_room(self, login: str, password: str, known: bool) -> bool:
+        """See `AccountStore.no_room`."""
+        return self._accounts.no_room(login, password, known=known)
+
+    async def log_name(self, login: str) -> str:
+        """The login as logs may show it: itself for an account, else a keyed tag."""
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                return await self._accounts.log_name(login)
+        except (StoreUnavailable, TimeoutError):
+            return unknown_login(login)
 
     async def check_sender(
         self, account: str, address: str, tx: str, ret: str | None = None

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from quota import QuotaStore
 from relay.accounts import AccountStore
+from relay.app import hashing_queue
 from relay.clock import Clock
 from relay.config import HostPort, Listener, SubmissionSettings
 from relay.queue import QueueStore
@@ -52,16 +53,18 @@ async def guarded_stack(
     policy: AuthPolicy | None = None,
     budget: InflightBudget | None = None,
     min_free: int = 0,
+    host: str = "127.0.0.1",
     **settings: object,
 ) -> AsyncIterator[Guarded]:
     listeners = [
-        Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="starttls"),
-        Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="implicit"),
+        Listener(address=HostPort(host=host, port=free_port(host)), tls="starttls"),
+        Listener(address=HostPort(host=host, port=free_port(host)), tls="implicit"),
     ]
     submission = SubmissionSettings(listeners=listeners, **settings)  # type: ignore[arg-type]
     queue = QueueStore(redis, clock, temp_spool())
+    hashing = hashing_queue(submission.auth_guard)
     service = SubmissionService(
-        accounts=AccountStore(redis, clock),
+        accounts=AccountStore(redis, clock, hashing=hashing),
         queue=queue,
         quota=QuotaStore(redis, default_per_minute=1000, per_recipient=100),
         settings=submission,
@@ -92,6 +95,7 @@ async def guarded_stack(
         for server in servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 5)
+        hashing.close()
 
 
 class RawClient:
@@ -105,8 +109,10 @@ class RawClient:
     async def connect(
         cls, port: int, *, tls: ssl.SSLContext | None = None, source: str = "127.0.0.1"
     ) -> RawClient:
+        """`source` ::1 connects to ::1 (a server listening there)."""
+        host = "::1" if ":" in source else "127.0.0.1"
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1",
+            host,
             port,
             ssl=tls,
             server_hostname="127.0.0.1" if tls else None,
