@@ -78,6 +78,7 @@ async def test_spool_folders_and_files_are_private(stack):
     path = stack.queue.spool.path(text.split()[-1])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(stack.queue.spool.root.stat().st_mode) == 0o700
 
 
 async def test_a_refused_or_broken_transfer_leaves_no_file(stack):

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.private_files import make_private_dirs
 from relay.spool.errors import SpoolError, SpoolMissing
 from reputation.dkim import RelaxedBodyHash
 
@@ -61,11 +62,7 @@ class Spool:
     def _folder(self, message_id: str) -> Path:
         folder = self.path(message_id).parent
         if folder.name not in self._ready:
-            old = os.umask(0o077)
-            try:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            finally:
-                os.umask(old)
+            make_private_dirs(folder)  # the spool itself too: bodies are customers' mail
             self._ready.add(folder.name)
         return folder
 
@@ -147,7 +144,7 @@ class Spool:
                     yield entry.name, stat.st_mtime, stat.st_size
 
     def free_bytes(self) -> int:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.root)
         return shutil.disk_usage(self.root).free
 
 

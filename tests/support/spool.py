@@ -14,4 +14,4 @@ atexit.register(shutil.rmtree, _BASE, True)
 
 
 def temp_spool() -> Spool:
-    return Spool(Path(tempfile.mkdtemp(dir=_BASE)))
+    return Spool(Path(tempfile.mkdtemp(dir=_BASE)) / "spool")  # made by the relay itself
