@@ -8,6 +8,7 @@ Errors name the key: `submission.max_message_size: not a size: '50 XB'`.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -346,6 +347,15 @@ class SenderAuthSettings(Section):
     """Sign with the key of the From: domain when `relay dkim add` made one."""
 
 
+class RunSettings(Section):
+    processes: int = Field(0, ge=0)
+    """Processes of `relay run`, each with the listeners (shared ports) and delivery workers;
+    0: one per core. 1: a single process, no supervisor."""
+
+    def count(self) -> int:
+        return self.processes or os.cpu_count() or 1
+
+
 class LogSettings(Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -370,6 +380,7 @@ class Settings(BaseSettings):
     reputation: ReputationSettings = ReputationSettings()
     sender_auth: SenderAuthSettings = SenderAuthSettings()
     log: LogSettings = LogSettings()
+    run: RunSettings = RunSettings()
 
     @classmethod
     def settings_customise_sources(

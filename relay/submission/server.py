@@ -8,13 +8,14 @@ import ssl
 import warnings
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import AnyStr
+from typing import AnyStr, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, syntax
 
 from relay import replies
 from relay.config import Listener, SubmissionSettings
+from relay.errors import ConfigError
 from relay.queue.model import RecipientDsn
 from relay.submission.dsn_params import (
     MAIL_PARAMS,
@@ -33,6 +34,15 @@ __all__ = ["start_listeners"]
 log = structlog.get_logger("relay.submission")
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+class Admission(Protocol):
+    """Open sessions in all and per client address: `ConnectionLimits` (this process) or
+    `relay.node.limits.NodeConnectionLimits` (every process of the node)."""
+
+    def admit(self, ip: str) -> str | None: ...
+
+    def release(self, ip: str) -> None: ...
 
 
 class DsnEnvelope(Envelope):
@@ -66,8 +76,8 @@ class SubmissionSMTP(SMTP):
     """aiosmtpd's SMTP with enhanced codes on every reply, a DATA timeout and a 421 on idle."""
 
     data_timeout: float = 600.0
-    connections: ConnectionLimits | None = None
-    """Open sessions per process and per client address (shared by every listener)."""
+    connections: Admission | None = None
+    """Open sessions in all and per client address (shared by every listener)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._verbatim = False
@@ -211,16 +221,18 @@ class SubmissionSMTP(SMTP):
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
 
-def _protocol_class(settings: SubmissionSettings) -> type[SubmissionSMTP]:
+def _protocol_class(
+    settings: SubmissionSettings, connections: Admission | None
+) -> type[SubmissionSMTP]:
     return type(
         "ConfiguredSubmissionSMTP",
         (SubmissionSMTP,),
         {
             "line_length_limit": settings.max_line_length,
             "data_timeout": settings.timeouts.data.seconds,
-            "connections": ConnectionLimits(
-                settings.max_connections, settings.max_connections_per_ip
-            ),
+            "connections": connections
+            if connections is not None
+            else ConnectionLimits(settings.max_connections, settings.max_connections_per_ip),
         },
     )
 
@@ -233,11 +245,17 @@ async def start_listeners(
     tls: ssl.SSLContext,
     hostname: str,
     guard: AuthGuard | None = None,
+    connections: Admission | None = None,
+    reuse_port: bool = False,
 ) -> list[asyncio.Server]:
+    """Listen on every listener's address. `connections`: the admission of new sessions
+    (default: this process's own `ConnectionLimits`); `reuse_port`: bind with SO_REUSEPORT,
+    so that the node's processes each listen on the same ports and the kernel spreads new
+    connections over them."""
     loop = asyncio.get_running_loop()
     handler = SubmissionHandler(service, guard)
-    protocol = _protocol_class(settings)
-    servers = []
+    protocol = _protocol_class(settings, connections)
+    servers: list[asyncio.Server] = []
     for listener in listeners:
         implicit = listener.tls == "implicit"
 
@@ -266,13 +284,21 @@ async def start_listeners(
                 timeout=settings.timeouts.command.seconds,
             )
 
-        server = await loop.create_server(
-            factory,
-            host=listener.address.host,
-            port=listener.address.port,
-            ssl=tls if implicit else None,
-            ssl_handshake_timeout=settings.timeouts.tls_handshake.seconds if implicit else None,
-        )
+        try:
+            server = await loop.create_server(
+                factory,
+                host=listener.address.host,
+                port=listener.address.port,
+                ssl=tls if implicit else None,
+                ssl_handshake_timeout=settings.timeouts.tls_handshake.seconds if implicit else None,
+                reuse_port=reuse_port or None,
+            )
+        except OSError as exc:
+            for server in servers:
+                server.close()
+            raise ConfigError(
+                f"submission.listeners: cannot listen on {listener.address}: {exc.strerror or exc}"
+            ) from None
         log.info("submission.listening", address=str(listener.address), tls=listener.tls)
         servers.append(server)
     return servers
