@@ -192,6 +192,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None, stop: asyncio
             listeners=[f"{x.address} ({x.tls})" for x in settings.submission.listeners],
             workers=settings.delivery.workers,
             egress=[e.ip for e in settings.delivery.egress],
+            event_loop=type(asyncio.get_running_loop()).__module__,
         )
         try:
             await run_parts(parts, stop, close_listeners=close_listeners)

@@ -35,8 +35,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import redis
 import structlog
@@ -63,7 +65,21 @@ _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 def run_one(settings: Settings) -> None:
     """`--processes 1`: `serve` in this process until SIGTERM/SIGINT, no supervisor.
     Raises PartDied when a part died (the caller exits non-zero)."""
-    asyncio.run(_serve_until_stopped(settings, parent_fd=None))
+    run_loop(_serve_until_stopped(settings, parent_fd=None), uvloop=settings.run.uvloop)
+
+
+def run_loop(main: Coroutine[Any, Any, None], *, uvloop: bool) -> None:
+    """`asyncio.run`, on uvloop's loop when asked and installed."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if uvloop:
+        try:
+            import uvloop as installed
+        except ImportError:
+            pass
+        else:
+            factory = installed.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 async def _serve_until_stopped(settings: Settings, *, parent_fd: int | None) -> None:
@@ -337,7 +353,10 @@ class Supervisor:
         attach(self.share, slot)
         structlog.contextvars.bind_contextvars(process=slot)
         try:
-            asyncio.run(_serve_until_stopped(self.settings, parent_fd=parent_r))
+            run_loop(
+                _serve_until_stopped(self.settings, parent_fd=parent_r),
+                uvloop=self.settings.run.uvloop,
+            )
         except PartDied:
             return 1  # logged by serve as relay.part_died
         except ConfigError as exc:

@@ -101,8 +101,7 @@ class SubmissionSMTP(SMTP):
             refusal = self.connections.admit(ip)
             if refusal is not None:  # before aiosmtpd starts a session: no greeting, no task
                 log.info("submission.connection_refused", peer=ip, reply=refusal)
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(f"{refusal}\r\n".encode())
+                _write(transport, f"{refusal}\r\n")
                 transport.close()
                 return
             self._counted = ip
@@ -205,6 +204,11 @@ class SubmissionSMTP(SMTP):
             self.event_handler.end_transaction(self.session)
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
+    def eof_received(self) -> bool | None:
+        if self.session is None:
+            return False  # refused in connection_made: aiosmtpd never started; close
+        return super().eof_received()
+
     def connection_lost(self, error: Exception | None) -> None:
         if self.session is None:
             return  # refused in connection_made: aiosmtpd never started
@@ -216,9 +220,17 @@ class SubmissionSMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(f"{replies.TIMEOUT}\r\n".encode())
+        if transport is not None and not transport.is_closing():
+            _write(transport, f"{replies.TIMEOUT}\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+
+def _write(transport: asyncio.BaseTransport, line: str) -> None:
+    """A reply written outside aiosmtpd's session. By duck type: uvloop's transports write
+    like asyncio's but are not `asyncio.WriteTransport` subclasses."""
+    write = getattr(transport, "write", None)
+    if callable(write):
+        write(line.encode())
 
 
 def _protocol_class(
