@@ -107,15 +107,17 @@ class Row:
     """Redis's own latency events over 50 ms during the run (LATENCY LATEST)."""
 
 
-def memory(pid: int) -> tuple[float, float]:
-    """(RSS, peak RSS) of a process in MB."""
-    fields = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            fields[name] = value
-    rss = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
-    peak = int(fields.get("VmHWM", "0 kB").split()[0]) / 1024
+def memory(*pids: int) -> tuple[float, float]:
+    """(RSS, peak RSS) of processes in MB, added up (the peaks: each process's own)."""
+    rss = peak = 0.0
+    for pid in pids:
+        fields = {}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                name, _, value = line.partition(":")
+                fields[name] = value
+        rss += int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+        peak += int(fields.get("VmHWM", "0 kB").split()[0]) / 1024
     return round(rss, 1), round(peak, 1)
 
 
@@ -293,7 +295,9 @@ class Bench:
         return config
 
     @contextlib.asynccontextmanager
-    async def relay(self, workers: int, sessions: int):  # type: ignore[no-untyped-def]
+    async def relay(  # type: ignore[no-untyped-def]
+        self, workers: int, sessions: int, env: dict[str, str] | None = None
+    ):
         port = free_port()
         config = self.relay_config(port, workers, sessions)
         log = open(self.work / f"relay-{port}.log", "wb")  # noqa: SIM115, ASYNC230
@@ -306,14 +310,18 @@ class Bench:
                 "raw",
                 "--rate",
                 "200",
+                "--subprocesses",
                 "-o",
                 str(OUT / f"profile-relay-{'e2e' if workers else 'accept'}.txt"),
                 "--",
                 *command,
             ]
-        process = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log)
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=log, stderr=log, env={**os.environ, **(env or {})}
+        )
         try:
             await wait_port(port)
+            await asyncio.sleep(0.5)  # every process of the node listening, not only the first
             yield process, port
         finally:
             if process.returncode is None:
@@ -328,18 +336,26 @@ class Bench:
             log.close()
 
     async def run_relay(
-        self, scenario: str, spec: LoadSpec, *, deliver: bool, relay_pid_hint: str = ""
+        self,
+        scenario: str,
+        spec: LoadSpec,
+        *,
+        deliver: bool,
+        relay_pid_hint: str = "",
+        variant: tuple[str, dict[str, str]] = ("", {}),
     ) -> Row:
         await self.clear_queue()
         await self.sink.ask("reset")
         count = self.options.relay_processes
         async with contextlib.AsyncExitStack() as stack:
             relays = [
-                await stack.enter_async_context(self.relay(32 if deliver else 0, spec.sessions))
+                await stack.enter_async_context(
+                    self.relay(32 if deliver else 0, spec.sessions, variant[1])
+                )
                 for _ in range(count)
             ]
             ports = [port for _, port in relays]
-            pids = [relay_pid(process) for process, _ in relays]
+            pids = [pid for process, _ in relays for pid in relay_pids(process)]
             # What the relay asks of Redis with no mail at all (polling, heartbeats): per
             # second, so that the per-message counts below can be read net of it.
             idle_from = await self.redis_counts()
@@ -360,6 +376,7 @@ class Bench:
             used = [memory(pid) for pid in pids]
             rss, peak = round(sum(u[0] for u in used), 1), round(sum(u[1] for u in used), 1)
         server = RELAY if count == 1 else f"{RELAY} x{count}"
+        server += f" {variant[0]}" if variant[0] else ""
         row = self.row(
             scenario, server, spec, result, delivered_at, stats, cost(before, after), rss, peak
         )
@@ -539,8 +556,8 @@ class Bench:
         accepted = 0
         started = time.monotonic()
         async with self.relay(0, sessions) as (process, port):
-            pid = relay_pid(process)
-            samples.append({"queued": 0, "rss_mb": memory(pid)[0]})
+            pids = relay_pids(process)
+            samples.append({"queued": 0, "rss_mb": memory(*pids)[0]})
             for first in range(0, total, step):
                 spec = LoadSpec(
                     port=port,
@@ -555,9 +572,9 @@ class Bench:
                 result = await run(spec, self.tls)
                 accepted += len(result.acked)
                 queued = int(await self.redis.zcard("{q}:messages"))
-                samples.append({"queued": queued, "rss_mb": memory(pid)[0]})
+                samples.append({"queued": queued, "rss_mb": memory(*pids)[0]})
                 print(f"  queue growth: {queued} queued, relay RSS {samples[-1]['rss_mb']} MB")
-            peak = memory(pid)[1]
+            peak = memory(*pids)[1]
             seconds = time.monotonic() - started
         used = await self.redis.info("memory")
         await self.clear_queue()
@@ -593,8 +610,19 @@ def replace_port(
     )
 
 
+def relay_pids(process: asyncio.subprocess.Process) -> list[int]:
+    """The relay and, under `relay run --processes N`, the children of its supervisor."""
+    pid = relay_pid(process)
+    return [pid, *children(pid)]
+
+
 def relay_pid(process: asyncio.subprocess.Process) -> int:
-    """The relay's own pid (under py-spy it is a child of the profiler)."""
+    """The relay's own pid (under py-spy it is a child of the profiler; without it, the
+    children are those of `relay run`'s supervisor)."""
+    with contextlib.suppress(OSError):
+        program = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[0]
+        if not program.endswith(b"py-spy"):
+            return process.pid
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     with contextlib.suppress(OSError):
         kids = children.read_text().split()
@@ -882,8 +910,9 @@ async def main(options: argparse.Namespace) -> None:
             rows.append(await bench.baseline(base))
             print_row(rows[-1])
         for name, spec, deliver in plan:
-            rows.append(await bench.run_relay(name, spec, deliver=deliver))
-            print_row(rows[-1])
+            for variant in options.variant or [("", {})]:
+                rows.append(await bench.run_relay(name, spec, deliver=deliver, variant=variant))
+                print_row(rows[-1])
             for reference in list(references):
                 try:
                     rows.append(
@@ -905,6 +934,12 @@ async def main(options: argparse.Namespace) -> None:
         bench.redis_server.stop()
         shutil.rmtree(work / "redis", ignore_errors=True)  # the AOF of every message sent
     report(rows, growth, postfix_note, bench.dovecot_notes, options)
+
+
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if "=" in item)
+    return name, env
 
 
 def print_row(row: Row) -> None:
@@ -947,6 +982,15 @@ if __name__ == "__main__":
         type=int,
         default=1,
         help="run N relay processes on one Redis, sessions spread over them",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        type=variant,
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="run each relay scenario once per variant, in the same run, with these"
+        " environment overrides (e.g. p1:RELAY_RUN__PROCESSES=1 p2:RELAY_RUN__PROCESSES=2);"
+        " default: one run with the relay's defaults",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the relay (in .venv)")
     options = parser.parse_args()

@@ -7,7 +7,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import dns.resolver
 import redis.asyncio as aioredis
@@ -29,6 +30,9 @@ from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
+from relay.node.limits import NodeConnectionLimits
+from relay.node.parts import listening, run_parts
+from relay.node.share import NodeShare, current
 from relay.queue import QueueStore
 from relay.redis_client import connect, insecure_url, redact_secret, redact_url
 from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
@@ -128,8 +132,16 @@ def spf_checker(settings: Settings, clock: Clock) -> SpfChecker | None:
 async def serve(
     settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event, reclaim: bool = True
 ) -> None:
-    """`reclaim`: take back at once the jobs this node's processes had leased before (right
-    when no other process of the node runs: a restart after a crash)."""
+    """Run the relay's parts (listeners, delivery loop, reputation monitor) until `stop`.
+
+    Raises `PartDied` when a part died first (the listeners were closed at that moment and
+    the other parts stopped). As one of a supervisor's children (`relay.node.share.current`)
+    the listeners share their ports with the node's other processes (SO_REUSEPORT) and the
+    connection and destination limits count over the whole node. `reclaim`: take back at
+    once the jobs this node's processes had leased (right only when no other process of the
+    node runs: a single process starting after a crash; the supervisor does it for its
+    children).
+    """
     give_back_large_blocks()
     clock = clock or SystemClock()
     settings.tls.require_files()
@@ -188,6 +200,7 @@ async def serve(
             on_queued=worker.wake,
             min_free=settings.spool.min_free,
         )
+        node = current()
         servers = await start_listeners(
             listeners=settings.submission.listeners,
             settings=settings.submission,
@@ -201,9 +214,8 @@ async def serve(
                 clock,
                 settings.redis.timeout.seconds,
             ),
-        )
-        delivering = (
-            asyncio.create_task(worker.run(stop)) if settings.delivery.workers > 0 else None
+            connections=node_connection_limits(node, settings),
+            reuse_port=node is not None,
         )
         monitor = ReputationMonitor(
             dnsbl=dnsbl,
@@ -220,23 +232,45 @@ async def serve(
                 min_share=settings.reputation.attribution_share,
             ),
         )
-        monitoring = asyncio.create_task(monitor.run(stop)) if dnsbl.zones else None
+        parts: dict[str, Coroutine[Any, Any, None]] = {}
+        if settings.delivery.workers > 0:
+            parts["delivery"] = worker.run(stop)
+        if dnsbl.zones:
+            parts["monitor"] = monitor.run(stop)
+        for listener, server in zip(settings.submission.listeners, servers, strict=True):
+            parts[f"listener {listener.address}"] = listening(server, stop)
+
+        def close_listeners() -> None:
+            for server in servers:
+                server.close()
+
         log.info(
             "relay.started",
             listeners=[f"{x.address} ({x.tls})" for x in settings.submission.listeners],
             workers=settings.delivery.workers,
             egress=[e.ip for e in settings.delivery.egress],
+            event_loop=type(asyncio.get_running_loop()).__module__,
         )
-        await stop.wait()
-        log.info("relay.stopping")
-        for server in servers:
-            server.close()
-        for task in (delivering, monitoring):
-            if task is not None:
-                await task
-        for server in servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+        try:
+            await run_parts(parts, stop, close_listeners=close_listeners)
+        finally:
+            close_listeners()
+            for server in servers:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 5)
+
+
+def node_connection_limits(
+    node: NodeShare | None, settings: Settings
+) -> NodeConnectionLimits | None:
+    """The node-wide admission of a supervisor's child; None: the process counts alone."""
+    if node is None:
+        return None
+    return NodeConnectionLimits(
+        node.connections,
+        settings.submission.max_connections,
+        settings.submission.max_connections_per_ip,
+    )
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -8,6 +8,7 @@ Errors name the key: `submission.max_message_size: not a size: '50 XB'`.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -221,9 +222,10 @@ class SubmissionSettings(Section):
     """Longest line accepted in DATA, CRLF included (RFC 5321 says 1000; real mail breaks it)."""
     timeouts: SubmissionTimeouts = SubmissionTimeouts()
     max_connections: int = Field(1000, ge=1)
-    """Open sessions of this process over all listeners; more get `421 4.3.2`."""
+    """Open sessions of the node (all the processes of `relay run`) over all listeners; more
+    get `421 4.3.2`."""
     max_connections_per_ip: int = Field(50, ge=1)
-    """Open sessions of this process from one client address; more get `421 4.7.0`."""
+    """Open sessions of the node from one client address; more get `421 4.7.0`."""
     auth_guard: AuthGuardSettings = AuthGuardSettings()
 
 
@@ -270,7 +272,8 @@ class DeliverySettings(Section):
     """Message bytes this process's deliveries hold at once (bodies read from the spool);
     an attempt waits for room; a larger message waits to be alone. 0: no limit."""
     max_connections_per_destination: int = Field(10, ge=1)
-    """Concurrent sessions of this process to one destination (its set of MX hosts)."""
+    """Concurrent sessions of the node (all its processes) to one destination (its set of MX
+    hosts)."""
     session_idle: DurationField = Duration(5.0)
     """An idle session to a destination stays open this long for the next message."""
     session_max_messages: int = Field(100, ge=1)
@@ -409,6 +412,17 @@ class SenderAuthSettings(Section):
     notices. RET=FULL and NOTIFY=SUCCESS need a verified sender under warn and enforce."""
 
 
+class RunSettings(Section):
+    processes: int = Field(0, ge=0)
+    """Processes of `relay run`, each with the listeners (shared ports) and delivery workers;
+    0: one per core. 1: a single process, no supervisor."""
+    uvloop: bool = True
+    """Run the event loop on uvloop when it is installed (libuv: faster I/O)."""
+
+    def count(self) -> int:
+        return self.processes or os.cpu_count() or 1
+
+
 class LogSettings(Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -434,6 +448,7 @@ class Settings(BaseSettings):
     reputation: ReputationSettings = ReputationSettings()
     sender_auth: SenderAuthSettings = SenderAuthSettings()
     log: LogSettings = LogSettings()
+    run: RunSettings = RunSettings()
 
     @classmethod
     def settings_customise_sources(

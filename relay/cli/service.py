@@ -8,10 +8,11 @@ import contextlib
 import sys
 from pathlib import Path
 
-from relay.app import install_stop_signals, serve
+from relay.app import install_stop_signals
 from relay.cli.common import Failure, load, read_password
 from relay.config import HostPort, Settings, SinkSettings
 from relay.logging import configure_logging
+from relay.node.supervisor import run_node, run_one
 from relay.send import build_test_message, send_message
 from relay.sink import serve_sink
 from relay.tls import client_context, server_context
@@ -19,6 +20,14 @@ from relay.tls import client_context, server_context
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser("run", help="start the relay (listeners and delivery workers)")
+    run.add_argument(
+        "--processes",
+        type=_process_count,
+        metavar="N",
+        help="processes sharing the listeners and the delivery work, under a supervisor that"
+        " restarts them (default: run.processes of the config, else one per core); 1: a"
+        " single process, no supervisor",
+    )
     run.set_defaults(handler=_run)
 
     sink = commands.add_parser("sink", help="a catch-all SMTP server storing mail as .eml files")
@@ -58,14 +67,24 @@ def _first_message_hint(settings: Settings) -> str:
     )
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _process_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of processes: {text!r}")
+    return int(text)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Not a coroutine: with several processes this one is their supervisor, and it forks
+    them before any event loop runs here."""
     settings = load(args)
     configure_logging(settings.log)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
+    processes = settings.run.count() if not args.processes else args.processes
     if settings.tls.self_signed:
         print(_first_message_hint(settings), file=sys.stderr)
-    await serve(settings, stop=stop)
+    if processes == 1:
+        run_one(settings)
+    else:
+        run_node(settings, processes)
     return 0
 
 

@@ -10,13 +10,14 @@ import warnings
 from asyncio import sslproto
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import AnyStr
+from typing import AnyStr, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from relay import replies
 from relay.config import Listener, SubmissionSettings
+from relay.errors import ConfigError
 from relay.queue.model import RecipientDsn
 from relay.spool import Incoming, InflightBudget, Spooled, SpoolError
 from relay.submission.data_stream import END, DataDecoder, DataState
@@ -37,6 +38,15 @@ __all__ = ["start_listeners"]
 log = structlog.get_logger("relay.submission")
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+class Admission(Protocol):
+    """Open sessions in all and per client address: `ConnectionLimits` (this process) or
+    `relay.node.limits.NodeConnectionLimits` (every process of the node)."""
+
+    def admit(self, ip: str) -> str | None: ...
+
+    def release(self, ip: str) -> None: ...
 
 
 class DsnEnvelope(Envelope):
@@ -77,8 +87,8 @@ class SubmissionSMTP(SMTP):
     data_timeout: float = 600.0
     pre_auth_timeout: float = 60.0
     tls_handshake_timeout: float = 30.0
-    connections: ConnectionLimits | None = None
-    """Open sessions per process and per client address (shared by every listener)."""
+    connections: Admission | None = None
+    """Open sessions in all and per client address (shared by every listener)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         self._verbatim = False
@@ -105,8 +115,7 @@ class SubmissionSMTP(SMTP):
             refusal = self.connections.admit(ip)
             if refusal is not None:  # before aiosmtpd starts a session: no greeting, no task
                 log.info("submission.connection_refused", peer=ip, reply=refusal)
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(f"{refusal}\r\n".encode())
+                _write(transport, f"{refusal}\r\n")
                 transport.close()
                 return
             self._counted = ip
@@ -123,8 +132,7 @@ class SubmissionSMTP(SMTP):
         if transport is None or transport.is_closing():
             return
         log.info("submission.pre_auth_timeout", peer=_peer_ip(self.session.peer))
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(f"{replies.PRE_AUTH_TIMEOUT}\r\n".encode())
+        _write(transport, f"{replies.PRE_AUTH_TIMEOUT}\r\n")
         transport.close()  # connection_lost follows, which ends the session
 
     async def smtp_STARTTLS(self, arg: str) -> None:
@@ -331,6 +339,11 @@ class SubmissionSMTP(SMTP):
             self.event_handler.end_transaction(self.session)
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
+    def eof_received(self) -> bool | None:
+        if self.session is None:
+            return False  # refused in connection_made: aiosmtpd never started; close
+        return super().eof_received()
+
     def connection_lost(self, error: Exception | None) -> None:
         if self.session is None:
             return  # refused in connection_made: aiosmtpd never started
@@ -345,8 +358,8 @@ class SubmissionSMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(f"{replies.TIMEOUT}\r\n".encode())
+        if transport is not None and not transport.is_closing():
+            _write(transport, f"{replies.TIMEOUT}\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
 
@@ -404,7 +417,17 @@ class _ImplicitTls(sslproto.SSLProtocol):
             _log_handshake_failure(self._peer, error, timeout)
 
 
-def _protocol_class(settings: SubmissionSettings) -> type[SubmissionSMTP]:
+def _write(transport: asyncio.BaseTransport, line: str) -> None:
+    """A reply written outside aiosmtpd's session. By duck type: uvloop's transports write
+    like asyncio's but are not `asyncio.WriteTransport` subclasses."""
+    write = getattr(transport, "write", None)
+    if callable(write):
+        write(line.encode())
+
+
+def _protocol_class(
+    settings: SubmissionSettings, connections: Admission | None
+) -> type[SubmissionSMTP]:
     return type(
         "ConfiguredSubmissionSMTP",
         (SubmissionSMTP,),
@@ -413,9 +436,9 @@ def _protocol_class(settings: SubmissionSettings) -> type[SubmissionSMTP]:
             "data_timeout": settings.timeouts.data.seconds,
             "pre_auth_timeout": settings.timeouts.pre_auth.seconds,
             "tls_handshake_timeout": settings.timeouts.tls_handshake.seconds,
-            "connections": ConnectionLimits(
-                settings.max_connections, settings.max_connections_per_ip
-            ),
+            "connections": connections
+            if connections is not None
+            else ConnectionLimits(settings.max_connections, settings.max_connections_per_ip),
         },
     )
 
@@ -429,11 +452,17 @@ async def start_listeners(
     hostname: str,
     guard: AuthGuard | None = None,
     budget: InflightBudget | None = None,
+    connections: Admission | None = None,
+    reuse_port: bool = False,
 ) -> list[asyncio.Server]:
+    """Listen on every listener's address. `connections`: the admission of new sessions
+    (default: this process's own `ConnectionLimits`); `reuse_port`: bind with SO_REUSEPORT,
+    so that the node's processes each listen on the same ports and the kernel spreads new
+    connections over them."""
     loop = asyncio.get_running_loop()
     handler = SubmissionHandler(service, guard, budget)
-    protocol = _protocol_class(settings)
-    servers = []
+    protocol = _protocol_class(settings, connections)
+    servers: list[asyncio.Server] = []
     for listener in listeners:
         implicit = listener.tls == "implicit"
 
@@ -465,9 +494,19 @@ async def start_listeners(
                 timeout=settings.timeouts.command.seconds,
             )
 
-        server = await loop.create_server(
-            factory, host=listener.address.host, port=listener.address.port
-        )
+        try:
+            server = await loop.create_server(
+                factory,
+                host=listener.address.host,
+                port=listener.address.port,
+                reuse_port=reuse_port or None,
+            )
+        except OSError as exc:
+            for server in servers:
+                server.close()
+            raise ConfigError(
+                f"submission.listeners: cannot listen on {listener.address}: {exc.strerror or exc}"
+            ) from None
         log.info("submission.listening", address=str(listener.address), tls=listener.tls)
         servers.append(server)
     return servers

@@ -57,13 +57,17 @@ level = "warning"
     )
 
 
-async def start_relay(config: Path, port: int, **env: str) -> asyncio.subprocess.Process:
+async def start_relay(
+    config: Path, port: int, *, processes: int = 1, **env: str
+) -> asyncio.subprocess.Process:
     """Start it and wait until it listens on `port`; its log goes to relay.log beside the
-    config, whose end a failure to start shows."""
+    config, whose end a failure to start shows. One process unless asked: the tests that
+    kill it mean to kill the process that holds the sessions and the deliveries."""
     log = config.parent / "relay.log"
     with log.open("ab") as sink:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay", "--config", str(config), "run",
+            "--processes", str(processes),
             env={**os.environ, **env},
             stdout=asyncio.subprocess.DEVNULL,
             stderr=sink,
