@@ -39,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -105,6 +106,15 @@ class Row:
     note: str = ""
     redis_stalls: str = ""
     """Redis's own latency events over 50 ms during the run (LATENCY LATEST)."""
+
+
+def peers_dir() -> Path:
+    """Where Postfix and Dovecot run: their own users (postfix, dovecot) must reach it, and
+    the relay keeps its var/ private (0700), so not under var/bench/."""
+    folder = Path(tempfile.gettempdir()) / "relay-bench-peers"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o755)
+    return folder
 
 
 def memory(*pids: int) -> tuple[float, float]:
@@ -404,7 +414,7 @@ class Bench:
             self.redis_server.url,
         )
         instance = Postfix(
-            OUT / ("postfix-dovecot" if sasl else "postfix"),
+            peers_dir() / ("postfix-dovecot" if sasl else "postfix"),
             port=free_port(),
             sink_port=self.sink.port,
             cert=self.cert,
@@ -418,7 +428,7 @@ class Bench:
         dovecot = None
         if sasl:
             dovecot = Dovecot(
-                OUT / "dovecot",
+                peers_dir() / "dovecot",
                 socket=instance.sasl_socket,
                 users=[(login, self.password_hash) for login in self.logins],
                 cache_size="10M",
