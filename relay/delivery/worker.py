@@ -39,6 +39,9 @@ __all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger("relay.delivery")
 
+DRAIN_GRACE = 10.0
+"""Seconds running deliveries get to finish when the relay stops cleanly."""
+
 NO_EGRESS_STATUS = "4.4.5"
 """Every egress IP is disabled, listed or cooling down for the domain (RFC 3463 X.4.5)."""
 
@@ -91,7 +94,8 @@ class DeliveryWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
-        try:
+        grace = 0.0  # dying: let the error out at once (the process stops taking mail);
+        try:  #         the jobs cut short come back by lease, or by the supervisor at once
             while not stop.is_set():
                 await self.run_due(stop)
                 if stop.is_set():
@@ -107,9 +111,10 @@ class DeliveryWorker:
                 )
                 for waiter in waiters:
                     waiter.cancel()
+            grace = DRAIN_GRACE
         finally:
             heartbeat.cancel()
-            await self._drain()
+            await self._drain(grace)
             await self.sessions.close()
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
@@ -166,7 +171,7 @@ class DeliveryWorker:
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery.crashed", error=repr(task.exception()))
 
-    async def _drain(self, grace: float = 10.0) -> None:
+    async def _drain(self, grace: float = DRAIN_GRACE) -> None:
         """On stop: let running deliveries finish for a while; the rest come back by lease."""
         if not self._tasks:
             return
