@@ -136,17 +136,21 @@ async def open_session(
         limit=1 << 16,
     )
     session = Session(reader, writer)
-    await session.reply("greeting", 220)
-    await session.command(b"EHLO load.bench", "ehlo", 250)
-    if spec.tls == "starttls":
-        assert context is not None
-        await session.command(b"STARTTLS", "starttls", 220)
-        await writer.start_tls(context, server_hostname=spec.host)
+    try:
+        await session.reply("greeting", 220)
         await session.command(b"EHLO load.bench", "ehlo", 250)
-    if account is not None and spec.auth:
-        login, password = account
-        blob = base64.b64encode(f"\0{login}\0{password}".encode())
-        await session.command(b"AUTH PLAIN " + blob, "auth", 235)
+        if spec.tls == "starttls":
+            assert context is not None
+            await session.command(b"STARTTLS", "starttls", 220)
+            await writer.start_tls(context, server_hostname=spec.host)
+            await session.command(b"EHLO load.bench", "ehlo", 250)
+        if account is not None and spec.auth:
+            login, password = account
+            blob = base64.b64encode(f"\0{login}\0{password}".encode())
+            await session.command(b"AUTH PLAIN " + blob, "auth", 235)
+    except BaseException:  # refused before the session began: hang up, as a client would
+        writer.close()
+        raise
     return session
 
 

@@ -102,8 +102,10 @@ async def test_a_count_taken_back_leaves_the_streaks_as_they_were(redis, clock):
     clock.advance(100)
     right = await guard.check("alice", ip)
     await guard.count(right)
-    assert (await guard.state("alice", ip, clock.now())).ip == Streak(3, clock.now())
-    await guard.success(right)  # the right password: the address's count is taken back
+    counted = await guard.state("alice", ip, clock.now())
+    assert counted.login == Streak(1, clock.now()), "the login's counted before hashing"
+    assert counted.ip == Streak(2, before), "the address's only once known to be a failure"
+    await guard.success(right)  # the right password: the login's count is taken back
     unchecked = await guard.check("bob", ip)
     await guard.count(unchecked)
     await guard.uncount(unchecked)  # never checked (queue full): not a failure either
@@ -240,3 +242,19 @@ async def test_a_password_typed_as_the_login_never_reaches_the_logs(redis, clock
     tags = {name for name in shown if name.startswith("unknown:")}
     assert len(tags) == 1, "the same unknown login gets the same tag"
     assert shown == tags | {"alice"}, "an account's login is logged as itself"
+
+
+async def test_a_shared_web_server_logging_in_many_customers_at_once_is_not_locked(
+    redis, clock, server_cert, ca
+):
+    """40 different accounts log in for the first time, at once, from one address (the web
+    server of a shared hosting offer): past the address's 30-failure lock in flight if the
+    address were counted before hashing, and none of them is a failure."""
+    logins = [f"site{n}" for n in range(40)]
+    for login in logins:
+        await add_sender(redis, login)
+    async with guarded_stack(redis, clock, server_cert, ca, auth_guard={"hash_queue": 64}) as stack:
+        results = await asyncio.gather(
+            *(attempt(stack, login, PASSWORD, "127.0.0.86") for login in logins)
+        )
+    assert [code for code, _ in results] == [235] * 40, results

@@ -194,11 +194,9 @@ class Counted:
     stamp: str
     """The `last` it wrote (as Redis holds it)."""
     login_before: str
-    ip_before: str
-    """`last` of the login / the address as it was before (what taking it back restores)."""
+    """`last` of the login as it was before (what taking it back restores)."""
     login_failures: int
-    ip_failures: int
-    """Failures of the login / the address with this attempt counted."""
+    """Failures of the login with this attempt counted."""
 
 
 @dataclass
@@ -223,11 +221,14 @@ class AuthGuard:
     """What the AUTH handler asks before and after checking a password. The Redis side is
     one script call per subject (login, address) per step.
 
-    A password that must be hashed is counted as a failure before it is hashed, in the
-    same atomic step that checks the lock (`count`), and taken back when it turns out right
-    (`success`) or is never checked (`uncount`): concurrent guesses cannot all slip under
-    the threshold while their hashes run, and a guesser who hangs up before the answer has
-    spent a guess. A login found in the cache of verified logins is not counted at all.
+    A password that must be hashed is counted as a failure of its login before it is
+    hashed, in the same atomic step that checks the login's lock (`count`), and taken back
+    when it turns out right (`success`) or is never checked (`uncount`): concurrent guesses
+    at one login cannot all slip under its threshold while their hashes run, and a guesser
+    who hangs up before the answer has spent a guess. The address's streak counts failures
+    once they are known (`failure`): a shared web server logging in many of its customers at
+    once must not lock itself out, and the guesses one address has in flight are bounded by
+    the hashing queue anyway. A login found in the cache of verified logins is not counted.
 
     If Redis does not answer, the guard lets the attempt through: the password check needs
     Redis too and answers 454 by itself.
@@ -276,27 +277,17 @@ class AuthGuard:
         (and sets `attempt.locked`) when a concurrent attempt got there first."""
         now = self._clock.now()
         stamp = repr(now)
-        login_limit, ip_limit = self.policy.limits(known_ip=attempt.known)
-        login_tag, ip_tag = _login_tag(attempt.login), _ip_tag(attempt.ip)
+        login_limit, _ = self.policy.limits(known_ip=attempt.known)
         try:
             async with asyncio.timeout(self._timeout):
-                login, ip = await asyncio.gather(
-                    self._try(login_tag, stamp, login_limit), self._try(ip_tag, stamp, ip_limit)
-                )
-                if login.counted and ip.counted:
-                    attempt.counted = Counted(
-                        stamp, login.before, ip.before, login.streak.failures, ip.streak.failures
-                    )
-                    return
-                # Refused by one subject: take back what the other counted.
-                for tried, tag in ((login, login_tag), (ip, ip_tag)):
-                    if tried.counted:
-                        await self._undo(tag, now, stamp, tried.before)
+                login = await self._try(_login_tag(attempt.login), stamp, login_limit)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
             return
-        subject, refused = ("ip", ip) if not ip.counted else ("login", login)
-        attempt.locked = Locked(subject, refused.streak.last + self.policy.lockout)
+        if login.counted:
+            attempt.counted = Counted(stamp, login.before, login.streak.failures)
+            return
+        attempt.locked = Locked("login", login.streak.last + self.policy.lockout)
         raise AuthLocked(attempt.locked.reply(now))
 
     def refused(self, attempt: Attempt, shown: str) -> str:
@@ -318,18 +309,17 @@ class AuthGuard:
         """The password was wrong: the seconds to wait before answering it. Counted already
         (by `count`), unless Redis was away then: it is counted now if it can be."""
         now = self._clock.now()
-        if attempt.counted is not None:
-            login_failures, ip_failures = (
-                attempt.counted.login_failures,
-                attempt.counted.ip_failures,
-            )
-        else:
-            try:
-                async with asyncio.timeout(self._timeout):
+        try:
+            async with asyncio.timeout(self._timeout):
+                if attempt.counted is not None:  # the login's is counted; the address's now
+                    login_failures = attempt.counted.login_failures
+                    ip_streak, _ = await self._call("fail", _ip_tag(attempt.ip), now, "")
+                    ip_failures = ip_streak.failures
+                else:
                     login_failures, ip_failures = await self.failed(attempt.login, attempt.ip, now)
-            except (StoreUnavailable, TimeoutError) as exc:
-                log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
-                return self.policy.delay(self.policy.delay_after + 1)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
+            return self.policy.delay(self.policy.delay_after + 1)
         for subject in self.policy.locks_now(login_failures, ip_failures):
             log.warning(
                 "auth.locked",
@@ -342,7 +332,7 @@ class AuthGuard:
         return self.policy.delay(max(login_failures, ip_failures))
 
     async def success(self, attempt: Attempt) -> None:
-        """End the login's streak, remember the address, take back the address's count."""
+        """End the login's streak (its count included) and remember the address."""
         now = self._clock.now()
         counted = attempt.counted
         attempt.counted = None
@@ -354,13 +344,7 @@ class AuthGuard:
                 return
         try:
             async with asyncio.timeout(self._timeout):
-                if counted is None:
-                    await self.succeeded(attempt.login, attempt.ip, now)
-                else:
-                    await asyncio.gather(
-                        self.succeeded(attempt.login, attempt.ip, now),
-                        self._undo(_ip_tag(attempt.ip), now, counted.stamp, counted.ip_before),
-                    )
+                await self.succeeded(attempt.login, attempt.ip, now)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
 
@@ -373,9 +357,8 @@ class AuthGuard:
         now = self._clock.now()
         try:
             async with asyncio.timeout(self._timeout):
-                await asyncio.gather(
-                    self._undo(_login_tag(attempt.login), now, counted.stamp, counted.login_before),
-                    self._undo(_ip_tag(attempt.ip), now, counted.stamp, counted.ip_before),
+                await self._undo(
+                    _login_tag(attempt.login), now, counted.stamp, counted.login_before
                 )
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
