@@ -34,6 +34,7 @@ from relay.delivery.outcome import (
     split_status,
 )
 from relay.delivery.sessions import PooledSession, SessionPool
+from relay.delivery.wire import send_data
 
 __all__ = ["AttemptReport", "IpProblem", "attempt_domain"]
 
@@ -316,7 +317,7 @@ class _Attempt:
                 else:
                     accepted.append(index)
             if accepted:
-                reply = await smtp.data(self.body, timeout=self.timeouts.data.seconds)
+                reply = await send_data(smtp, self.body, timeout=self.timeouts.data.seconds)
                 for index in accepted:
                     self.settle_reply(index, reply.code, reply.message)
             else:
