@@ -268,7 +268,7 @@ class DeliverySettings(Section):
     """Connection failures of one IP (that another IP got past) before it cools down."""
     failover_ips: int = Field(3, ge=1)
     """Egress IPs tried within one attempt when an IP is blocked or cannot connect."""
-    max_inflight_bytes: SizeField = 64_000_000
+    max_inflight_bytes: SizeField = 24_000_000
     """Message bytes this process's deliveries hold at once (bodies read from the spool);
     an attempt waits for room; a larger message waits to be alone. 0: no limit."""
     max_connections_per_destination: int = Field(10, ge=1)
