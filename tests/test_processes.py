@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosmtplib
@@ -193,6 +194,31 @@ async def test_per_address_limit_holds_over_the_node_and_a_killed_child_leaks_no
     assert all(gone(pid) for pid in second), "the children stopped with their supervisor"
 
 
+@contextlib.asynccontextmanager
+async def two_processes(
+    redis_server, server_cert, tmp_path: Path, sink: Sink, delivery: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """A node of two processes delivering every domain to `sink`, started; (its supervisor,
+    its submission port). Stopped cleanly at the end (exit code 0 checked)."""
+    submit_port = free_port()
+    async with sink.serving() as server:
+        config = tmp_path / "relay.toml"
+        write_config(
+            config,
+            redis_url=redis_server.url,
+            server_cert=server_cert,
+            submit_port=submit_port,
+            sink_port=server.sockets[0].getsockname()[1],
+            delivery=delivery,
+        )
+        relay = await start_relay(config, submit_port, processes=2, RELAY_LOG__LEVEL="info")
+        try:
+            await until(lambda: len(events(tmp_path / "relay.log", "relay.started")) == 2)
+            yield relay, submit_port
+        finally:
+            assert await stop_relay(relay) == 0
+
+
 class SlowSink(Sink):
     """A sink whose DATA takes a while, counting the transactions in progress at once."""
 
@@ -216,26 +242,13 @@ async def test_per_destination_limit_holds_over_the_node(
     redis, redis_server, server_cert, ca, tmp_path
 ):
     await add_sender(redis)
-    submit_port = free_port()
     sink = SlowSink()
-    async with sink.serving() as server:
-        config = tmp_path / "relay.toml"
-        write_config(
-            config,
-            redis_url=redis_server.url,
-            server_cert=server_cert,
-            submit_port=submit_port,
-            sink_port=server.sockets[0].getsockname()[1],
-            delivery="workers = 2\nmax_connections_per_destination = 2",
-        )
-        relay = await start_relay(config, submit_port, processes=2, RELAY_LOG__LEVEL="info")
-        try:
-            await until(lambda: len(events(tmp_path / "relay.log", "relay.started")) == 2)
-            # Two processes with 2 workers each could run 4 sessions to the sink at once.
-            await asyncio.gather(*(submit(submit_port, ca, n) for n in range(12)))
-            await sink.wait_for(12, timeout=60)
-        finally:
-            assert await stop_relay(relay) == 0
+    delivery = "workers = 2\nmax_connections_per_destination = 2"
+    async with two_processes(redis_server, server_cert, tmp_path, sink, delivery) as node:
+        _, submit_port = node
+        # Two processes with 2 workers each could run 4 sessions to the sink at once.
+        await asyncio.gather(*(submit(submit_port, ca, n) for n in range(12)))
+        await sink.wait_for(12, timeout=60)
     assert sink.peak == 2
     delivered = events(tmp_path / "relay.log", "delivery.delivered")
     assert {d["process"] for d in delivered} == {0, 1}, "both processes delivered"
@@ -336,30 +349,16 @@ async def test_the_supervisor_takes_back_the_leases_of_killed_children_at_once(
     """Leases last 60 s; every child is killed -9 mid-delivery. The supervisor makes their
     jobs due again as it restarts them: all is delivered within seconds, not a lease later."""
     await add_sender(redis)
-    submit_port = free_port()
     sink = StallingSink()
-    async with sink.serving() as server:
-        config = tmp_path / "relay.toml"
-        write_config(
-            config,
-            redis_url=redis_server.url,
-            server_cert=server_cert,
-            submit_port=submit_port,
-            sink_port=server.sockets[0].getsockname()[1],
-            delivery='lease = "60s"',
-        )
-        relay = await start_relay(config, submit_port, processes=2, RELAY_LOG__LEVEL="info")
-        try:
-            await until(lambda: len(events(tmp_path / "relay.log", "relay.started")) == 2)
-            ids = await asyncio.gather(*(submit(submit_port, ca, n) for n in range(6)))
-            await until(lambda: sink.running >= 2)
-            for pid in children(relay.pid):
-                os.kill(pid, signal.SIGKILL)
-            killed = time.monotonic()
-            await until(lambda: set(ids) <= delivered_ids(sink), within=30)
-            recovered = time.monotonic() - killed
-        finally:
-            assert await stop_relay(relay) == 0
+    async with two_processes(redis_server, server_cert, tmp_path, sink, 'lease = "60s"') as node:
+        relay, submit_port = node
+        ids = await asyncio.gather(*(submit(submit_port, ca, n) for n in range(6)))
+        await until(lambda: sink.running >= 2)
+        for pid in children(relay.pid):
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        await until(lambda: set(ids) <= delivered_ids(sink), within=30)
+        recovered = time.monotonic() - killed
     assert recovered < 20, f"waited {recovered:.1f} s: the leases were not taken back"
     reclaimed = events(tmp_path / "relay.log", "queue.reclaimed")
     assert sum(r["jobs"] for r in reclaimed) >= 2
