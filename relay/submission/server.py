@@ -219,6 +219,9 @@ class SubmissionSMTP(SMTP):
         decoder = DataDecoder(
             size_limit=self.data_size_limit or 0, line_limit=self.line_length_limit
         )
+        # A refusal decided mid-stream (the disk): the rest is still read and dropped, as
+        # aiosmtpd does for its own refusals, so that it is not taken for commands.
+        failed: str | None = None
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             while not decoder.done:
@@ -227,11 +230,16 @@ class SubmissionSMTP(SMTP):
                 except asyncio.IncompleteReadError:  # the client went away mid-DATA
                     return
                 content = decoder.feed(piece)
-                if content:
-                    budget.take(len(content))
-                    incoming.write(content)
-            status = await self._end_data(decoder, incoming, envelope)
-        except SpoolError as exc:
+                if content and failed is None:
+                    try:
+                        incoming.write(content)
+                    except SpoolError as exc:
+                        log.error("spool.write_failed", error=str(exc))
+                        failed = str(replies.SPOOL_FULL)
+                    else:
+                        budget.take(len(content))
+            status = failed or await self._end_data(decoder, incoming, envelope)
+        except SpoolError as exc:  # making it durable failed: nothing was accepted
             log.error("spool.write_failed", error=str(exc))
             status = str(replies.SPOOL_FULL)
         finally:
