@@ -202,7 +202,7 @@ class AuthGuardSettings(Section):
     lockout: DurationField = Duration(900.0)
     known_ip_for: DurationField = Duration(30 * 86400.0)
     """An address a login succeeded from stays exempt from that login's lock this long."""
-    hash_queue: int = Field(32, ge=0)
+    hash_queue: int = Field(128, ge=0)
     """Password checks from addresses unknown to their login that may wait for a hashing
     thread (process-wide); more get `454 4.7.0` at once instead of slowing every login."""
     hash_queue_known: int = Field(256, ge=1)
