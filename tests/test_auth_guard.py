@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from relay.accounts import unknown_login
 from relay.submission.guard import AuthPolicy, ConnectionLimits, Streak, client_key
 from tests.conftest import PASSWORD, add_sender
-from tests.support.guarded import RawClient, guarded_stack
+from tests.support.guarded import RawClient, attempt, guarded_stack
 
 POLICY = AuthPolicy(
     delay_after=2,
@@ -105,16 +105,6 @@ def test_connection_limits_count_per_address_and_in_all():
 
 
 # --- over real sockets and Redis ---
-
-
-async def attempt(stack, login: str, password: str, source: str) -> tuple[int, str]:
-    client = await RawClient.connect(stack.implicit_port, tls=stack.client_tls, source=source)
-    try:
-        assert (await client.reply())[0] == 220
-        await client.command(b"EHLO client.test")
-        return await client.login(login, password)
-    finally:
-        await client.close()
 
 
 @pytest.mark.timeout(60)

@@ -16,7 +16,7 @@ from relay.accounts.passwords import hash_password
 from relay.errors import AuthLocked, Busy
 from relay.submission.guard import AuthGuard, AuthPolicy, AuthState, Streak
 from tests.conftest import PASSWORD, add_sender
-from tests.support.guarded import RawClient, guarded_stack
+from tests.support.guarded import RawClient, attempt, guarded_stack
 
 # --- the pure admission policy ---
 
@@ -139,16 +139,6 @@ async def test_with_no_room_a_guess_from_an_unknown_address_is_busy_after_one_re
 
 
 # --- over real sockets, TLS and Redis ---
-
-
-async def attempt(stack, login: str, password: str, source: str) -> tuple[int, str]:
-    client = await RawClient.connect(stack.implicit_port, tls=stack.client_tls, source=source)
-    try:
-        assert (await client.reply())[0] == 220
-        await client.command(b"EHLO client.test")
-        return await client.login(login, password)
-    finally:
-        await client.close()
 
 
 @pytest.mark.timeout(60)

@@ -17,29 +17,15 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.clock import SystemClock
 from relay.queue import QueueStore
 from relay.sink import Sink
-from tests.conftest import PASSWORD, add_sender, free_port
-from tests.support.relay_process import start_relay, stop_relay, write_config
+from tests.conftest import add_sender, free_port
+from tests.support.relay_process import start_relay, stop_relay, submit, write_config
 from tests.support.spool import temp_spool
-
-
-async def submit(port: int, ca, n: int) -> str:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    async with aiosmtplib.SMTP(
-        hostname="127.0.0.1", port=port, use_tls=True, tls_context=context, timeout=10
-    ) as smtp:
-        await smtp.login("alice", PASSWORD)
-        body = f"Subject: processes {n}\r\n\r\nmessage {n}\r\n".encode()
-        _, reply = await smtp.sendmail("alice@example.org", [f"r{n}@example.com"], body)
-    assert reply.startswith("2.0.0 Queued as ")
-    return reply.split()[-1]
 
 
 async def greeting(port: int, ca) -> tuple[str, asyncio.StreamWriter]:

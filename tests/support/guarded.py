@@ -159,3 +159,14 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+async def attempt(stack: Guarded, login: str, password: str, source: str) -> tuple[int, str]:
+    """One AUTH PLAIN over implicit TLS from `source`: its reply."""
+    client = await RawClient.connect(stack.implicit_port, tls=stack.client_tls, source=source)
+    try:
+        assert (await client.reply())[0] == 220
+        await client.command(b"EHLO client.test")
+        return await client.login(login, password)
+    finally:
+        await client.close()

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import aiosmtplib
+
+from tests.conftest import PASSWORD
 
 
 def write_config(
@@ -97,3 +102,17 @@ async def stop_relay(process: asyncio.subprocess.Process) -> int:
             process.kill()
             await process.wait()
     return int(process.returncode or 0)
+
+
+async def submit(port: int, ca, n: int) -> str:
+    """One message from alice (implicit TLS, AUTH) to r{n}@example.com; its queue id."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=port, use_tls=True, tls_context=context, timeout=10
+    ) as smtp:
+        await smtp.login("alice", PASSWORD)
+        body = f"Subject: message {n}\r\n\r\nmessage {n}\r\n".encode()
+        _, reply = await smtp.sendmail("alice@example.org", [f"r{n}@example.com"], body)
+    assert reply.startswith("2.0.0 Queued as ")
+    return reply.split()[-1]
