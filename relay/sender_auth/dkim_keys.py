@@ -28,7 +28,7 @@ import structlog
 
 from relay.abuse.content import from_addresses
 from relay.config import SenderAuthSettings
-from relay.errors import NotFound
+from relay.errors import NotFound, StoreUnavailable
 from relay.redis_client import store_errors, text, text_dict
 from relay.sender_auth.key_vault import KeyVault, KeyVaultError, is_sealed, sealed_key_id
 from reputation import registrable_domain
@@ -190,6 +190,22 @@ class DkimSigner:
         self._clock = clock
         self._ttl = ttl
         self._cache: dict[str, tuple[float, DkimKey | None, str]] = {}
+        self._owners: tuple[float, frozenset[str]] | None = None
+        """(until when, the logins that own a key), read again every `ttl`."""
+
+    async def signs_for(self, account: str) -> bool:
+        """Whether the account owns any key, so that its mail may need a signature: only
+        then is a body hashed as it arrives. Cached like the keys (a key just added signs
+        within `ttl`); when Redis does not answer, True (hashing costs time, not mail)."""
+        now = self._clock()
+        if self._owners is None or self._owners[0] <= now:
+            try:
+                owners = frozenset((await self._store.owners()).values())
+            except StoreUnavailable as exc:
+                log.warning("dkim.owners_unavailable", error=str(exc))
+                return True
+            self._owners = (now + self._ttl, owners)
+        return account in self._owners[1]
 
     async def _key(self, domain: str) -> tuple[DkimKey | None, str]:
         """(the domain's key or None, its owner's login)."""

@@ -188,11 +188,11 @@ class SubmissionHandler:
         envelope.rcpt_options.extend(options)
         return str(replies.RECIPIENT_OK)
 
-    def receive(self, session: Session, declared: int) -> Incoming | str:
+    async def receive(self, session: Session, declared: int) -> Incoming | str:
         """Where DATA goes (a new spool file), or the 452 when this process has no room."""
         if not self.budget.admits(declared):
             return str(replies.SPOOL_BUSY)
-        return self._service.receive()
+        return await self._service.receive(str(session.auth_data))
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         mail_from = envelope.mail_from or ""

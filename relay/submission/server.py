@@ -211,7 +211,7 @@ class SubmissionSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
-        incoming = self.event_handler.receive(self.session, 0)
+        incoming = await self.event_handler.receive(self.session, 0)
         if isinstance(incoming, str):
             await self.push(incoming)
             return

@@ -30,8 +30,19 @@ log = structlog.get_logger("relay.submission")
 
 ContentCheck = Callable[[str, str, bytes], Awaitable[str | None]]
 """(account, mail_from, body) → a refusal reply, or None to accept."""
-DkimSign = Callable[[bytes, str, str], Awaitable[bytes]]
-"""(message, account) → the message, signed when the account owns a key for its From:."""
+
+
+class DkimSign(Protocol):
+    """The DKIM signer as acceptance uses it (relay.sender_auth.DkimSigner)."""
+
+    async def __call__(self, headers: bytes, body_hash: str, account: str) -> bytes:
+        """The DKIM-Signature field, or b"" when the account owns no key for the From:."""
+        ...
+
+    async def signs_for(self, account: str) -> bool:
+        """Whether the account owns any key: only then is its body hashed as it arrives."""
+        ...
+
 
 CONTENT_SAMPLE = 4 << 20
 """Bytes of a message the content check reads (link extraction stops earlier anyway)."""
@@ -74,7 +85,7 @@ class Submission(Protocol):
 
     def new_transaction(self) -> str: ...
 
-    def receive(self) -> Incoming | str: ...
+    async def receive(self, account: str) -> Incoming | str: ...
 
     async def check_recipient(
         self, account: str, address: str, accepted: int, tx: str, dsn: RecipientDsn | None = None
@@ -233,15 +244,17 @@ class SubmissionService:
     def new_transaction(self) -> str:
         return self._quota.new_transaction()
 
-    def receive(self) -> Incoming | str:
-        """A spool file for the content of the next message, named by its queue id; the
-        452 4.3.1 when the disk is nearly full."""
+    async def receive(self, account: str) -> Incoming | str:
+        """A spool file for the content of the account's next message, named by its queue
+        id; the 452 4.3.1 when the disk is nearly full. The body is hashed for DKIM as it
+        arrives only when the account owns a key (20 MB: about 70 ms of CPU saved)."""
         spool = self._queue.spool
+        hash_body = self._dkim is not None and await self._dkim.signs_for(account)
         try:
             if self._min_free and spool.free_bytes() < self._min_free:
                 log.error("spool.disk_full", dir=str(spool.root), min_free=self._min_free)
                 return str(replies.SPOOL_FULL)
-            return spool.receive(self._queue.new_id(), hash_body=self._dkim is not None)
+            return spool.receive(self._queue.new_id(), hash_body=hash_body)
         except (SpoolError, OSError) as exc:
             log.error("spool.unavailable", error=str(exc))
             return str(replies.SPOOL_FULL)
