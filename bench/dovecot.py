@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.net import children
+
 __all__ = ["CacheStats", "Dovecot", "dovecot_binary", "parse_cache_stats"]
 
 CONFIG = """\
@@ -151,14 +153,7 @@ class Dovecot:
         if self.process is None or self.process.poll() is not None:
             return []
         master = self.process.pid
-        found = [master]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    stat = (entry / "stat").read_text().rpartition(")")[2].split()
-                    if int(stat[1]) == master:
-                        found.append(int(entry.name))
-        return found
+        return [master, *children(master)]
 
     def cache_stats(self, within: float = 3.0) -> CacheStats | None:
         """Ask the auth process for its cache counters; None when it does not answer."""

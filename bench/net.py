@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
 from pathlib import Path
 
-__all__ = ["OUT", "free_port", "save_results", "wait_port"]
+__all__ = ["OUT", "children", "free_port", "save_results", "wait_port"]
 
 OUT = Path("var/bench")
 
@@ -40,3 +41,15 @@ def save_results(name: str, data: object) -> Path:
     path.write_text(json.dumps(data, indent=2, default=str))
     print(f"written {path}")
     return path
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(stat[1]) == pid:
+                    found.append(int(entry.name))
+    return found

@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.net import children
+
 __all__ = ["Postfix", "postfix_binary", "pss"]
 
 MASTER_CF = """\
@@ -216,14 +218,7 @@ class Postfix:
         master = self.master_pid()
         if master is None:
             return []
-        found = [master]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    stat = (entry / "stat").read_text().rpartition(")")[2].split()
-                    if int(stat[1]) == master:
-                        found.append(int(entry.name))
-        return found
+        return [master, *children(master)]
 
     def memory(self) -> int:
         """Memory of the master and all its children in bytes, shared pages counted once."""

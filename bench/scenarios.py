@@ -47,7 +47,7 @@ from typing import Any
 
 from bench.dovecot import Dovecot, dovecot_binary
 from bench.load import LoadResult, LoadSpec, client_context, run
-from bench.net import OUT, free_port, save_results, wait_port
+from bench.net import OUT, children, free_port, save_results, wait_port
 from bench.postfix import Postfix, postfix_binary, pss
 from bench.redis_cost import RedisCost, RedisSnapshot, cost, snapshot
 from quota import Plan, QuotaStore
@@ -142,17 +142,6 @@ def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     if reaped:
         ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text().rpartition(")")[2].split()
-                if int(stat[1]) == pid:
-                    found.append(int(entry.name))
-    return found
 
 
 class SinkProcess:
