@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from quota.decision import Decision, Verdict
@@ -101,6 +102,12 @@ class QuotaStore:
             await self._redis.delete(_Keys(owner).reservation(tx))
         except RedisError as exc:
             raise QuotaUnavailable(f"redis: {exc}") from None
+
+    @staticmethod
+    def stage_commit(pipe: Pipeline, owner: str, tx: str) -> None:
+        """`commit`, added to another store's pipeline (the relay sends it with the
+        enqueue of the message: one round trip for both)."""
+        pipe.delete(_Keys(owner).reservation(tx))
 
     async def release(self, owner: str, tx: str, now: float) -> int:
         """The transaction did not complete: give its units back. Returns the 24 h units."""

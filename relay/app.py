@@ -163,7 +163,7 @@ async def serve(
             clock=clock,
             egress_state=egress_state(redis, clock, settings.delivery),
             hostname=settings.hostname,
-            on_delivered=TrafficLog(redis).record_delivery,
+            on_delivered=TrafficLog.stage_delivery,
             quota=quota,
         )
         suspensions = suspension_service(redis, settings, clock, quota)
@@ -183,7 +183,7 @@ async def serve(
             queue=queue,
             quota=quota,
             content_check=guard.check if _checks_content(settings) else None,
-            trace=TraceStore(redis).remember,
+            trace=TraceStore.stage_remember,
             spf=spf_checker(settings, clock),
             spf_mode=settings.sender_auth.spf,
             dkim=DkimSigner(

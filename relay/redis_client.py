@@ -8,28 +8,36 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT
 
 from relay.errors import ConfigError, StoreUnavailable
 
 __all__ = [
+    "Along",
     "connect",
     "insecure_url",
     "load_script",
     "redact_secret",
     "redact_url",
+    "script_with",
     "store_errors",
     "text",
     "text_dict",
 ]
 
 _HIDDEN = "***"
+
+log = structlog.get_logger("relay.redis")
 
 
 def connect(url: str, *, timeout: float, max_connections: int = 64) -> aioredis.Redis:
@@ -145,3 +153,53 @@ def store_errors() -> Iterator[None]:
         yield
     except RedisError as exc:
         raise StoreUnavailable(f"redis: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Along:
+    """Commands of another store sent in the round trip of a script (`script_with`): the
+    bookkeeping that follows a step (the quota commit and the trace with an enqueue, the
+    traffic count with the end of a delivery) costs no round trip of its own.
+
+    They run after the script whatever its result (a pipeline, not a transaction), so only
+    what may be lost or done once too often rides along: a failure is logged under `event`,
+    never raised.
+    """
+
+    event: str
+    add: Callable[[Pipeline], object]
+    """Adds the commands to the pipeline (their replies are not read)."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """For the log line of a failure."""
+
+
+async def script_with(
+    redis: aioredis.Redis,
+    script: AsyncScript,
+    keys: Sequence[str],
+    args: Sequence[EncodableT],
+    along: Sequence[Along] = (),
+) -> object:
+    """Run `script`, and the commands of `along` after it, in one round trip; the script's
+    reply (its errors raise, as RedisError). A script Redis does not know (restarted,
+    flushed) is loaded and run again on its own: `along` ran already."""
+    if not along:
+        return await script(keys=list(keys), args=list(args))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        spans = []
+        for extra in along:
+            start = len(pipe.command_stack)
+            extra.add(pipe)
+            spans.append((extra, start, len(pipe.command_stack)))
+        replies = await pipe.execute(raise_on_error=False)
+    for extra, start, end in spans:
+        failed = [reply for reply in replies[start:end] if isinstance(reply, Exception)]
+        if failed:
+            log.warning(extra.event, error=str(failed[0]), **extra.fields)
+    first = replies[0]
+    if isinstance(first, NoScriptError):
+        return await script(keys=list(keys), args=list(args))
+    if isinstance(first, Exception):
+        raise first
+    return first

@@ -1,8 +1,10 @@
 import pytest
+from structlog.testing import capture_logs
 
-from relay.errors import InvalidInput, NotFound
+from relay.errors import InvalidInput, NotFound, StoreUnavailable
 from relay.queue import LEASE_LOST, NOTICE_QUEUED, Envelope, Notice, QueueStore
 from relay.queue.model import split_by_domain
+from relay.redis_client import Along
 from tests.support.spool import temp_spool
 
 
@@ -176,3 +178,47 @@ async def test_every_queue_key_shares_one_cluster_slot(queue, redis):
     await queue.hold(mid)
     keys = [k.decode() for k in await redis.keys("*")]
     assert keys and all(k.startswith("{q}:") for k in keys)
+
+
+def _counter(key: str) -> Along:
+    return Along("counter.failed", lambda pipe: pipe.incr(key), {"key": key})
+
+
+async def test_what_rides_along_an_enqueue_runs_once_even_when_redis_forgot_the_script(
+    queue, redis
+):
+    await redis.script_flush()  # as after a restart of Redis: the next EVALSHA is NOSCRIPT
+    mid = await queue.enqueue_spooled(
+        envelope("a@x.com"),
+        await queue.spool.write(queue.new_id(), b"body"),
+        b"",
+        [_counter("along")],
+    )
+    assert (await queue.load(mid)).body == b"body", "queued all the same"
+    assert await redis.get("along") == b"1", "and what rode along ran exactly once"
+    (job,) = await queue.claim(10, lease=60)
+    assert await queue.complete(job, along=[_counter("along")]) == 1
+    assert await redis.get("along") == b"2"
+
+
+async def test_a_failure_of_what_rides_along_is_logged_and_the_step_stands(queue, redis):
+    await redis.set("not-a-hash", "x")
+    broken = Along("bookkeeping.failed", lambda pipe: pipe.hincrby("not-a-hash", "f", 1))
+    with capture_logs() as logs:
+        mid = await queue.enqueue_spooled(
+            envelope("a@x.com"), await queue.spool.write(queue.new_id(), b"body"), b"", [broken]
+        )
+    assert (await queue.load(mid)).meta.jobs_left == 1
+    (failed,) = [entry for entry in logs if entry["event"] == "bookkeeping.failed"]
+    assert "WRONGTYPE" in failed["error"]
+
+
+async def test_a_failing_enqueue_raises_even_with_bookkeeping_along(queue, redis):
+    await redis.set("{q}:due", "not a zset")  # the script stops with an error
+    with pytest.raises(StoreUnavailable):
+        await queue.enqueue_spooled(
+            envelope("a@x.com"),
+            await queue.spool.write(queue.new_id(), b"body"),
+            b"",
+            [_counter("along")],
+        )

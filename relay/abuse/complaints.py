@@ -20,6 +20,7 @@ from email.message import Message
 from email.policy import Compat32
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from relay.errors import InvalidInput
 from relay.redis_client import store_errors, text
@@ -305,9 +306,16 @@ class TraceStore:
         self._redis = redis
 
     async def remember(self, queue_id: str, account: str, message_id: str) -> None:
-        value = json.dumps({"account": account, "message_id": normal_message_id(message_id)})
         with store_errors():
-            await self._redis.set(f"trace:{queue_id}", value, ex=TRACE_DAYS * 86400)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                self.stage_remember(pipe, queue_id, account, message_id)
+                await pipe.execute()
+
+    @staticmethod
+    def stage_remember(pipe: Pipeline, queue_id: str, account: str, message_id: str) -> None:
+        """`remember`, added to a pipeline (sent with the enqueue: no round trip of its own)."""
+        value = json.dumps({"account": account, "message_id": normal_message_id(message_id)})
+        pipe.set(f"trace:{queue_id}", value, ex=TRACE_DAYS * 86400)
 
     async def find(self, queue_id: str) -> Trace | None:
         with store_errors():

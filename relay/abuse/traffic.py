@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from relay.redis_client import store_errors, text
 
@@ -28,12 +29,17 @@ class TrafficLog:
         self._redis = redis
 
     async def record_delivery(self, ip: str, account: str, now: float, messages: int = 1) -> None:
-        key = _hour_key(ip, int(now // 3600))
         with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(key, account, messages)
-                pipe.expire(key, _KEEP)
+                self.stage_delivery(pipe, ip, account, now, messages)
                 await pipe.execute()
+
+    @staticmethod
+    def stage_delivery(pipe: Pipeline, ip: str, account: str, now: float, messages: int) -> None:
+        """`record_delivery`, added to a pipeline (sent with the end of the delivery)."""
+        key = _hour_key(ip, int(now // 3600))
+        pipe.hincrby(key, account, messages)
+        pipe.expire(key, _KEEP)
 
     async def by_account(self, ip: str, now: float, window: float) -> dict[str, int]:
         """Messages per account from `ip` in the hours overlapping [now - window, now]."""

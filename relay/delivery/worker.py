@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from functools import partial
 
 import structlog
 from dns.asyncresolver import Resolver
@@ -30,9 +31,10 @@ from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
 from relay.delivery.schedule import RetrySchedule
 from relay.delivery.sessions import SessionPool
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
-from relay.errors import NotFound, RelayError, StoreUnavailable
+from relay.errors import NotFound, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
+from relay.redis_client import Along
 from relay.spool import SpoolError
 
 __all__ = ["DeliveryWorker"]
@@ -62,7 +64,7 @@ class DeliveryWorker:
         clock: Clock,
         egress_state: EgressState,
         hostname: str,
-        on_delivered: Callable[[str, str, float, int], Awaitable[None]] | None = None,
+        on_delivered: Callable[..., None] | None = None,
         quota: QuotaStore | None = None,
     ) -> None:
         self._queue = queue
@@ -72,8 +74,9 @@ class DeliveryWorker:
         self._egress = egress_state
         self._hostname = hostname
         self._on_delivered = on_delivered
-        """(egress IP, account, now, recipients): who sent what from where, for attributing
-        a blocklist listing of an IP to the accounts that used it."""
+        """Adds to the pipeline that ends a job who sent what from where
+        (`TrafficLog.stage_delivery`: pipe, ip, account, now, messages), for attributing a
+        blocklist listing of an IP to the accounts that used it."""
         self._quota = quota
         """Notices are charged to the sender's account here (None: not charged, in tests
         of other things)."""
@@ -236,7 +239,7 @@ class DeliveryWorker:
         )
         for outcome in outcomes:
             _log_outcome(job, meta.account, outcome)
-        await self._record_traffic(meta.account, outcomes, now)
+        traffic = self._traffic(meta.account, outcomes, now)
         for outcome in plan.expired:
             _log_outcome(job, meta.account, outcome, event="delivery.expired")
         notice = await self._notice(job, stored, plan, now, held_for)
@@ -244,11 +247,11 @@ class DeliveryWorker:
         if notice is not None:
             notice, charge = await self._charge(notice, job, now)
         if plan.done:
-            result = await self._queue.complete(job, notice)
+            result = await self._queue.complete(job, notice, traffic)
         else:
             assert plan.retry_at is not None
             result = await self._queue.reschedule(
-                job, plan.pending, plan.retry_at, plan.error, notice
+                job, plan.pending, plan.retry_at, plan.error, notice, traffic
             )
         if charge is not None:
             await self._settle(charge, meta.account, queued=result == NOTICE_QUEUED)
@@ -277,20 +280,25 @@ class DeliveryWorker:
         stored = StoredMessage(meta, await self._queue.prefix(job.message_id))
         await self._conclude(job, stored, outcomes)
 
-    async def _record_traffic(
-        self, account: str, outcomes: list[RecipientOutcome], now: float
-    ) -> None:
+    def _traffic(self, account: str, outcomes: list[RecipientOutcome], now: float) -> list[Along]:
+        """Messages delivered per egress IP, counted for the account (attribution data for
+        listings), sent with the end of the job: no round trip of its own, and a failure
+        never fails the delivery."""
         if self._on_delivered is None:
-            return
+            return []
         sent: dict[str, int] = {}
         for o in outcomes:
             if o.disposition is Disposition.DELIVERED and o.egress_ip:
                 sent[o.egress_ip] = sent.get(o.egress_ip, 0) + 1
-        for ip, count in sent.items():
-            try:
-                await self._on_delivered(ip, account, now, count)
-            except RelayError as exc:  # attribution data, not the delivery: never fail it
-                log.warning("traffic.record_failed", ip=ip, account=account, error=str(exc))
+        record = self._on_delivered
+        return [
+            Along(
+                "traffic.record_failed",
+                partial(record, ip=ip, account=account, now=now, messages=count),
+                {"ip": ip, "account": account},
+            )
+            for ip, count in sent.items()
+        ]
 
     async def _attempt(
         self, job: Job, account: str, body: bytes, mail_from: str, hops: list[Hop]

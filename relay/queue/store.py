@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -33,7 +34,7 @@ from relay.clock import Clock
 from relay.config import Settings
 from relay.errors import InvalidInput, NotFound
 from relay.queue.model import DsnRequest, Envelope, Job, QueuedMessage, split_by_domain
-from relay.redis_client import load_script, store_errors, text, text_dict
+from relay.redis_client import Along, load_script, script_with, store_errors, text, text_dict
 from relay.spool import Spool, Spooled, SpoolError
 
 __all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Notice", "QueueStore", "StoredMessage"]
@@ -107,6 +108,7 @@ class QueueStore:
         self.node = node or socket.gethostname()
         """Whose spool holds the bodies this store queues (the machine, by default)."""
         self._leased = f"{{q}}:leased:{self.node}"
+        self._enqueue = load_script(redis, __file__, "enqueue.lua")
         self._claim = load_script(redis, __file__, "claim.lua")
         self._finish = load_script(redis, __file__, "finish.lua")
         self._renew = load_script(redis, __file__, "renew.lua")
@@ -133,37 +135,41 @@ class QueueStore:
             raise
 
     async def enqueue_spooled(
-        self, envelope: Envelope, spooled: Spooled, prefix: bytes = b""
+        self,
+        envelope: Envelope,
+        spooled: Spooled,
+        prefix: bytes = b"",
+        along: Sequence[Along] = (),
     ) -> str:
         """Queue a body already durable in the spool, with the header lines to put in front
-        of it, and one job per domain, in one MULTI; durable when it returns."""
+        of it, and one job per domain, in one script; durable when it returns. What rides
+        `along` (the quota commit, the trace) goes in the same round trip."""
         message_id = spooled.id
         now = self._clock.now()
         groups = split_by_domain(envelope.recipients)
+        fields: dict[FieldT, EncodableT] = {
+            "mail_from": envelope.mail_from,
+            "recipients": json.dumps(list(envelope.recipients)),
+            "account": envelope.account,
+            "created_at": repr(now),
+            "size": len(prefix) + spooled.size,
+            "jobs_left": len(groups),
+            "jobs": len(groups),
+            "prefix": prefix,
+        }
+        if dsn := envelope.dsn.to_json():
+            fields["dsn"] = dsn
+        if envelope.sender_verified:
+            fields["sender_verified"] = "1"
+        keys = [_msg_key(message_id), _DUE, _MESSAGES, _ACCT_PREFIX + envelope.account]
+        args: list[EncodableT] = [repr(now), message_id, len(fields), *_flat(fields)]
+        for n, (domain, rcpts) in enumerate(groups.items()):
+            job_id = f"{message_id}.{n}"
+            job = _job_fields(message_id, domain, rcpts, now)
+            keys.append(_job_key(job_id))
+            args += [job_id, len(job), *_flat(job)]
         with store_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                fields: dict[FieldT, EncodableT] = {
-                    "mail_from": envelope.mail_from,
-                    "recipients": json.dumps(list(envelope.recipients)),
-                    "account": envelope.account,
-                    "created_at": repr(now),
-                    "size": len(prefix) + spooled.size,
-                    "jobs_left": len(groups),
-                    "jobs": len(groups),
-                    "prefix": prefix,
-                }
-                if dsn := envelope.dsn.to_json():
-                    fields["dsn"] = dsn
-                if envelope.sender_verified:
-                    fields["sender_verified"] = "1"
-                pipe.hset(_msg_key(message_id), mapping=fields)
-                for n, (domain, rcpts) in enumerate(groups.items()):
-                    job_id = f"{message_id}.{n}"
-                    pipe.hset(_job_key(job_id), mapping=_job_fields(message_id, domain, rcpts, now))
-                    pipe.zadd(_DUE, {job_id: now})
-                pipe.zadd(_MESSAGES, {message_id: now})
-                pipe.sadd(_ACCT_PREFIX + envelope.account, message_id)
-                await pipe.execute()
+            await script_with(self._redis, self._enqueue, keys, args, along)
         return message_id
 
     async def claim(self, limit: int, lease: float) -> list[Job]:
@@ -185,12 +191,14 @@ class QueueStore:
             jobs.append(job)
         return jobs
 
-    async def complete(self, job: Job, notice: Notice | None = None) -> int:
+    async def complete(
+        self, job: Job, notice: Notice | None = None, along: Sequence[Along] = ()
+    ) -> int:
         """The job is over (delivered or failed for good): 0 (LEASE_LOST), 1 or NOTICE_QUEUED.
 
         The notice is queued in the same step, so it exists exactly when the job ended.
         """
-        return await self._end(job, "done", 0.0, (), "", notice)
+        return await self._end(job, "done", 0.0, (), "", notice, along)
 
     async def reschedule(
         self,
@@ -199,9 +207,10 @@ class QueueStore:
         due_at: float,
         error: str,
         notice: Notice | None = None,
+        along: Sequence[Along] = (),
     ) -> int:
         """Retry `pending` at `due_at` (or park the job if its message was held meanwhile)."""
-        return await self._end(job, "retry", due_at, pending, error, notice)
+        return await self._end(job, "retry", due_at, pending, error, notice, along)
 
     async def _end(
         self,
@@ -211,6 +220,7 @@ class QueueStore:
         pending: tuple[str, ...],
         error: str,
         notice: Notice | None,
+        along: Sequence[Along],
     ) -> int:
         now = self._clock.now()
         notice_id = notice.id if notice is not None else ""
@@ -246,8 +256,10 @@ class QueueStore:
             ]
         try:
             with store_errors():
-                result, ended = await self._finish(
-                    keys=[
+                reply = await script_with(
+                    self._redis,
+                    self._finish,
+                    [
                         _DUE,
                         _job_key(job.id),
                         _msg_key(job.message_id),
@@ -257,7 +269,7 @@ class QueueStore:
                         _job_key(notice_job),
                         self._leased,
                     ],
-                    args=[
+                    [
                         job.token,
                         action,
                         job.id,
@@ -269,19 +281,30 @@ class QueueStore:
                         _ACCT_PREFIX,
                         *notice_args,
                     ],
+                    along,
                 )
         except BaseException:
             if notice is not None:  # not queued: its body goes (a retry writes it again)
-                self._forget_body(notice_id)
+                self._forget_now(notice_id)
             raise
+        assert isinstance(reply, list)
+        result, ended = reply
         if notice is not None and int(result) != NOTICE_QUEUED:
-            self._forget_body(notice_id)
+            await self._forget_body(notice_id)
         if int(ended):
-            self._forget_body(job.message_id)
+            await self._forget_body(job.message_id)
         return int(result)
 
-    def _forget_body(self, message_id: str) -> None:
-        """The message left the queue: its body goes. Failing, `relay spool check` finds it."""
+    async def _forget_body(self, message_id: str) -> None:
+        """The message left the queue: its body goes (on a thread). Failing, `relay spool
+        check` finds it."""
+        try:
+            await self.spool.discard(message_id)
+        except SpoolError as exc:
+            log.warning("spool.remove_failed", message_id=message_id, error=str(exc))
+
+    def _forget_now(self, message_id: str) -> None:
+        """`_forget_body` where nothing may be awaited (the step is being cancelled)."""
         try:
             self.spool.remove(message_id)
         except SpoolError as exc:
@@ -404,7 +427,7 @@ class QueueStore:
         """Drop the message and its jobs without any notice (a job being attempted may still
         deliver; its result is then discarded)."""
         await self._operate("delete", message_id)
-        self._forget_body(message_id)
+        await self._forget_body(message_id)
 
     async def hold_account(self, login: str) -> int:
         """Hold every queued message of the account and any it queues later (suspension).
@@ -515,6 +538,10 @@ def _job_fields(
         "created_at": repr(now),
         "due_at": repr(now),
     }
+
+
+def _flat(fields: dict[FieldT, EncodableT]) -> list[EncodableT]:
+    return [item for pair in fields.items() for item in pair]
 
 
 def _decode_pairs(flat: list[bytes]) -> dict[str, str]:

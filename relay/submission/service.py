@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -17,6 +18,7 @@ from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
 from relay.queue import DsnRequest, Envelope, QueueStore, RecipientDsn
+from relay.redis_client import Along
 from relay.sender_auth.identities import IdentityCache, IdentityMode
 from relay.sender_auth.spf import SpfChecker
 from relay.spool import Incoming, Spooled, SpoolError
@@ -109,7 +111,7 @@ class SubmissionService:
         store_timeout: float,
         on_queued: Callable[[], None] = lambda: None,
         content_check: ContentCheck | None = None,
-        trace: Callable[[str, str, str], Awaitable[None]] | None = None,
+        trace: Callable[..., None] | None = None,
         spf: SpfChecker | None = None,
         spf_mode: str = "off",
         dkim: DkimSign | None = None,
@@ -128,8 +130,8 @@ class SubmissionService:
         self._content_check = content_check
         """Blocklist check of sender and link domains; a reply refuses the message."""
         self._trace = trace
-        """Remembers queue id → account and Message-ID, to find the sender of a message
-        complained about."""
+        """Adds to the enqueue's pipeline what remembers queue id → account and Message-ID
+        (`TraceStore.stage_remember`), to find the sender of a message complained about."""
         self._spf = spf
         self._spf_mode = spf_mode
         self._dkim = dkim
@@ -342,7 +344,7 @@ class SubmissionService:
             await self.release(message.account, tx)
             raise
         if not reply.startswith("250"):
-            self._queue.spool.remove(message.body.id)
+            await self._queue.spool.discard(message.body.id)
         return reply
 
     async def _accept(self, tx: str, message: Submitted) -> str:
@@ -387,20 +389,34 @@ class SubmissionService:
             dsn=message.dsn,
             sender_verified=sender_verified and bool(message.mail_from),
         )
+        # The quota commit and the trace ride with the enqueue: one round trip for all three.
+        along = [
+            Along(
+                "quota.commit_failed",  # the 250 stands: the units stay counted (expiring)
+                partial(self._quota.stage_commit, owner=message.account, tx=tx),
+                {"account": message.account},
+            )
+        ]
+        if self._trace is not None:
+            along.append(
+                Along(
+                    "trace.failed",
+                    partial(
+                        self._trace,
+                        queue_id=queue_id,
+                        account=message.account,
+                        message_id=stamped_id,
+                    ),
+                    {"queue_id": queue_id},
+                )
+            )
         try:
             async with asyncio.timeout(self._store_timeout):
-                await self._queue.enqueue_spooled(envelope, spooled, prefix)
+                await self._queue.enqueue_spooled(envelope, spooled, prefix, along)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("queue.store_failed", account=message.account, error=str(exc))
             await self.release(message.account, tx)
             return str(replies.STORE_UNAVAILABLE)
-        try:
-            async with asyncio.timeout(self._store_timeout):
-                await self._quota.commit(message.account, tx)
-        except (QuotaUnavailable, TimeoutError) as exc:
-            # The message is stored: the 250 stands. The reservation stays counted (its
-            # record expires), which is what committing means.
-            log.warning("quota.commit_failed", account=message.account, error=str(exc))
         log.info(
             "message.queued",
             queue_id=queue_id,
@@ -409,10 +425,5 @@ class SubmissionService:
             recipients=len(message.recipients),
             size=len(prefix) + spooled.size,
         )
-        if self._trace is not None:
-            try:
-                await self._trace(queue_id, message.account, stamped_id)
-            except (StoreUnavailable, TimeoutError) as exc:
-                log.warning("trace.failed", queue_id=queue_id, error=str(exc))
         self._on_queued()
         return replies.QUEUED.format(queue_id=queue_id)
