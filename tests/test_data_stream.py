@@ -35,9 +35,11 @@ def reference(stream: bytes, *, size_limit: int, line_limit: int) -> tuple[bytes
     return (b"".join(content) if state is DataState.NOMINAL else b""), state, len(rest)
 
 
-def decode(stream: bytes, arrivals: list[int], **limits: int) -> tuple[bytes, DataState, int]:
-    """Drive the decoder as the server does, over a StreamReader of limit LINE_LIMIT whose
-    buffer fills by `arrivals` bytes at a time: (content, state, bytes left unread)."""
+def decode(
+    stream: bytes, arrivals: list[int], reader_limit: int = LINE_LIMIT, **limits: int
+) -> tuple[bytes, DataState, int]:
+    """Drive the decoder as the server does, over a StreamReader of limit `reader_limit`
+    whose buffer fills by `arrivals` bytes at a time: (content, state, bytes left unread)."""
     decoder = DataDecoder(**limits)
     out, pos, buffered = b"", 0, 0
     sizes = iter(arrivals)
@@ -50,9 +52,9 @@ def decode(stream: bytes, arrivals: list[int], **limits: int) -> tuple[bytes, Da
                 buffer = stream[pos : pos + buffered]
                 at = buffer.find(END)
                 if at >= 0:
-                    piece = buffer[:at] if at > LINE_LIMIT else buffer[: at + len(END)]
+                    piece = buffer[:at] if at > reader_limit else buffer[: at + len(END)]
                     break
-                if len(buffer) > LINE_LIMIT:
+                if len(buffer) > reader_limit:
                     piece = buffer[: len(buffer) - len(END) + 1]
                     break
                 buffered += next(sizes, 7)
@@ -65,23 +67,30 @@ def decode(stream: bytes, arrivals: list[int], **limits: int) -> tuple[bytes, Da
 
 
 line = st.lists(
-    st.sampled_from([b"a", b".", b" ", b"\t", b"\n", b"\r", b"x" * 30, b"\r\n."]), max_size=6
+    st.sampled_from(
+        [b"a", b".", b" ", b"\t", b"\n", b"\r", b"x" * 30, b"\r\n.", b"x" * 37, b"x" * 97]
+    ),
+    max_size=6,
 ).map(b"".join)
+"""Lines around both line limits tried (40 and 100 with CRLF) and longer, bare CR and LF."""
 
 
 @settings(max_examples=1500, deadline=None)
 @given(
     lines=st.lists(line, max_size=12),
     after=st.sampled_from([b"", b"QUIT\r\n", b"MAIL FROM:<a@b>\r\n"]),
-    arrivals=st.lists(st.integers(1, 9), max_size=60),
+    arrivals=st.lists(st.integers(1, 90), max_size=60),
     size_limit=st.sampled_from([0, 30, 200]),
+    line_limit=st.sampled_from([LINE_LIMIT, 100]),
+    reader_limit=st.sampled_from([LINE_LIMIT, 300]),
 )
 def test_decoder_matches_aiosmtpd_however_the_bytes_arrive(
-    lines, after, arrivals, size_limit
+    lines, after, arrivals, size_limit, line_limit, reader_limit
 ) -> None:
+    """Whatever the reader's limit: the server raises it during DATA (bigger pieces)."""
     stream = b"".join(x + b"\r\n" for x in lines) + b".\r\n" + after
-    want = reference(stream, size_limit=size_limit, line_limit=LINE_LIMIT)
-    got = decode(stream, arrivals, size_limit=size_limit, line_limit=LINE_LIMIT)
+    want = reference(stream, size_limit=size_limit, line_limit=line_limit)
+    got = decode(stream, arrivals, reader_limit, size_limit=size_limit, line_limit=line_limit)
     assert got == want
 
 

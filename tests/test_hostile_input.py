@@ -90,6 +90,22 @@ async def test_a_1mb_command_line_is_refused_and_the_session_goes_on(stack):
     await send_one(stack)
 
 
+async def test_commands_after_a_message_keep_their_line_limit(stack):
+    """DATA is read in pieces far longer than a command may be; the limit comes back after."""
+    client = await authenticated(stack)
+    try:
+        for limit_hit in (False, True):
+            await client.command(b"MAIL FROM:<alice@example.org>")
+            await client.command(b"RCPT TO:<bob@example.com>")
+            assert (await client.command(b"DATA"))[0] == 354
+            await client.send(MESSAGE + (b"y" * 9000 + b"\r\n" if limit_hit else b""))
+            reply = await client.command(b".")
+            assert reply[0] == (500 if limit_hit else 250), reply
+            assert await client.command(b"NOOP " + b"x" * 9000) == (500, "5.5.2 Line too long")
+    finally:
+        await client.close()
+
+
 async def test_a_1mb_line_in_data_fails_the_message_not_the_session(stack):
     client = await authenticated(stack)
     try:

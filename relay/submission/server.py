@@ -37,6 +37,8 @@ __all__ = ["start_listeners"]
 
 log = structlog.get_logger("relay.submission")
 
+DATA_PIECE = 256 * 1024
+"""Bytes of DATA read at most at once (the reader's limit while DATA streams in)."""
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
@@ -219,6 +221,11 @@ class SubmissionSMTP(SMTP):
         decoder = DataDecoder(
             size_limit=self.data_size_limit or 0, line_limit=self.line_length_limit
         )
+        # Pieces of up to DATA_PIECE bytes: at aiosmtpd's limit (the longest line, 8 KB by
+        # default), the reader hands over 8 KB at a time and pauses the socket at 16 KB,
+        # thousands of times for a 20 MB message. Commands get their limit back after.
+        line_limit = self._reader._limit  # type: ignore[attr-defined]
+        self._reader._limit = max(line_limit, DATA_PIECE)  # type: ignore[attr-defined]
         # A refusal decided mid-stream (the disk): the rest is still read and dropped, as
         # aiosmtpd does for its own refusals, so that it is not taken for commands.
         failed: str | None = None
@@ -243,6 +250,7 @@ class SubmissionSMTP(SMTP):
             log.error("spool.write_failed", error=str(exc))
             status = str(replies.SPOOL_FULL)
         finally:
+            self._reader._limit = line_limit  # type: ignore[attr-defined]
             budget.give(incoming.size)
             if envelope.spooled is None:
                 incoming.abort()
