@@ -138,37 +138,47 @@ class SubmissionSMTP(SMTP):
         transport.close()  # connection_lost follows, which ends the session
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        """aiosmtpd's, with the handshake bounded by `tls_handshake_timeout` (aiosmtpd leaves
-        asyncio's 60 s default) and a failed handshake logged as one line, not a traceback."""
+        """aiosmtpd's, on the loop's own TLS layer (`loop.start_tls`: uvloop's, in C, where
+        aiosmtpd builds asyncio's pure-Python SSLProtocol), the handshake bounded by
+        `tls_handshake_timeout`, a failed handshake logged as one line, not a traceback."""
         if arg or not self.tls_context:
             await super().smtp_STARTTLS(arg)  # its 501 / 454
             return
         await self.push("220 Ready to start TLS")
-        waiter = self.loop.create_future()
-        self._tls_protocol = sslproto.SSLProtocol(
-            self.loop,
-            self,
-            self.tls_context,
-            waiter,
-            server_side=True,
-            ssl_handshake_timeout=self.tls_handshake_timeout,  # type: ignore[arg-type]  # any number
-        )
-        # As aiosmtpd: the TLS layer goes between the socket and this protocol, which
-        # connection_made() gets again once the handshake is done.
-        self._original_transport = self.transport
-        assert self._original_transport is not None
-        self._original_transport.set_protocol(self._tls_protocol)
-        self.transport = self._tls_protocol._app_transport
-        self._tls_protocol.connection_made(self._original_transport)
+        plain = self.transport
+        assert plain is not None and self.session is not None
+        # RFC 3207 4.2: what the client sent after STARTTLS in clear is discarded; now,
+        # since the first encrypted command may come with the end of the handshake.
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
         try:
-            await waiter
+            secure = await self.loop.start_tls(
+                plain,  # type: ignore[arg-type]
+                self,
+                self.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.tls_handshake_timeout,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            peer = _peer_ip(self.session.peer if self.session else None)
-            _log_handshake_failure(peer, error, self.tls_handshake_timeout)
+            _log_handshake_failure(_peer_ip(self.session.peer), error, self.tls_handshake_timeout)
             # aiosmtpd closes the connection and ends the session on this exception.
             raise _HandshakeFailed() from error
+        if secure is None:  # the connection went away during the handshake
+            raise _HandshakeFailed()
+        # What aiosmtpd's connection_made does after its own STARTTLS: a new session on the
+        # secure transport (RFC 3207 4.2), the streams writing and reading through it.
+        self._original_transport = plain
+        self._tls_protocol = secure  # type: ignore[assignment]  # aiosmtpd tests it for truth
+        self._reader._transport = secure  # type: ignore[attr-defined]
+        self._writer._transport = secure  # type: ignore[attr-defined]
+        self.transport = secure
+        peer = self.session.peer
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.session = self._create_session()
+        self.session.peer = peer
+        self.session.ssl = {"ssl_object": secure.get_extra_info("ssl_object")}
+        self._reset_timeout()
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, _HandshakeFailed):  # logged already; nothing is sent back

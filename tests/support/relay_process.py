@@ -26,9 +26,10 @@ def write_config(
     egress: Sequence[str] = ("127.0.0.2",),
     delivery: str = "",
     redis: str = "",
+    tls: str = "implicit",
 ) -> None:
-    """A relay.toml: one implicit-TLS listener, every domain to the sink. `delivery` and
-    `redis` are extra TOML lines for those sections."""
+    """A relay.toml: one listener (implicit TLS unless `tls = "starttls"`), every domain to
+    the sink. `delivery` and `redis` are extra TOML lines for those sections."""
     cert, key = server_cert
     pool = "".join(
         f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out{n}.relay.test"\n'
@@ -47,7 +48,7 @@ key = "{key}"
 dir = "{path.parent / "spool"}"
 [[submission.listeners]]
 address = "127.0.0.1:{submit_port}"
-tls = "implicit"
+tls = "{tls}"
 [delivery]
 poll_interval = "50ms"
 retry_interval = "1s"
