@@ -69,8 +69,8 @@ async def test_starttls_on_the_real_loop_submits_and_drops_what_came_in_clear(
             writer.write(b"QUIT\r\n")
             assert (await _reply(reader))[0] == 221
             writer.close()
+            async with asyncio.timeout(30):
+                while not sink.messages:  # noqa: ASYNC110 (delivered by another process)
+                    await asyncio.sleep(0.05)
         finally:
             await stop_relay(relay)
-    async with asyncio.timeout(30):
-        while not sink.messages:
-            await asyncio.sleep(0.05)
