@@ -99,8 +99,8 @@ class Sink:
 
     def close_connections(self) -> None:
         for session in list(self._sessions):
-            if session.transport is not None:
-                session.transport.abort()  # type: ignore[attr-defined]
+            if isinstance(session.transport, asyncio.WriteTransport):
+                session.transport.abort()
 
     def protocol(self) -> SMTP:
         return _SinkSMTP(

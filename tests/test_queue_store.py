@@ -113,10 +113,12 @@ async def test_the_delay_notice_is_queued_once_per_message(queue, clock):
     with pytest.raises(NotFound):
         await queue.load(two.id)
     clock.advance(900)
-    job, _ = [j for j in await queue.claim(10, lease=60) if j.message_id == mid]
+    job, other = [j for j in await queue.claim(10, lease=60) if j.message_id == mid]
+    assert await queue.reschedule(other, other.recipients, clock.now() + 900, "451", three) == 1
+    with pytest.raises(NotFound):
+        await queue.load(three.id)
     mixed = notice(queue, "failure", "with-delay")
     assert await queue.complete(job, mixed) == NOTICE_QUEUED, "a failure is always reported"
-    assert three
 
 
 async def test_hold_while_leased_parks_the_job_when_the_attempt_ends(queue, clock):
@@ -146,6 +148,8 @@ async def test_retry_skips_leased_jobs_and_refuses_held_messages(queue, clock):
     mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
     [first] = await queue.claim(1, lease=60)
     assert await queue.retry(mid) == 1, "the unclaimed job only"
+    [other] = await queue.claim(10, lease=60)
+    assert other.id != first.id, "the leased job stays with its worker"
     assert await queue.hold(mid)
     with pytest.raises(InvalidInput):
         await queue.retry(mid)
@@ -153,7 +157,6 @@ async def test_retry_skips_leased_jobs_and_refuses_held_messages(queue, clock):
         await queue.retry("nope")
     with pytest.raises(NotFound):
         await queue.hold("nope")
-    assert first
 
 
 async def test_account_index_follows_the_messages(queue):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from relay.clock import Clock
 from relay.redis_client import store_errors, text_dict
@@ -77,7 +78,7 @@ class AuditLog:
             reason=reason,
             evidence=clean_tree(evidence or {}),
         )
-        fields: dict[str | bytes, str | bytes] = {
+        fields: dict[FieldT, EncodableT] = {
             "at": repr(entry.at),
             "actor": actor,
             "action": action,
@@ -87,9 +88,9 @@ class AuditLog:
             "evidence": json.dumps(entry.evidence, sort_keys=True, default=str),
         }
         with store_errors():
-            await self._redis.xadd(_ALL, fields)  # type: ignore[arg-type]
+            await self._redis.xadd(_ALL, fields)
             if account:
-                await self._redis.xadd(_of_account(account), fields)  # type: ignore[arg-type]
+                await self._redis.xadd(_of_account(account), fields)
         return entry
 
     async def entries(self, *, account: str = "", limit: int = 100) -> list[AuditEntry]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from relay.errors import NotFound
 from relay.redis_client import store_errors, text, text_dict
@@ -71,7 +72,7 @@ def _index_key(login: str) -> str:
     return f"susp:{{{login}}}:index"
 
 
-def _to_fields(s: Suspension) -> dict[str | bytes, str | bytes]:
+def _to_fields(s: Suspension) -> dict[FieldT, EncodableT]:
     return {k: json.dumps(v) for k, v in s.as_dict().items()}
 
 
@@ -110,7 +111,7 @@ class SuspensionStore:
         """Write the record, then the indexes (other Cluster slots, read tolerantly)."""
         with store_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(_record_key(s.account, s.id), mapping=_to_fields(s))  # type: ignore[arg-type]
+                pipe.hset(_record_key(s.account, s.id), mapping=_to_fields(s))
                 pipe.zadd(_index_key(s.account), {s.id: s.created_at})
                 await pipe.execute()
             await self._redis.hset(_OWNER, s.id, s.account)

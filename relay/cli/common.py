@@ -83,15 +83,19 @@ def refuse_option(parser: argparse.ArgumentParser, flag: str, why: str) -> None:
     parser.add_argument(flag, action=_Refused, nargs="?", const=why, help=argparse.SUPPRESS)
 
 
+async def _awaited(result: Awaitable[int]) -> int:
+    return await result
+
+
 def run_command(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], Awaitable[int] | int] = args.handler
     if getattr(args, "refused_option", None):
         raise Failure(args.refused_option)
     try:
         result = handler(args)
-        if asyncio.iscoroutine(result):
-            return int(asyncio.run(result))
-        return int(result)  # type: ignore[arg-type]
+        if isinstance(result, int):
+            return result
+        return int(asyncio.run(_awaited(result)))
     except ConfigError as exc:
         raise Failure(f"config error: {exc}", exit_code=2) from None
     except RelayError as exc:

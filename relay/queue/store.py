@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -445,7 +446,7 @@ class QueueStore:
         except InvalidInput:
             return False
 
-    async def _for_account(self, login: str, action) -> int:  # type: ignore[no-untyped-def]
+    async def _for_account(self, login: str, action: Callable[[str], Awaitable[object]]) -> int:
         done = 0
         for message_id in await self.messages_of(login):
             try:

@@ -10,7 +10,7 @@ import warnings
 from asyncio import sslproto
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import AnyStr, Protocol
+from typing import Any, AnyStr, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
@@ -90,12 +90,12 @@ class SubmissionSMTP(SMTP):
     connections: Admission | None = None
     """Open sessions in all and per client address (shared by every listener)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._verbatim = False
         self._counted: str | None = None
         self._pre_auth: asyncio.TimerHandle | None = None
         self._last_address: tuple[str, tuple[str | None, str | None]] | None = None
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser, less its cost: it builds a class on every call (13% of
@@ -149,7 +149,7 @@ class SubmissionSMTP(SMTP):
             self.tls_context,
             waiter,
             server_side=True,
-            ssl_handshake_timeout=self.tls_handshake_timeout,  # type: ignore[arg-type]  # any number
+            ssl_handshake_timeout=self.tls_handshake_timeout,  # type: ignore[arg-type]  # typeshed says int; asyncio takes any number
         )
         # As aiosmtpd: the TLS layer goes between the socket and this protocol, which
         # connection_made() gets again once the handshake is done.
@@ -345,7 +345,7 @@ class SubmissionSMTP(SMTP):
     def _set_post_data_state(self) -> None:
         if self.session is not None:
             self.event_handler.end_transaction(self.session)
-        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
 
     def eof_received(self) -> bool | None:
         if self.session is None:
@@ -368,7 +368,7 @@ class SubmissionSMTP(SMTP):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             _write(transport, f"{replies.TIMEOUT}\r\n")
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
 
 
 class _HandshakeFailed(TLSSetupException):
@@ -408,7 +408,7 @@ class _ImplicitTls(sslproto.SSLProtocol):
             tls,
             waiter,
             server_side=True,
-            ssl_handshake_timeout=timeout,  # type: ignore[arg-type]  # typeshed: int; any number
+            ssl_handshake_timeout=timeout,  # type: ignore[arg-type]  # typeshed says int; asyncio takes any number
         )
         self._peer = "?"
         waiter.add_done_callback(functools.partial(self._handshake_done, timeout))
