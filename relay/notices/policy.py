@@ -12,9 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from relay.delivery.attempt import AttemptPlan
-from relay.delivery.outcome import RecipientOutcome
 from relay.notices.dsn import Action, RecipientReport
+from relay.outcomes import AttemptPlan, RecipientOutcome
 from relay.queue.model import DsnRequest
 
 __all__ = ["NoticePlan", "plan_notice"]
