@@ -1,6 +1,7 @@
-"""Flags asserts that cannot fail: `assert name` where `name` holds an object that is always
-true (an instance of one of our classes with neither `__bool__` nor `__len__`, such as a
-dataclass), bound from a call in the same function.
+"""Flags asserts that cannot fail: `assert x` (or `assert not x`) where `x` is an object that
+is always true (an instance of one of our classes with neither `__bool__` nor `__len__`, such
+as a dataclass or an Enum): a call returning one, or a name bound from such a call in the same
+function.
 
 `assert job` after `[job] = await queue.claim(...)` passes whatever the job holds; the test
 meant `assert job.held` or `assert job == ...`. mypy's `truthy-bool` catches this only where
@@ -155,13 +156,20 @@ def find(paths: list[Path], index: Index) -> list[str]:
                         for name in _names(target):
                             bound.pop(name, None)
                         bound.update(_bindings(target, node.value, index, path))
-                elif isinstance(node, ast.Assert) and isinstance(node.test, ast.Name):
-                    kind = bound.get(node.test.id)
+                elif isinstance(node, ast.Assert):
+                    test = node.test
+                    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+                        test = test.operand  # `assert not x`: cannot pass either
+                    if isinstance(test, ast.Name):
+                        kind = bound.get(test.id)
+                    else:
+                        kind = index.result_of(test, False, path)
                     if kind:
+                        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
                         found.append(
-                            f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
-                            f":{node.lineno}: `assert {node.test.id}` cannot fail: it holds a"
-                            f" {kind}, which is always true; assert what it should hold"
+                            f"{where}:{node.lineno}: `assert {ast.unparse(node.test)}` cannot"
+                            f" fail or cannot pass: it is a {kind}, which is always true;"
+                            " assert what it should hold"
                         )
     return found
 

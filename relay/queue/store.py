@@ -24,6 +24,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -33,18 +34,45 @@ from redis.typing import EncodableT, FieldT
 from relay.clock import Clock
 from relay.config import Settings
 from relay.errors import InvalidInput, NotFound
-from relay.queue.model import DsnRequest, Envelope, Job, QueuedMessage, split_by_domain
+from relay.queue.model import (
+    DsnRequest,
+    Envelope,
+    Job,
+    LastError,
+    QueuedMessage,
+    split_by_domain,
+)
 from relay.redis_client import load_script, store_errors, text, text_dict
 from relay.spool import Spool, Spooled, SpoolError
 
-__all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Notice", "QueueStore", "StoredMessage"]
+__all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Finished", "Notice", "QueueStore", "StoredMessage"]
 
 log = structlog.get_logger("relay.queue")
 
-LEASE_LOST = 0
-"""`complete`/`reschedule`: another worker owns the job now; nothing was changed."""
-NOTICE_QUEUED = 2
-"""`complete`/`reschedule`: done, and the notice given was queued (1: done, no notice)."""
+
+class Finished(Enum):
+    """What `complete`/`reschedule` did (finish.lua answers these names)."""
+
+    LEASE_LOST = "lease-lost"
+    """Another worker owns the job now; nothing was changed."""
+    DONE = "done"
+    """Ended or rescheduled; no notice was queued (none given, or a delay notice already sent)."""
+    NOTICE_QUEUED = "notice-queued"
+    """Ended or rescheduled, and the notice given was queued in the same step."""
+
+
+LEASE_LOST = Finished.LEASE_LOST
+NOTICE_QUEUED = Finished.NOTICE_QUEUED
+
+
+class _Held(Enum):
+    """What hold.lua did."""
+
+    NO_MESSAGE = "no-message"
+    UNCHANGED = "unchanged"
+    """Already held (hold) or not held (release)."""
+    CHANGED = "changed"
+
 
 _DUE = "{q}:due"
 _HELD = "{q}:held"
@@ -186,21 +214,21 @@ class QueueStore:
             jobs.append(job)
         return jobs
 
-    async def complete(self, job: Job, notice: Notice | None = None) -> int:
-        """The job is over (delivered or failed for good): 0 (LEASE_LOST), 1 or NOTICE_QUEUED.
+    async def complete(self, job: Job, notice: Notice | None = None) -> Finished:
+        """The job is over (delivered or failed for good).
 
         The notice is queued in the same step, so it exists exactly when the job ended.
         """
-        return await self._end(job, "done", 0.0, (), "", notice)
+        return await self._end(job, "done", 0.0, (), None, notice)
 
     async def reschedule(
         self,
         job: Job,
         pending: tuple[str, ...],
         due_at: float,
-        error: str,
+        error: LastError | None,
         notice: Notice | None = None,
-    ) -> int:
+    ) -> Finished:
         """Retry `pending` at `due_at` (or park the job if its message was held meanwhile)."""
         return await self._end(job, "retry", due_at, pending, error, notice)
 
@@ -210,9 +238,9 @@ class QueueStore:
         action: str,
         due_at: float,
         pending: tuple[str, ...],
-        error: str,
+        error: LastError | None,
         notice: Notice | None,
-    ) -> int:
+    ) -> Finished:
         now = self._clock.now()
         notice_id = notice.id if notice is not None else ""
         notice_job = f"{notice_id}.0"
@@ -265,7 +293,7 @@ class QueueStore:
                         job.message_id,
                         repr(due_at),
                         json.dumps(list(pending)),
-                        error[:1000],
+                        json.dumps(_error_fields(error)),
                         repr(now),
                         _ACCT_PREFIX,
                         *notice_args,
@@ -275,11 +303,12 @@ class QueueStore:
             if notice is not None:  # not queued: its body goes (a retry writes it again)
                 self._forget_body(notice_id)
             raise
-        if notice is not None and int(result) != NOTICE_QUEUED:
+        finished = Finished(text(result))
+        if notice is not None and finished is not Finished.NOTICE_QUEUED:
             self._forget_body(notice_id)
-        if int(ended):
+        if text(ended) == "ended":
             self._forget_body(job.message_id)
-        return int(result)
+        return finished
 
     def _forget_body(self, message_id: str) -> None:
         """The message left the queue: its body goes. Failing, `relay spool check` finds it."""
@@ -396,10 +425,7 @@ class QueueStore:
 
     async def retry(self, message_id: str) -> int:
         """Make every waiting job of the message due now; the number of jobs made due."""
-        count = await self._operate("retry", message_id)
-        if count == -2:
-            raise InvalidInput(f"message {message_id} is held: release it first")
-        return count
+        return await self._operate("retry", message_id)
 
     async def delete(self, message_id: str) -> None:
         """Drop the message and its jobs without any notice (a job being attempted may still
@@ -466,29 +492,30 @@ class QueueStore:
                 keys=[_DUE, _HELD, _msg_key(message_id)],
                 args=[action, repr(self._clock.now()), _JOB_PREFIX, *job_ids],
             )
-        if result == -1:
+        held = _Held(text(result))
+        if held is _Held.NO_MESSAGE:
             raise NotFound(f"no message {message_id!r} in the queue")
-        return bool(result == 1)
+        return held is _Held.CHANGED
 
     async def _operate(self, action: str, message_id: str) -> int:
         job_ids = await self._job_ids(message_id)
         with store_errors():
-            result = int(
-                await self._remove(
-                    keys=[_DUE, _HELD, _msg_key(message_id), _MESSAGES],
-                    args=[
-                        action,
-                        repr(self._clock.now()),
-                        _JOB_PREFIX,
-                        _ACCT_PREFIX,
-                        message_id,
-                        *job_ids,
-                    ],
-                )
+            result = await self._remove(
+                keys=[_DUE, _HELD, _msg_key(message_id), _MESSAGES],
+                args=[
+                    action,
+                    repr(self._clock.now()),
+                    _JOB_PREFIX,
+                    _ACCT_PREFIX,
+                    message_id,
+                    *job_ids,
+                ],
             )
-        if result == -1:
-            raise NotFound(f"no message {message_id!r} in the queue")
-        return result
+        if isinstance(result, int):
+            return result  # the number of jobs touched
+        if text(result) == "held":
+            raise InvalidInput(f"message {message_id} is held: release it first")
+        raise NotFound(f"no message {message_id!r} in the queue")
 
     async def _job_ids(self, message_id: str, meta: QueuedMessage | None = None) -> list[str]:
         with store_errors():
@@ -518,6 +545,13 @@ def _job_fields(
     }
 
 
+def _error_fields(error: LastError | None) -> dict[str, str]:
+    """The job's last-error fields as finish.lua stores them (text cut to 1,000 characters)."""
+    if error is None:
+        return {}
+    return replace(error, text=error.text[:1000]).as_fields()
+
+
 def _decode_pairs(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
@@ -531,7 +565,7 @@ def _job(job_id: str, fields: dict[str, str], due_at: float, held: bool = False)
         attempts=int(fields.get("attempts", 0)),
         created_at=float(fields["created_at"]),
         due_at=due_at,
-        last_error=fields.get("last_error", ""),
+        last_error=LastError.from_fields(fields),
         held=held,
         token=fields.get("token", ""),
     )
