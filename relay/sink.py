@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay.address import is_null_sender
 from relay.config import SinkSettings
 
 __all__ = ["Received", "Sink", "serve_sink", "start_sink"]
@@ -140,7 +141,7 @@ class Sink:
         received = Received(
             peer=_peer_ip(session),
             helo=session.host_name,
-            mail_from="" if mail_from == "<>" else mail_from,
+            mail_from="" if is_null_sender(mail_from) else mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             data=envelope.original_content or b"",
             tls=session.ssl is not None,

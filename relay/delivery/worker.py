@@ -17,6 +17,7 @@ import structlog
 from dns.asyncresolver import Resolver
 
 from quota import QuotaStore, QuotaUnavailable
+from relay.address import is_null_sender
 from relay.clock import Clock
 from relay.config import DeliverySettings
 from relay.delivery.attempt import AttemptPlan, after_attempt
@@ -389,7 +390,7 @@ class DeliveryWorker:
         self, job: Job, stored: StoredMessage, plan: AttemptPlan, now: float, held_for: float
     ) -> Notice | None:
         meta = stored.meta
-        if meta.mail_from in ("", "<>"):
+        if is_null_sender(meta.mail_from):
             return None  # never a notice about a notice (or any mail from <>)
         others: list[RecipientOutcome] = []
         if plan.delay_notice:

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from relay.address import domain_of
+
 NOTIFY_KEYWORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
 """What a recipient without NOTIFY gets (RFC 3461 leaves the default to the MTA)."""
@@ -210,10 +212,6 @@ class Job:
             "last_error": self.last_error.as_dict() if self.last_error else None,
             "held": self.held,
         }
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
 
 
 def split_by_domain(recipients: tuple[str, ...]) -> dict[str, tuple[str, ...]]:

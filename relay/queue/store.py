@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.typing import EncodableT, FieldT
 
+from relay.address import domain_of
 from relay.clock import Clock
 from relay.config import Settings
 from relay.errors import InvalidInput, NotFound
@@ -268,7 +269,7 @@ class QueueStore:
                     {
                         k: str(v)
                         for k, v in _job_fields(
-                            notice_id, _domain(notice.recipient), (notice.recipient,), now
+                            notice_id, domain_of(notice.recipient), (notice.recipient,), now
                         ).items()
                     }
                 ),
@@ -526,10 +527,6 @@ class QueueStore:
             meta = meta or await self.meta(message_id)
             count = len(split_by_domain(meta.recipients))
         return [f"{message_id}.{n}" for n in range(count)]
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
 
 
 def _job_fields(

@@ -16,6 +16,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from relay import replies
+from relay.address import local_part
 from relay.config import Listener, SubmissionSettings
 from relay.errors import ConfigError
 from relay.queue.model import RecipientDsn
@@ -75,7 +76,7 @@ def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]
         addr: str = address.addr_spec
     except (HeaderParseError, IndexError):  # the email parser can run off the end ('<', '"')
         return None, None
-    if local_part_limit and len(addr.rpartition("@")[0]) > local_part_limit:
+    if local_part_limit and len(local_part(addr)) > local_part_limit:
         return None, None
     return addr, rest
 
