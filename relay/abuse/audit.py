@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
@@ -57,36 +57,29 @@ class AuditEntry:
         }
 
 
+class About(TypedDict, total=False):
+    """What an entry is about, besides who did what."""
+
+    account: str
+    subject: str
+    reason: str
+    evidence: dict[str, Any] | None
+
+
 class AuditLog:
     def __init__(self, redis: aioredis.Redis, clock: Clock) -> None:
         self._redis = redis
         self._clock = clock
         self._copy = load_script(redis, __file__, "audit_copy.lua")
 
-    async def append(
-        self,
-        *,
-        actor: str,
-        action: str,
-        account: str = "",
-        subject: str = "",
-        reason: str = "",
-        evidence: dict[str, Any] | None = None,
-    ) -> AuditEntry:
+    async def append(self, *, actor: str, action: str, **about: Unpack[About]) -> AuditEntry:
         """Append an entry; its text is cleaned (reasons and evidence come from outside, and
         a line break in a reason would forge a row of `relay audit`)."""
-        entry, fields = self.prepare(
-            actor=actor,
-            action=action,
-            account=account,
-            subject=subject,
-            reason=reason,
-            evidence=evidence,
-        )
+        entry, fields = self.prepare(actor=actor, action=action, **about)
         stream: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
         with store_errors():
             await self._redis.xadd(_ALL, stream)
-            if account:
+            if entry.account:
                 await self._redis.xadd(_of_account(entry.account), stream)
         return entry
 

@@ -10,6 +10,7 @@ script in the account's slot, and what lives in other slots follows from its out
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import structlog
@@ -117,10 +118,7 @@ class SuspensionService:
     ) -> Suspension:
         reason = clean_line(reason)
         account = (await self.store.get(sid)).account
-        for _ in range(_DECISIONS):
-            now = self._clock.now()
-            history = await self.store.of_account(account)
-            s = _find(history, sid)
+        async for now, history, s in self._decisions(account, sid):
             check_lift(
                 status=s.status, terms=s.terms, by_operator=by_operator, now=now, force=force
             )
@@ -140,8 +138,6 @@ class SuspensionService:
                 entry,
             ):
                 break
-        else:
-            raise _too_busy(account)
         log.info("account.lifted", account=account, suspension=sid, actor=actor, forced=force)
         await self.follow_up(account)
         return lifted
@@ -149,17 +145,12 @@ class SuspensionService:
     async def deny(self, sid: str, *, actor: str, reason: str) -> Suspension:
         reason = clean_line(reason)
         account = (await self.store.get(sid)).account
-        for _ in range(_DECISIONS):
-            now = self._clock.now()
-            history = await self.store.of_account(account)
-            s = _find(history, sid)
+        async for now, history, s in self._decisions(account, sid):
             check_deny(status=s.status, terms=s.terms)
             denied = s.closed(Status.DENIED, at=now, by=actor, reason=reason)
             why = f"{s.kind.value}, reinstatement refused"
             if await self._write(history, denied, "deny", why, "", "denied", reason, {}):
                 break
-        else:
-            raise _too_busy(account)
         log.warning("account.denied", account=account, suspension=sid, actor=actor)
         await self.follow_up(account)
         return denied
@@ -175,6 +166,17 @@ class SuspensionService:
                     )
                 )
         return lifted
+
+    async def _decisions(
+        self, account: str, sid: str
+    ) -> AsyncIterator[tuple[float, list[Suspension], Suspension]]:
+        """(now, the account's suspensions, the one `sid`) to decide on, read again each time
+        the caller's write found that another change came first; StoreUnavailable past
+        `_DECISIONS` of them."""
+        for _ in range(_DECISIONS):
+            history = await self.store.of_account(account)
+            yield self._clock.now(), history, _find(history, sid)
+        raise _too_busy(account)
 
     async def replay(self) -> int:
         """Finish the follow-ups that a crash left undone (at start); the accounts seen."""
