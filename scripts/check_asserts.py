@@ -157,9 +157,9 @@ def find(paths: list[Path], index: Index) -> list[str]:
                             bound.pop(name, None)
                         bound.update(_bindings(target, node.value, index, path))
                 elif isinstance(node, ast.Assert):
-                    test = node.test
+                    test, verdict = node.test, "cannot fail"
                     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
-                        test = test.operand  # `assert not x`: cannot pass either
+                        test, verdict = test.operand, "cannot pass"
                     if isinstance(test, ast.Name):
                         kind = bound.get(test.id)
                     else:
@@ -167,9 +167,8 @@ def find(paths: list[Path], index: Index) -> list[str]:
                     if kind:
                         where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
                         found.append(
-                            f"{where}:{node.lineno}: `assert {ast.unparse(node.test)}` cannot"
-                            f" fail or cannot pass: it is a {kind}, which is always true;"
-                            " assert what it should hold"
+                            f"{where}:{node.lineno}: `assert {ast.unparse(node.test)}` {verdict}:"
+                            f" it is a {kind}, which is always true; assert what it should hold"
                         )
     return found
 

@@ -42,10 +42,15 @@ async def test_sample():
 
 
 def test_an_assert_on_an_object_that_is_always_true_is_flagged(tmp_path: Path) -> None:
-    for body in ("thing = make()\n    assert thing", "[thing] = many()\n    assert thing"):
+    for body, flagged in (
+        ("thing = make()\n    assert thing", "`assert thing` cannot fail"),
+        ("[thing] = many()\n    assert thing", "`assert thing` cannot fail"),
+        ("assert make()", "`assert make()` cannot fail"),
+        ("assert not make()", "`assert not make()` cannot pass"),
+    ):
         result = check(tmp_path, SAMPLE.format(body=body))
         assert result.returncode == 1, body
-        assert "`assert thing` cannot fail: it holds a Thing" in result.stdout
+        assert f"{flagged}: it is a Thing, which is always true" in result.stdout, result.stdout
 
 
 def test_asserts_that_can_fail_pass(tmp_path: Path) -> None:
