@@ -23,10 +23,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-check: $(STAMP)
+# What CI gates before the tests (.ci/run): formatting, lint, strict types, and asserts that
+# cannot fail (scripts/check_asserts.py).
+lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy relay quota reputation
+	$(BIN)/python scripts/check_asserts.py tests
+
+check: lint
 	$(BIN)/pytest -q --cov --cov-report=term-missing:skip-covered
 
 format: $(STAMP)

@@ -141,6 +141,12 @@ class QuotaStore:
 
     # --- suspension (the reputation rules decide; this only records the state) ---
 
+    @staticmethod
+    def state_key(owner: str) -> str:
+        """Where the suspension state lives, for a caller's script that writes it together
+        with its own keys of the same hash tag (relay/abuse/change.lua)."""
+        return _Keys(owner).state
+
     async def suspend(self, owner: str, reason: str, *, permanent: bool = False) -> None:
         state = _Keys(owner).state
         try:

@@ -167,6 +167,8 @@ async def serve(
             quota=quota,
         )
         suspensions = suspension_service(redis, settings, clock, quota)
+        if replayed := await suspensions.replay():  # follow-ups a crash left undone
+            log.warning("suspension.replayed", accounts=replayed)
         dnsbl = dnsbl_client(settings, clock)
         traffic = TrafficLog(redis)
         guard = ContentGuard(

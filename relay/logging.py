@@ -30,7 +30,7 @@ _SECRET_KEYS = frozenset({"password", "passwd", "secret", "token", "credentials"
 _REDACTED = "[redacted]"
 
 
-class _RelayHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _RelayHandler(logging.StreamHandler[TextIO]):
     """Marks the handler we installed, so configuring twice replaces it instead of doubling."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay.address import is_null_sender
 from relay.config import SinkSettings
 
 __all__ = ["Received", "Sink", "serve_sink", "start_sink"]
@@ -99,8 +100,8 @@ class Sink:
 
     def close_connections(self) -> None:
         for session in list(self._sessions):
-            if session.transport is not None:
-                session.transport.abort()  # type: ignore[attr-defined]
+            if isinstance(session.transport, asyncio.WriteTransport):
+                session.transport.abort()
 
     def protocol(self) -> SMTP:
         return _SinkSMTP(
@@ -140,7 +141,7 @@ class Sink:
         received = Received(
             peer=_peer_ip(session),
             helo=session.host_name,
-            mail_from="" if mail_from == "<>" else mail_from,
+            mail_from="" if is_null_sender(mail_from) else mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             data=envelope.original_content or b"",
             tls=session.ssl is not None,

@@ -10,6 +10,7 @@ operator may deny reinstatement for good. `admin` is an operator's decision: no 
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,7 +47,20 @@ class Status(StrEnum):
 
 
 class NotAllowed(ReputationError):
-    """The rules forbid this action on this suspension now; the message says why."""
+    """The rules forbid this action on this suspension now; the message says why.
+
+    `not_before`: when the refused lift becomes allowed (an operator's lift before the minimum
+    term), so that a caller can say it in its own words (the CLI: when, in how long, and
+    that `--force` exists)."""
+
+    def __init__(self, message: str, *, not_before: float | None = None) -> None:
+        super().__init__(message)
+        self.not_before = not_before
+
+
+def utc_text(timestamp: float) -> str:
+    """`2026-12-06 11:08:05Z`: how times are written to operators."""
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,10 @@ def check_lift(
             f"only an operator can lift this suspension (offence {terms.offence}); contact support"
         )
     if by_operator and not force and terms.not_before is not None and now < terms.not_before:
-        raise NotAllowed(f"offence {terms.offence}: not before {terms.not_before:.0f}")
+        raise NotAllowed(
+            f"offence {terms.offence}: not before {utc_text(terms.not_before)}",
+            not_before=terms.not_before,
+        )
 
 
 def check_deny(*, status: Status, terms: Terms) -> None:

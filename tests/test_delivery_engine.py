@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import structlog.testing
 
-from relay.queue import DsnRequest, RecipientDsn
+from relay.queue import LEASE_LOST, DsnRequest, RecipientDsn
 from relay.sink import Sink
 from tests.support.dns_server import DnsServer
 from tests.support.engine import BODY, SENDER, engine, parse, report_fields, sink_on
@@ -247,7 +247,9 @@ async def test_unreachable_destination_blames_no_ip(redis, clock, sender_sink):
         queue_id = await e.submit("bob@dest.test")
         await e.step()
         [job] = await e.queue.jobs_of(queue_id)
-        assert job.attempts == 1 and job.last_error.startswith("451 4.4.1")
+        assert job.attempts == 1 and job.last_error is not None
+        assert (job.last_error.code, job.last_error.status) == (451, "4.4.1")
+        assert job.last_error.mx == "127.0.0.1" and job.last_error.egress_ip is not None
         status = await e.egress.snapshot("dest.test")
         assert status.cooling == {} and status.failures == {}
 
@@ -266,8 +268,9 @@ async def test_every_ip_out_of_rotation_defers_without_connecting(redis, clock, 
         queue_id = await e.submit("bob@dest.test")
         await e.step()
         [job] = await e.queue.jobs_of(queue_id)
-        assert job.last_error.startswith("451 4.4.5 no egress IP usable for dest.test")
-        assert "127.0.0.2 disabled: maintenance" in job.last_error
+        assert job.last_error is not None and job.last_error.status == "4.4.5"
+        assert job.last_error.text.startswith("no egress IP usable for dest.test")
+        assert "127.0.0.2 disabled: maintenance" in job.last_error.text
         assert dest.count == 0
         await e.egress.enable("127.0.0.2")
         await e.step(15 * MIN)
@@ -313,7 +316,8 @@ async def test_dns_server_failure_is_retried(redis, clock, sender_sink):
             queue_id = await e.submit("bob@dest.test")
             await e.step()
             [job] = await e.queue.jobs_of(queue_id)
-            assert job.attempts == 1 and job.last_error.startswith("451 4.4.3")
+            assert job.attempts == 1 and job.last_error is not None
+            assert (job.last_error.code, job.last_error.status) == (451, "4.4.3")
             dns.servfail("dest.test", on=False)
             await e.step(15 * MIN)
             assert await e.queue.count() == 0
@@ -534,7 +538,7 @@ async def test_a_job_whose_worker_died_is_delivered_after_its_lease(redis, clock
         [lost] = await e.queue.claim(10, lease=e.settings.lease.seconds)  # then the worker dies
         assert await e.step() == 0, "leased to the dead worker"
         assert await e.step(15 * MIN) == 1
-        assert not await e.queue.complete(lost), "the dead worker's lease is refused"
+        assert await e.queue.complete(lost) is LEASE_LOST, "the dead worker's lease is refused"
     assert [m.rcpt_tos for m in dest.messages] == [("bob@dest.test",)]
 
 

@@ -12,7 +12,7 @@ import structlog.testing
 from quota import Plan, QuotaStore
 from relay.queue import DsnRequest, RecipientDsn
 from relay.sink import Sink
-from tests.support.engine import SENDER, engine, sink_on
+from tests.support.engine import SENDER, engine, report_fields, sink_on
 
 NO_SUCH_USER = "550 5.1.1 no such user"
 
@@ -128,3 +128,32 @@ async def test_a_delay_notice_already_sent_gives_its_unit_back(redis, clock):
         await e.step(61 * 60)  # both jobs pass the delay threshold in one round
     assert len(notice_sink.messages) == 1
     assert (await quota.usage("alice", clock.now())).used == 1
+
+
+async def test_the_delay_notice_reports_the_other_domain_from_its_stored_error(redis, clock):
+    """The job that sends the delay notice also reports the message's other delayed domain,
+    from that job's last error as stored (code, status, text and the MX that said it)."""
+    notice_sink = Sink()
+    busy = Sink(reply_for_rcpt=lambda peer, rcpt: "451 4.3.0 later")
+    async with (
+        sink_on(busy) as route,
+        sink_on(notice_sink) as notice_route,
+        engine(
+            redis,
+            clock,
+            routes={"one.test": route, "two.test": route, "sender.test": notice_route},
+        ) as e,
+    ):
+        await e.submit("a@one.test", "b@two.test")
+        await e.step()
+        await e.step(61 * 60)
+    [notice] = notice_sink.messages
+    _, *recipients = report_fields(notice)
+    assert [r["final-recipient"] for r in recipients] == [
+        "rfc822; a@one.test",
+        "rfc822; b@two.test",
+    ]
+    for block in recipients:
+        assert (block["action"], block["status"]) == ("delayed", "4.3.0"), block
+        assert block["remote-mta"] == "dns; 127.0.0.1", block
+        assert block["diagnostic-code"] == "smtp; 451 4.3.0 later", block

@@ -2,7 +2,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay.errors import InvalidInput, NotFound, StoreUnavailable
-from relay.queue import LEASE_LOST, NOTICE_QUEUED, Envelope, Notice, QueueStore
+from relay.queue import (
+    LEASE_LOST,
+    NOTICE_QUEUED,
+    Envelope,
+    Finished,
+    LastError,
+    Notice,
+    QueueStore,
+)
 from relay.queue.model import split_by_domain
 from relay.redis_client import Along
 from tests.support.spool import temp_spool
@@ -11,6 +19,9 @@ from tests.support.spool import temp_spool
 @pytest.fixture
 def queue(redis, clock):
     return QueueStore(redis, clock, temp_spool())
+
+
+LATER = LastError(451, "4.4.1", "later")
 
 
 def envelope(*rcpts: str) -> Envelope:
@@ -36,9 +47,9 @@ async def test_enqueue_makes_one_job_per_domain(queue):
 async def test_message_removed_when_last_job_ends(queue):
     mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
     first, second = await queue.claim(10, lease=60)
-    assert await queue.complete(first)
+    assert await queue.complete(first) is Finished.DONE
     assert (await queue.load(mid)).meta.jobs_left == 1
-    assert await queue.complete(second)
+    assert await queue.complete(second) is Finished.DONE
     with pytest.raises(NotFound):
         await queue.load(mid)
     assert await queue.count() == 0 and await queue.next_due() is None
@@ -51,19 +62,20 @@ async def test_claimed_job_is_not_claimed_twice_until_lease_expires(queue, clock
     clock.advance(61)  # the worker died: the lease runs out
     (again,) = await queue.claim(10, lease=60)
     assert again.id == job.id
-    assert not await queue.complete(job), "a stale lease must not end the job"
-    assert await queue.complete(again)
+    assert await queue.complete(job) is Finished.LEASE_LOST, "a stale lease must not end the job"
+    assert await queue.complete(again) is Finished.DONE
 
 
 async def test_reschedule_keeps_pending_recipients_until_due(queue, clock):
     mid = await queue.enqueue(envelope("a@x.com", "b@x.com"), b"body")
     (job,) = await queue.claim(10, lease=60)
-    assert await queue.reschedule(job, ("b@x.com",), clock.now() + 900, "451 try later")
+    later = LastError(451, "4.3.0", "try later", "127.0.0.2", "mx.x.com")
+    assert await queue.reschedule(job, ("b@x.com",), clock.now() + 900, later) is Finished.DONE
     assert await queue.claim(10, lease=60) == []
     clock.advance(900)
     (retry,) = await queue.claim(10, lease=60)
     assert retry.recipients == ("b@x.com",) and retry.attempts == 1
-    assert retry.last_error == "451 try later"
+    assert retry.last_error == later, "stored as fields, read back whole"
     [listed] = await queue.list_messages()
     assert listed.id == mid and (await queue.jobs_of(mid))[0].attempts == 1
 
@@ -83,7 +95,7 @@ async def test_notice_is_queued_with_the_end_of_the_attempt(queue):
     mid = await queue.enqueue(envelope("a@x.com"), b"body")
     (job,) = await queue.claim(10, lease=60)
     note = notice(queue)
-    assert await queue.complete(job, note) == NOTICE_QUEUED
+    assert await queue.complete(job, note) is NOTICE_QUEUED
     with pytest.raises(NotFound):
         await queue.load(mid)
     stored = await queue.load(note.id)
@@ -100,7 +112,7 @@ async def test_stale_lease_queues_no_notice(queue, clock):
     clock.advance(61)
     await queue.claim(10, lease=60)
     note = notice(queue)
-    assert await queue.complete(job, note) == LEASE_LOST
+    assert await queue.complete(job, note) is LEASE_LOST
     with pytest.raises(NotFound):
         await queue.load(note.id)
 
@@ -109,23 +121,34 @@ async def test_the_delay_notice_is_queued_once_per_message(queue, clock):
     mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
     first, second = await queue.claim(10, lease=60)
     one, two, three = (notice(queue, "delay", "delay") for _ in range(3))
-    assert await queue.reschedule(first, first.recipients, clock.now() + 900, "451", one) == 2
-    assert await queue.reschedule(second, second.recipients, clock.now() + 900, "451", two) == 1
+    assert (
+        await queue.reschedule(first, first.recipients, clock.now() + 900, LATER, one)
+        is NOTICE_QUEUED
+    )
+    assert (
+        await queue.reschedule(second, second.recipients, clock.now() + 900, LATER, two)
+        is Finished.DONE
+    )
     assert (await queue.load(mid)).meta.delay_notified
     with pytest.raises(NotFound):
         await queue.load(two.id)
     clock.advance(900)
-    job, _ = [j for j in await queue.claim(10, lease=60) if j.message_id == mid]
+    job, other = [j for j in await queue.claim(10, lease=60) if j.message_id == mid]
+    assert (
+        await queue.reschedule(other, other.recipients, clock.now() + 900, LATER, three)
+        is Finished.DONE
+    )
+    with pytest.raises(NotFound):
+        await queue.load(three.id)
     mixed = notice(queue, "failure", "with-delay")
-    assert await queue.complete(job, mixed) == NOTICE_QUEUED, "a failure is always reported"
-    assert three
+    assert await queue.complete(job, mixed) is NOTICE_QUEUED, "a failure is always reported"
 
 
 async def test_hold_while_leased_parks_the_job_when_the_attempt_ends(queue, clock):
     mid = await queue.enqueue(envelope("a@x.com"), b"body")
     (job,) = await queue.claim(10, lease=60)
     assert await queue.hold(mid)
-    assert await queue.reschedule(job, job.recipients, clock.now() + 900, "451 later")
+    assert await queue.reschedule(job, job.recipients, clock.now() + 900, LATER) is Finished.DONE
     clock.advance(10_000)
     assert await queue.claim(10, lease=60) == []
     [held] = await queue.jobs_of(mid)
@@ -140,7 +163,7 @@ async def test_held_job_whose_worker_died_is_not_claimed_again(queue, clock):
     assert await queue.hold(mid)
     clock.advance(61)  # the lease ends without a finish
     assert await queue.claim(10, lease=60) == []
-    assert not await queue.complete(job), "its lease is gone"
+    assert await queue.complete(job) is Finished.LEASE_LOST, "its lease is gone"
     assert (await queue.jobs_of(mid))[0].held
 
 
@@ -148,6 +171,8 @@ async def test_retry_skips_leased_jobs_and_refuses_held_messages(queue, clock):
     mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
     [first] = await queue.claim(1, lease=60)
     assert await queue.retry(mid) == 1, "the unclaimed job only"
+    [other] = await queue.claim(10, lease=60)
+    assert other.id != first.id, "the leased job stays with its worker"
     assert await queue.hold(mid)
     with pytest.raises(InvalidInput):
         await queue.retry(mid)
@@ -155,7 +180,6 @@ async def test_retry_skips_leased_jobs_and_refuses_held_messages(queue, clock):
         await queue.retry("nope")
     with pytest.raises(NotFound):
         await queue.hold("nope")
-    assert first
 
 
 async def test_account_index_follows_the_messages(queue):
@@ -197,7 +221,7 @@ async def test_what_rides_along_an_enqueue_runs_once_even_when_redis_forgot_the_
     assert (await queue.load(mid)).body == b"body", "queued all the same"
     assert await redis.get("along") == b"1", "and what rode along ran exactly once"
     (job,) = await queue.claim(10, lease=60)
-    assert await queue.complete(job, along=[_counter("along")]) == 1
+    assert await queue.complete(job, along=[_counter("along")]) is Finished.DONE
     assert await redis.get("along") == b"2"
 
 

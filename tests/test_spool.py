@@ -132,7 +132,8 @@ async def test_a_missing_body_is_reported_and_retried_never_dropped(redis, clock
             await e.step()
         assert any(x["event"] == "spool.unreadable" and x["log_level"] == "error" for x in logs)
         (job,) = await e.queue.jobs_of(queue_id)
-        assert job.last_error.startswith("451 4.3.0 cannot read the message")
+        assert job.last_error is not None and job.last_error.status == "4.3.0"
+        assert job.last_error.text.startswith("cannot read the message")
         assert received.messages == []
         os.rename(e.queue.spool.root / "aside", e.queue.spool.path(queue_id))  # disk is back
         await e.step(e.settings.retry_interval.seconds)

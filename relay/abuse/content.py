@@ -15,6 +15,7 @@ import structlog
 from relay import replies
 from relay.abuse.service import SuspensionService
 from relay.abuse.traffic import TrafficLog
+from relay.address import domain_of
 from relay.clock import Clock
 from reputation import DnsblClient, Kind, Listing, extract_links, registrable_domain
 
@@ -48,7 +49,7 @@ def sender_domains(mail_from: str, body: bytes) -> list[str]:
     addresses = ([mail_from] if mail_from else []) + from_addresses(body)
     found: dict[str, None] = {}
     for address in addresses:
-        domain = registrable_domain(address.rpartition("@")[2])
+        domain = registrable_domain(domain_of(address))
         if domain:
             found[domain] = None
     return list(found)

@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 
 from quota import QuotaStore
 from relay.abuse.audit import AuditLog
+from relay.abuse.changes import AccountChanges
 from relay.abuse.complaint_desk import ComplaintDesk
 from relay.abuse.complaints import TraceStore
 from relay.abuse.notify import Notifier
@@ -45,6 +46,7 @@ def suspension_service(
             growth=rep.offence_growth,
             deny_from=rep.deny_from_offence,
         ),
+        changes=AccountChanges(redis, quota),
     )
 
 

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 import structlog
 
 from relay.abuse.store import Suspension
+from relay.address import domain_of
 from relay.queue import Envelope, QueueStore
 
 __all__ = ["Notifier", "compose"]
@@ -36,7 +37,7 @@ def compose(*, sender: str, to: str, subject: str, lines: list[str], now: float)
     message["To"] = to
     message["Subject"] = subject
     message["Date"] = email.utils.formatdate(now, usegmt=True)
-    message["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
+    message["Message-ID"] = email.utils.make_msgid(domain=domain_of(sender) or None)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no automatic replies to it
     message.set_content("\n".join(lines) + "\n")
     return message.as_bytes()

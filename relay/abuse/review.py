@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from relay.errors import InvalidInput, NotFound
 from relay.redis_client import store_errors, text, text_dict
@@ -75,9 +76,9 @@ class ReviewStore:
         return secrets.token_hex(5)
 
     async def add(self, review: Review) -> None:
-        fields = {k: json.dumps(v) for k, v in review.as_dict().items()}
+        fields: dict[FieldT, EncodableT] = {k: json.dumps(v) for k, v in review.as_dict().items()}
         with store_errors():
-            await self._redis.hset(_key(review.id), mapping=fields)  # type: ignore[arg-type]
+            await self._redis.hset(_key(review.id), mapping=fields)
             await self._redis.zadd(_ALL, {review.id: review.created_at})
             await self._redis.zadd(_OPEN, {review.id: review.created_at})
 
@@ -125,9 +126,9 @@ class ReviewStore:
             closed_by=by,
             close_reason=reason,
         )
-        fields = {k: json.dumps(v) for k, v in closed.as_dict().items()}
+        fields: dict[FieldT, EncodableT] = {k: json.dumps(v) for k, v in closed.as_dict().items()}
         with store_errors():
-            await self._redis.hset(_key(review.id), mapping=fields)  # type: ignore[arg-type]
+            await self._redis.hset(_key(review.id), mapping=fields)
             await self._redis.zrem(_OPEN, review.id)
         return closed
 

@@ -2,9 +2,14 @@
 
 susp:{LOGIN}:ID      hash: the record
 susp:{LOGIN}:index   zset: ID -> created
+susp:{LOGIN}:outbox  list: follow-ups of changes not finished yet (relay/abuse/changes.py)
 suspensions          zset: ID -> created (all accounts)
 suspensions:open     set of open IDs
 suspensions:owner    hash: ID -> LOGIN
+suspensions:pending  set of LOGINs whose outbox may hold follow-ups (replayed at start)
+
+A change is written by one script in the account's slot (relay/abuse/change.lua); the global
+indexes are other slots, written after it by its follow-up task.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from relay.errors import NotFound
 from relay.redis_client import store_errors, text, text_dict
@@ -71,8 +77,18 @@ def _index_key(login: str) -> str:
     return f"susp:{{{login}}}:index"
 
 
-def _to_fields(s: Suspension) -> dict[str | bytes, str | bytes]:
+def _to_fields(s: Suspension) -> dict[FieldT, EncodableT]:
     return {k: json.dumps(v) for k, v in s.as_dict().items()}
+
+
+def record_fields(s: Suspension) -> dict[str, str]:
+    """The record as stored: each value JSON-encoded (its status: `"open"`, quotes included)."""
+    return {k: json.dumps(v) for k, v in s.as_dict().items()}
+
+
+def fingerprint(history: list[Suspension]) -> str:
+    """What a change decided on, as change.lua reads it back: `ID=STATUS,…` in index order."""
+    return ",".join(f"{s.id}={json.dumps(s.status.value)}" for s in history)
 
 
 def _from_fields(raw: dict[str, str]) -> Suspension:
@@ -106,19 +122,40 @@ class SuspensionStore:
     def new_id() -> str:
         return secrets.token_hex(5)
 
-    async def save(self, s: Suspension) -> None:
-        """Write the record, then the indexes (other Cluster slots, read tolerantly)."""
+    @staticmethod
+    def record_key(login: str, sid: str) -> str:
+        return _record_key(login, sid)
+
+    @staticmethod
+    def index_key(login: str) -> str:
+        return _index_key(login)
+
+    async def index(self, s: Suspension) -> None:
+        """The global indexes of a record the account's script wrote (idempotent)."""
         with store_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(_record_key(s.account, s.id), mapping=_to_fields(s))  # type: ignore[arg-type]
-                pipe.zadd(_index_key(s.account), {s.id: s.created_at})
-                await pipe.execute()
             await self._redis.hset(_OWNER, s.id, s.account)
             await self._redis.zadd(_ALL, {s.id: s.created_at})
             if s.status is Status.OPEN:
                 await self._redis.sadd(_OPEN, s.id)
             else:
                 await self._redis.srem(_OPEN, s.id)
+
+    async def of_account_by_id(self, login: str, sid: str) -> Suspension:
+        """A record read in the account's slot (no global index needed)."""
+        with store_errors():
+            raw = await self._redis.hgetall(_record_key(login, sid))
+        if not raw:
+            raise NotFound(f"no suspension {sid!r}")
+        return _from_fields(text_dict(raw))
+
+    async def save(self, s: Suspension) -> None:
+        """Write the record, then the indexes (other Cluster slots, read tolerantly)."""
+        with store_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(_record_key(s.account, s.id), mapping=_to_fields(s))
+                pipe.zadd(_index_key(s.account), {s.id: s.created_at})
+                await pipe.execute()
+        await self.index(s)
 
     async def get(self, sid: str) -> Suspension:
         with store_errors():

@@ -19,7 +19,15 @@ from relay.abuse.factory import complaint_desk, suspension_service
 from relay.abuse.review import Review
 from relay.accounts import AccountStore
 from relay.app import open_redis, quota_store
-from relay.cli.common import Failure, load, operator_actor, print_json, refuse_option, when
+from relay.cli.common import (
+    Failure,
+    load,
+    operator_actor,
+    print_json,
+    refuse_option,
+    until,
+    when,
+)
 from relay.clock import SystemClock
 from relay.config import Settings
 from relay.safe_text import clean_block, clean_line
@@ -125,8 +133,22 @@ def _evidence(evidence: dict[str, Any]) -> list[str]:
             lines.append(f"  {clean_line(str(key))}:")
             lines += [f"    {line}" for line in clean_block(value.strip()).split("\n")]
         else:
-            lines.append(clean_line(f"  {key}: {value}"))
+            lines.append(clean_line(f"  {key}: {evidence_text(value)}"))
     return lines
+
+
+def evidence_text(value: object) -> str:
+    """A value of the evidence as an operator reads it, not as Python writes it: `yes`, not
+    `True`; `a, b`, not `['a', 'b']`; `zone=zen, code=127.0.0.2`, not a dict."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(evidence_text(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={evidence_text(v)}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 def render(s: Suspension) -> str:
@@ -162,6 +184,17 @@ async def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def lift_refusal(sid: str, refused: NotAllowed, now: float) -> str:
+    """Why a lift was refused, with the time as the CLI writes times and the way past a
+    minimum term (an operator's `--force`, audited)."""
+    if refused.not_before is None:
+        return f"cannot lift {sid}: {refused}"
+    return (
+        f"cannot lift {sid}: {refused} (in {until(refused.not_before, now)}); to lift it"
+        f" earlier: relay suspension lift {sid} --force --reason TEXT (audited)"
+    )
+
+
 async def _lift(args: argparse.Namespace) -> int:
     settings = load(args)
     async with open_redis(settings) as redis:
@@ -170,7 +203,7 @@ async def _lift(args: argparse.Namespace) -> int:
                 args.id, actor=operator_actor(), reason=args.reason, force=args.force
             )
         except NotAllowed as exc:
-            raise Failure(f"cannot lift {args.id}: {exc}") from None
+            raise Failure(lift_refusal(args.id, exc, SystemClock().now())) from None
     print(f"lifted {s.id}: {s.account} can send again unless another suspension is open")
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import getpass
 import json
 import os
@@ -16,6 +15,8 @@ from typing import Any
 
 from relay.config import Settings, load_settings
 from relay.errors import ConfigError, RelayError
+from relay.submission.policy import format_wait
+from reputation.suspension import utc_text
 
 __all__ = [
     "Failure",
@@ -83,15 +84,19 @@ def refuse_option(parser: argparse.ArgumentParser, flag: str, why: str) -> None:
     parser.add_argument(flag, action=_Refused, nargs="?", const=why, help=argparse.SUPPRESS)
 
 
+async def _awaited(result: Awaitable[int]) -> int:
+    return await result
+
+
 def run_command(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], Awaitable[int] | int] = args.handler
     if getattr(args, "refused_option", None):
         raise Failure(args.refused_option)
     try:
         result = handler(args)
-        if asyncio.iscoroutine(result):
-            return int(asyncio.run(result))
-        return int(result)  # type: ignore[arg-type]
+        if isinstance(result, int):
+            return result
+        return int(asyncio.run(_awaited(result)))
     except ConfigError as exc:
         raise Failure(f"config error: {exc}", exit_code=2) from None
     except RelayError as exc:
@@ -100,9 +105,17 @@ def run_command(args: argparse.Namespace) -> int:
 
 def when(timestamp: float | None) -> str:
     """A time as operators read it: UTC, to the second; "-" for none."""
-    if timestamp is None:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return "-" if timestamp is None else utc_text(timestamp)
+
+
+def until(timestamp: float, now: float) -> str:
+    """How long until then: `4d23h` past a day, else as SMTP replies say it (`2h13m`)."""
+    seconds = max(0.0, timestamp - now)
+    if seconds < 86400:
+        return format_wait(seconds)
+    hours = int(-(-seconds // 3600))  # rounded up: asking again then is not refused again
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
 
 def print_json(value: Any) -> None:

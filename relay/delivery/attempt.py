@@ -2,39 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from relay.delivery.outcome import Disposition, RecipientOutcome
 from relay.delivery.schedule import RetrySchedule
+from relay.outcomes import AttemptPlan, Disposition, RecipientOutcome
 
 __all__ = ["AttemptPlan", "after_attempt"]
-
-
-@dataclass(frozen=True)
-class AttemptPlan:
-    delivered: tuple[RecipientOutcome, ...]
-    failed: tuple[RecipientOutcome, ...]
-    """Permanent failures (5xx, bad domain)."""
-    expired: tuple[RecipientOutcome, ...]
-    """Temporary failures of a message past its max age: they fail now too."""
-    deferred: tuple[RecipientOutcome, ...]
-    """Still being retried, at `retry_at`."""
-    retry_at: float | None
-    delay_notice: bool
-    """The sender is due a delay notice for `deferred` (if not sent already)."""
-
-    @property
-    def done(self) -> bool:
-        return not self.deferred
-
-    @property
-    def pending(self) -> tuple[str, ...]:
-        return tuple(o.recipient for o in self.deferred)
-
-    @property
-    def error(self) -> str:
-        first = self.deferred[0] if self.deferred else None
-        return f"{first.code} {first.status} {first.text}" if first else ""
 
 
 def after_attempt(

@@ -11,14 +11,14 @@ import asyncio
 import ipaddress
 import random
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import dns.exception
 import dns.name
 import dns.resolver
 from dns.asyncresolver import Resolver as AsyncResolver
 from dns.nameserver import Do53Nameserver
-from dns.resolver import NoResolverConfiguration
+from dns.resolver import BaseResolver, NoResolverConfiguration
 
 from relay.config import DnsSettings, HostPort
 from relay.delivery.errors import PermanentRouteError, TransientRouteError
@@ -112,7 +112,11 @@ async def resolve_hops(
     raise TransientRouteError(f"{name}: no MX host has an address ({hosts})", status="4.4.4")
 
 
-def make_resolver(dns: DnsSettings, kind: type[R] = AsyncResolver) -> R:  # type: ignore[assignment]
+@overload
+def make_resolver(dns: DnsSettings) -> AsyncResolver: ...
+@overload
+def make_resolver(dns: DnsSettings, kind: type[R]) -> R: ...
+def make_resolver(dns: DnsSettings, kind: type[BaseResolver] = AsyncResolver) -> BaseResolver:
     """A resolver for `dns.servers`, or the system's when the list is empty. `kind`: the
     async resolver of the service, or the blocking one a blocking library needs (pyspf)."""
     if dns.servers:

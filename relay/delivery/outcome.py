@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 import ssl
-from dataclasses import dataclass
-from enum import Enum
 
 import aiosmtplib
 
 from relay.delivery.errors import PermanentRouteError, RouteError
+from relay.outcomes import Disposition, RecipientOutcome
 
 __all__ = [
     "LOCAL_TRANSIENT_CODE",
@@ -31,27 +30,6 @@ LOCAL_TRANSIENT_CODE = 451
 
 _STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _BLOCK_WORDS = re.compile(r"block|listed|spam|blacklist|reputation", re.IGNORECASE)
-
-
-class Disposition(Enum):
-    DELIVERED = "delivered"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-
-
-@dataclass(frozen=True)
-class RecipientOutcome:
-    recipient: str
-    disposition: Disposition
-    code: int
-    status: str
-    """Enhanced status code (RFC 3463), e.g. "4.4.1"."""
-    text: str
-    """Reply text without code and enhanced status, or a description of the local error."""
-    remote: str | None
-    """Name of the hop (MX host) that gave the outcome; None when none was reached."""
-    egress_ip: str | None
-    tls: bool
 
 
 def classify_reply(code: int, message: str) -> Disposition:

@@ -22,6 +22,7 @@ import aiosmtplib
 import structlog
 from aiosmtplib.email import parse_address
 
+from relay.address import is_null_sender
 from relay.config import DeliveryTimeouts, Egress
 from relay.delivery.mx import Hop
 from relay.delivery.outcome import (
@@ -78,7 +79,7 @@ async def attempt_domain(
     """
     attempt = _Attempt(
         egress=egress,
-        sender="" if mail_from.strip() == "<>" else mail_from,
+        sender="" if is_null_sender(mail_from) else mail_from,
         recipients=recipients,
         body=body,
         timeouts=timeouts,

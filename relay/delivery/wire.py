@@ -48,7 +48,10 @@ async def send_data(
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         # What aiosmtplib's execute_data_command does between its 354 and its reply, with
         # the message already in wire form (pinned aiosmtplib; tests/test_wire.py).
-        async with protocol._command_lock:  # type: ignore[union-attr]
+        lock = protocol._command_lock
+        if lock is None:  # set by connection_made; None only before a connection
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        async with lock:
             protocol._response_pending = True
             protocol.write(wire)
             protocol.write(b".\r\n")

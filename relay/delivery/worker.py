@@ -18,6 +18,7 @@ import structlog
 from dns.asyncresolver import Resolver
 
 from quota import QuotaStore, QuotaUnavailable
+from relay.address import is_null_sender
 from relay.clock import Clock
 from relay.config import DeliverySettings
 from relay.delivery.attempt import AttemptPlan, after_attempt
@@ -27,13 +28,21 @@ from relay.delivery.errors import RouteError
 from relay.delivery.limits import DestinationLimiter, site_of
 from relay.delivery.memory import ByteBudget
 from relay.delivery.mx import Hop, resolve_hops
-from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
+from relay.delivery.outcome import Disposition, RecipientOutcome
 from relay.delivery.schedule import RetrySchedule
 from relay.delivery.sessions import SessionPool
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
 from relay.errors import NotFound, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
-from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
+from relay.queue import (
+    LEASE_LOST,
+    NOTICE_QUEUED,
+    Job,
+    LastError,
+    Notice,
+    QueueStore,
+    StoredMessage,
+)
 from relay.redis_client import Along
 from relay.spool import SpoolError
 
@@ -251,13 +260,13 @@ class DeliveryWorker:
         else:
             assert plan.retry_at is not None
             result = await self._queue.reschedule(
-                job, plan.pending, plan.retry_at, plan.error, notice, traffic
+                job, plan.pending, plan.retry_at, _last_error(plan), notice, traffic
             )
         if charge is not None:
-            await self._settle(charge, meta.account, queued=result == NOTICE_QUEUED)
-        if result == LEASE_LOST:
+            await self._settle(charge, meta.account, queued=result is NOTICE_QUEUED)
+        if result is LEASE_LOST:
             log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
-        elif notice is not None and result == NOTICE_QUEUED:
+        elif notice is not None and result is NOTICE_QUEUED:
             log.info(
                 "notice.queued",
                 message_id=job.message_id,
@@ -389,7 +398,7 @@ class DeliveryWorker:
         self, job: Job, stored: StoredMessage, plan: AttemptPlan, now: float, held_for: float
     ) -> Notice | None:
         meta = stored.meta
-        if meta.mail_from in ("", "<>"):
+        if is_null_sender(meta.mail_from):
             return None  # never a notice about a notice (or any mail from <>)
         others: list[RecipientOutcome] = []
         if plan.delay_notice:
@@ -488,16 +497,31 @@ class DeliveryWorker:
             return []
         outcomes = []
         for other in jobs:
-            if other.id == job.id or not other.attempts:
+            error = other.last_error
+            if other.id == job.id or not other.attempts or error is None:
                 continue
-            code_text, _, message = other.last_error.partition(" ")
-            code = int(code_text) if code_text.isdigit() else 451
-            status, text = split_status(code, message)
             outcomes += [
-                RecipientOutcome(rcpt, Disposition.TRANSIENT, code, status, text, None, None, False)
+                RecipientOutcome(
+                    rcpt,
+                    Disposition.TRANSIENT,
+                    error.code,
+                    error.status,
+                    error.text,
+                    error.mx,
+                    error.egress_ip,
+                    False,
+                )
                 for rcpt in other.recipients
             ]
         return outcomes
+
+
+def _last_error(plan: AttemptPlan) -> LastError | None:
+    """The first deferred recipient's outcome, stored with the job as fields."""
+    if not plan.deferred:
+        return None
+    first = plan.deferred[0]
+    return LastError(first.code, first.status, first.text, first.egress_ip, first.remote)
 
 
 def _all(

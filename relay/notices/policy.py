@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from relay.delivery.attempt import AttemptPlan
-from relay.delivery.outcome import RecipientOutcome
+from relay.address import is_null_sender
 from relay.notices.dsn import Action, RecipientReport
+from relay.outcomes import AttemptPlan, RecipientOutcome
 from relay.queue.model import DsnRequest
 
 __all__ = ["NoticePlan", "plan_notice"]
@@ -44,7 +44,7 @@ def plan_notice(
     `delay_also`: recipients of the message's other jobs still being retried, reported with
     this job's in the message's one delay notice.
     """
-    if mail_from in ("", "<>"):
+    if is_null_sender(mail_from):
         return None
     reports: list[RecipientReport] = []
     for outcome in plan.failed:

@@ -15,7 +15,8 @@
 -- ARGV[4]  message id
 -- ARGV[5]  retry: next due time
 -- ARGV[6]  retry: pending recipients (JSON)
--- ARGV[7]  retry: last error text
+-- ARGV[7]  retry: last error fields (JSON object of strings: error_code, error_status,
+--          error_text, error_ip, error_mx)
 -- ARGV[8]  now
 -- ARGV[9]  account index key prefix
 -- ARGV[10] notice: '' (none), or how it relates to the message's one delay notice:
@@ -25,14 +26,15 @@
 -- ARGV[12] notice: job id
 -- ARGV[13] notice: message fields (JSON object of strings); its body is already spooled
 -- ARGV[14] notice: job fields (JSON object of strings)
--- Returns  {result, ended}: result 1, 2 when a notice was queued, or 0 when the lease was
---          lost; ended 1 when the message left the queue (its spooled body can go).
+-- Returns  {result, ended}: result 'done', 'notice-queued' (the notice was queued too) or
+--          'lease-lost' (nothing changed); ended 'ended' when the message left the queue (its
+--          spooled body can go), else 'kept'.
 if redis.call('HGET', KEYS[2], 'token') ~= ARGV[1] then
-  return {0, 0}
+  return {'lease-lost', 'kept'}
 end
-local ended = 0
+local ended = 'kept'
 redis.call('SREM', KEYS[8], ARGV[3])
-local result = 1
+local result = 'done'
 local notice = ARGV[10]
 if notice ~= '' then
   if notice ~= 'plain' then
@@ -52,7 +54,7 @@ if notice ~= '' then
     redis.call('ZADD', KEYS[1], ARGV[8], ARGV[12])
     redis.call('ZADD', KEYS[4], ARGV[8], ARGV[11])
     redis.call('SADD', ARGV[9] .. fields['account'], ARGV[11])
-    result = 2
+    result = 'notice-queued'
   end
 end
 if ARGV[2] == 'done' then
@@ -63,13 +65,17 @@ if ARGV[2] == 'done' then
     local account = redis.call('HGET', KEYS[3], 'account')
     redis.call('DEL', KEYS[3])
     redis.call('ZREM', KEYS[4], ARGV[4])
-    ended = 1
+    ended = 'ended'
     if account then
       redis.call('SREM', ARGV[9] .. account, ARGV[4])
     end
   end
 else
-  redis.call('HSET', KEYS[2], 'recipients', ARGV[6], 'last_error', ARGV[7], 'due_at', ARGV[5])
+  redis.call('HSET', KEYS[2], 'recipients', ARGV[6], 'due_at', ARGV[5])
+  redis.call('HDEL', KEYS[2], 'last_error', 'error_code', 'error_status', 'error_text', 'error_ip', 'error_mx')
+  for name, value in pairs(cjson.decode(ARGV[7])) do
+    redis.call('HSET', KEYS[2], name, value)
+  end
   redis.call('HINCRBY', KEYS[2], 'attempts', 1)
   redis.call('HDEL', KEYS[2], 'token')
   if redis.call('HEXISTS', KEYS[3], 'held_at') == 1 then

@@ -6,14 +6,14 @@
 -- ARGV[2]  now
 -- ARGV[3]  job key prefix
 -- ARGV[4..] job ids of the message
--- Returns  -1 no such message, 0 nothing to do (already held / not held), 1 done.
+-- Returns  'no-message', 'unchanged' (already held / not held) or 'changed'.
 if redis.call('EXISTS', KEYS[3]) == 0 then
-  return -1
+  return 'no-message'
 end
 local held_at = redis.call('HGET', KEYS[3], 'held_at')
 if ARGV[1] == 'hold' then
   if held_at then
-    return 0
+    return 'unchanged'
   end
   redis.call('HSET', KEYS[3], 'held_at', ARGV[2])
   for i = 4, #ARGV do
@@ -27,10 +27,10 @@ if ARGV[1] == 'hold' then
       redis.call('ZADD', KEYS[2], ARGV[2], id)
     end
   end
-  return 1
+  return 'changed'
 end
 if not held_at then
-  return 0
+  return 'unchanged'
 end
 redis.call('HINCRBYFLOAT', KEYS[3], 'held_for', tonumber(ARGV[2]) - tonumber(held_at))
 redis.call('HDEL', KEYS[3], 'held_at')
@@ -41,4 +41,4 @@ for i = 4, #ARGV do
     redis.call('ZADD', KEYS[1], ARGV[2], id)
   end
 end
-return 1
+return 'changed'

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from relay.address import domain_of
+
 NOTIFY_KEYWORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
 """What a recipient without NOTIFY gets (RFC 3461 leaves the default to the MTA)."""
@@ -122,6 +124,64 @@ class QueuedMessage:
 
 
 @dataclass(frozen=True)
+class LastError:
+    """Why a job's last attempt did not deliver, as fields (stored so, never parsed back)."""
+
+    code: int
+    """SMTP reply code, or the synthetic 451 of a failure without a reply."""
+    status: str
+    """Enhanced status code (RFC 3463), e.g. "4.4.1"."""
+    text: str
+    egress_ip: str | None = None
+    """Our address the attempt went out from; None when none was used."""
+    mx: str | None = None
+    """The host that answered (or could not be reached); None when none was tried."""
+
+    def __str__(self) -> str:
+        where = " ".join(
+            part
+            for part in (
+                f"from {self.egress_ip}" if self.egress_ip else "",
+                f"at {self.mx}" if self.mx else "",
+            )
+            if part
+        )
+        return f"{self.code} {self.status} {self.text}" + (f" ({where})" if where else "")
+
+    def as_fields(self) -> dict[str, str]:
+        """The job hash's fields (absent values are empty)."""
+        return {
+            "error_code": str(self.code),
+            "error_status": self.status,
+            "error_text": self.text,
+            "error_ip": self.egress_ip or "",
+            "error_mx": self.mx or "",
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> LastError | None:
+        code = fields.get("error_code")
+        if not code:
+            return None
+        return cls(
+            code=int(code),
+            status=fields.get("error_status", ""),
+            text=fields.get("error_text", ""),
+            egress_ip=fields.get("error_ip") or None,
+            mx=fields.get("error_mx") or None,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "status": self.status,
+            "text": self.text,
+            "egress_ip": self.egress_ip,
+            "mx": self.mx,
+        }
+
+
+@dataclass(frozen=True)
 class Job:
     """Delivery of one message to the recipients of one domain."""
 
@@ -132,7 +192,7 @@ class Job:
     attempts: int
     created_at: float
     due_at: float
-    last_error: str = ""
+    last_error: LastError | None = None
     held: bool = False
     token: str = field(default="", compare=False)
     """The lease this worker holds; a finish with a stale token is refused."""
@@ -149,13 +209,9 @@ class Job:
             "attempts": self.attempts,
             "created_at": self.created_at,
             "due_at": self.due_at,
-            "last_error": self.last_error,
+            "last_error": self.last_error.as_dict() if self.last_error else None,
             "held": self.held,
         }
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
 
 
 def split_by_domain(recipients: tuple[str, ...]) -> dict[str, tuple[str, ...]]:

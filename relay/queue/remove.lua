@@ -9,14 +9,14 @@
 -- ARGV[4]  account index key prefix
 -- ARGV[5]  message id
 -- ARGV[6..] job ids of the message
--- Returns  -1 no such message, -2 retry of a held message, else the number of jobs touched.
+-- Returns  'no-message', 'held' (retry of a held message), else the number of jobs touched.
 if redis.call('EXISTS', KEYS[3]) == 0 then
-  return -1
+  return 'no-message'
 end
 local count = 0
 if ARGV[1] == 'retry' then
   if redis.call('HEXISTS', KEYS[3], 'held_at') == 1 then
-    return -2
+    return 'held'
   end
   for i = 6, #ARGV do
     local id = ARGV[i]

@@ -22,29 +22,58 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
 from redis.typing import EncodableT, FieldT
 
+from relay.address import domain_of
 from relay.clock import Clock
 from relay.config import Settings
 from relay.errors import InvalidInput, NotFound
-from relay.queue.model import DsnRequest, Envelope, Job, QueuedMessage, split_by_domain
+from relay.queue.model import (
+    DsnRequest,
+    Envelope,
+    Job,
+    LastError,
+    QueuedMessage,
+    split_by_domain,
+)
 from relay.redis_client import Along, load_script, script_with, store_errors, text, text_dict
 from relay.spool import Spool, Spooled, SpoolError
 
-__all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Notice", "QueueStore", "StoredMessage"]
+__all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Finished", "Notice", "QueueStore", "StoredMessage"]
 
 log = structlog.get_logger("relay.queue")
 
-LEASE_LOST = 0
-"""`complete`/`reschedule`: another worker owns the job now; nothing was changed."""
-NOTICE_QUEUED = 2
-"""`complete`/`reschedule`: done, and the notice given was queued (1: done, no notice)."""
+
+class Finished(Enum):
+    """What `complete`/`reschedule` did (finish.lua answers these names)."""
+
+    LEASE_LOST = "lease-lost"
+    """Another worker owns the job now; nothing was changed."""
+    DONE = "done"
+    """Ended or rescheduled; no notice was queued (none given, or a delay notice already sent)."""
+    NOTICE_QUEUED = "notice-queued"
+    """Ended or rescheduled, and the notice given was queued in the same step."""
+
+
+LEASE_LOST = Finished.LEASE_LOST
+NOTICE_QUEUED = Finished.NOTICE_QUEUED
+
+
+class _Held(Enum):
+    """What hold.lua did."""
+
+    NO_MESSAGE = "no-message"
+    UNCHANGED = "unchanged"
+    """Already held (hold) or not held (release)."""
+    CHANGED = "changed"
+
 
 _DUE = "{q}:due"
 _HELD = "{q}:held"
@@ -193,22 +222,22 @@ class QueueStore:
 
     async def complete(
         self, job: Job, notice: Notice | None = None, along: Sequence[Along] = ()
-    ) -> int:
-        """The job is over (delivered or failed for good): 0 (LEASE_LOST), 1 or NOTICE_QUEUED.
+    ) -> Finished:
+        """The job is over (delivered or failed for good).
 
         The notice is queued in the same step, so it exists exactly when the job ended.
         """
-        return await self._end(job, "done", 0.0, (), "", notice, along)
+        return await self._end(job, "done", 0.0, (), None, notice, along)
 
     async def reschedule(
         self,
         job: Job,
         pending: tuple[str, ...],
         due_at: float,
-        error: str,
+        error: LastError | None,
         notice: Notice | None = None,
         along: Sequence[Along] = (),
-    ) -> int:
+    ) -> Finished:
         """Retry `pending` at `due_at` (or park the job if its message was held meanwhile)."""
         return await self._end(job, "retry", due_at, pending, error, notice, along)
 
@@ -218,10 +247,10 @@ class QueueStore:
         action: str,
         due_at: float,
         pending: tuple[str, ...],
-        error: str,
+        error: LastError | None,
         notice: Notice | None,
         along: Sequence[Along],
-    ) -> int:
+    ) -> Finished:
         now = self._clock.now()
         notice_id = notice.id if notice is not None else ""
         notice_job = f"{notice_id}.0"
@@ -249,7 +278,7 @@ class QueueStore:
                     {
                         k: str(v)
                         for k, v in _job_fields(
-                            notice_id, _domain(notice.recipient), (notice.recipient,), now
+                            notice_id, domain_of(notice.recipient), (notice.recipient,), now
                         ).items()
                     }
                 ),
@@ -276,7 +305,7 @@ class QueueStore:
                         job.message_id,
                         repr(due_at),
                         json.dumps(list(pending)),
-                        error[:1000],
+                        json.dumps(_error_fields(error)),
                         repr(now),
                         _ACCT_PREFIX,
                         *notice_args,
@@ -289,11 +318,12 @@ class QueueStore:
             raise
         assert isinstance(reply, list)
         result, ended = reply
-        if notice is not None and int(result) != NOTICE_QUEUED:
+        finished = Finished(text(result))
+        if notice is not None and finished is not Finished.NOTICE_QUEUED:
             await self._forget_body(notice_id)
-        if int(ended):
+        if text(ended) == "ended":
             await self._forget_body(job.message_id)
-        return int(result)
+        return finished
 
     async def _forget_body(self, message_id: str) -> None:
         """The message left the queue: its body goes (on a thread). Failing, `relay spool
@@ -418,10 +448,7 @@ class QueueStore:
 
     async def retry(self, message_id: str) -> int:
         """Make every waiting job of the message due now; the number of jobs made due."""
-        count = await self._operate("retry", message_id)
-        if count == -2:
-            raise InvalidInput(f"message {message_id} is held: release it first")
-        return count
+        return await self._operate("retry", message_id)
 
     async def delete(self, message_id: str) -> None:
         """Drop the message and its jobs without any notice (a job being attempted may still
@@ -468,7 +495,7 @@ class QueueStore:
         except InvalidInput:
             return False
 
-    async def _for_account(self, login: str, action) -> int:  # type: ignore[no-untyped-def]
+    async def _for_account(self, login: str, action: Callable[[str], Awaitable[object]]) -> int:
         done = 0
         for message_id in await self.messages_of(login):
             try:
@@ -488,29 +515,30 @@ class QueueStore:
                 keys=[_DUE, _HELD, _msg_key(message_id)],
                 args=[action, repr(self._clock.now()), _JOB_PREFIX, *job_ids],
             )
-        if result == -1:
+        held = _Held(text(result))
+        if held is _Held.NO_MESSAGE:
             raise NotFound(f"no message {message_id!r} in the queue")
-        return bool(result == 1)
+        return held is _Held.CHANGED
 
     async def _operate(self, action: str, message_id: str) -> int:
         job_ids = await self._job_ids(message_id)
         with store_errors():
-            result = int(
-                await self._remove(
-                    keys=[_DUE, _HELD, _msg_key(message_id), _MESSAGES],
-                    args=[
-                        action,
-                        repr(self._clock.now()),
-                        _JOB_PREFIX,
-                        _ACCT_PREFIX,
-                        message_id,
-                        *job_ids,
-                    ],
-                )
+            result = await self._remove(
+                keys=[_DUE, _HELD, _msg_key(message_id), _MESSAGES],
+                args=[
+                    action,
+                    repr(self._clock.now()),
+                    _JOB_PREFIX,
+                    _ACCT_PREFIX,
+                    message_id,
+                    *job_ids,
+                ],
             )
-        if result == -1:
-            raise NotFound(f"no message {message_id!r} in the queue")
-        return result
+        if isinstance(result, int):
+            return result  # the number of jobs touched
+        if text(result) == "held":
+            raise InvalidInput(f"message {message_id} is held: release it first")
+        raise NotFound(f"no message {message_id!r} in the queue")
 
     async def _job_ids(self, message_id: str, meta: QueuedMessage | None = None) -> list[str]:
         with store_errors():
@@ -521,10 +549,6 @@ class QueueStore:
             meta = meta or await self.meta(message_id)
             count = len(split_by_domain(meta.recipients))
         return [f"{message_id}.{n}" for n in range(count)]
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
 
 
 def _job_fields(
@@ -544,6 +568,13 @@ def _flat(fields: dict[FieldT, EncodableT]) -> list[EncodableT]:
     return [item for pair in fields.items() for item in pair]
 
 
+def _error_fields(error: LastError | None) -> dict[str, str]:
+    """The job's last-error fields as finish.lua stores them (text cut to 1,000 characters)."""
+    if error is None:
+        return {}
+    return replace(error, text=error.text[:1000]).as_fields()
+
+
 def _decode_pairs(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
@@ -557,7 +588,7 @@ def _job(job_id: str, fields: dict[str, str], due_at: float, held: bool = False)
         attempts=int(fields.get("attempts", 0)),
         created_at=float(fields["created_at"]),
         due_at=due_at,
-        last_error=fields.get("last_error", ""),
+        last_error=LastError.from_fields(fields),
         held=held,
         token=fields.get("token", ""),
     )

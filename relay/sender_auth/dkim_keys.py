@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from relay.abuse.content import from_addresses
+from relay.address import domain_of
 from relay.config import SenderAuthSettings
 from relay.errors import NotFound, StoreUnavailable
 from relay.redis_client import store_errors, text, text_dict
@@ -252,4 +253,4 @@ def _context(domain: str) -> str:
 
 
 def _from_domains(message: bytes) -> list[str]:
-    return [address.rpartition("@")[2].lower().rstrip(".") for address in from_addresses(message)]
+    return [domain_of(address) for address in from_addresses(message)]

@@ -30,6 +30,8 @@ import dns.exception
 import dns.resolver
 import redis.asyncio as aioredis
 
+from relay.address import domain_text, local_part
+from relay.address import normalise_domain as _lower_idna
 from relay.clock import Clock
 from relay.errors import InvalidInput, NotFound, VerificationFailed
 from relay.redis_client import store_errors, text, text_dict
@@ -67,11 +69,7 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 def normalise_domain(text: str) -> str:
     """`Example.COM.` → `example.com`, `bücher.example` → `xn--bcher-kva.example`; raises
     InvalidInput for anything that is not a host name of two labels or more."""
-    name = text.strip().lower().rstrip(".")
-    try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise InvalidInput(f"not a domain: {text!r}") from None
+    name = _lower_idna(text)
     labels = name.split(".")
     if len(labels) < 2 or len(name) > 253 or not all(_LABEL.fullmatch(x) for x in labels):
         raise InvalidInput(f"not a domain: {text!r}")
@@ -81,10 +79,10 @@ def normalise_domain(text: str) -> str:
 def normalise_address(text: str) -> str:
     """`Bob@Example.COM.` → `bob@example.com` (the local part lower-cased too: mailbox
     providers treat it case-insensitively, and an identity must not be dodged by case)."""
-    local, at, domain = text.strip().rpartition("@")
-    if not at or not local or any(ch.isspace() or ch < " " for ch in local):
+    local = local_part(text.strip())
+    if "@" not in text or not local or any(ch.isspace() or ch < " " for ch in local):
         raise InvalidInput(f"not an address: {text!r}")
-    return f"{local.lower()}@{normalise_domain(domain)}"
+    return f"{local.lower()}@{normalise_domain(domain_text(text))}"
 
 
 def normalise_identity(text: str) -> str:
@@ -94,7 +92,7 @@ def normalise_identity(text: str) -> str:
 
 def domain_part(name: str) -> str:
     """The domain of an identity: itself, or the part after the @ of an address."""
-    return name.rpartition("@")[2]
+    return domain_text(name) or name
 
 
 def ancestors(domain: str) -> list[str]:

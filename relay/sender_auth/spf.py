@@ -18,6 +18,8 @@ import dns.exception
 import dns.resolver
 import spf
 
+from relay.address import domain_of
+
 __all__ = ["SpfChecker", "SpfVerdict", "install_resolver", "spf_record"]
 
 
@@ -87,7 +89,7 @@ class SpfChecker:
 
     async def check(self, sender: str) -> SpfVerdict | None:
         """None when there is nothing to check (null sender, no egress IPs, or timeout)."""
-        domain = sender.rpartition("@")[2].lower()
+        domain = domain_of(sender)
         if not domain or not self._ips:
             return None
         now = self._clock()

@@ -11,6 +11,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay import replies
+from relay.address import is_null_sender
 from relay.errors import AuthLocked, Busy, StoreUnavailable
 from relay.spool import Incoming, InflightBudget, Spooled
 from relay.submission.dsn_params import dsn_request
@@ -203,7 +204,7 @@ class SubmissionHandler:
             tx,
             Submitted(
                 account=str(session.auth_data),
-                mail_from="" if mail_from == "<>" else mail_from,
+                mail_from="" if is_null_sender(mail_from) else mail_from,
                 recipients=tuple(envelope.rcpt_tos),
                 body=content,
                 peer_ip=_peer_ip(session),

@@ -10,12 +10,13 @@ import warnings
 from asyncio import sslproto
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import AnyStr, Protocol
+from typing import Any, AnyStr, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from relay import replies
+from relay.address import local_part
 from relay.config import Listener, SubmissionSettings
 from relay.errors import ConfigError
 from relay.queue.model import RecipientDsn
@@ -77,7 +78,7 @@ def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]
         addr: str = address.addr_spec
     except (HeaderParseError, IndexError):  # the email parser can run off the end ('<', '"')
         return None, None
-    if local_part_limit and len(addr.rpartition("@")[0]) > local_part_limit:
+    if local_part_limit and len(local_part(addr)) > local_part_limit:
         return None, None
     return addr, rest
 
@@ -92,12 +93,12 @@ class SubmissionSMTP(SMTP):
     connections: Admission | None = None
     """Open sessions in all and per client address (shared by every listener)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._verbatim = False
         self._counted: str | None = None
         self._pre_auth: asyncio.TimerHandle | None = None
         self._last_address: tuple[str, tuple[str | None, str | None]] | None = None
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser, less its cost: it builds a class on every call (13% of
@@ -363,7 +364,7 @@ class SubmissionSMTP(SMTP):
     def _set_post_data_state(self) -> None:
         if self.session is not None:
             self.event_handler.end_transaction(self.session)
-        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
 
     def eof_received(self) -> bool | None:
         if self.session is None:
@@ -386,7 +387,7 @@ class SubmissionSMTP(SMTP):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             _write(transport, f"{replies.TIMEOUT}\r\n")
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
 
 
 class _HandshakeFailed(TLSSetupException):
@@ -433,7 +434,7 @@ class _ImplicitTls(sslproto.SSLProtocol):
             tls,
             waiter,
             server_side=True,
-            ssl_handshake_timeout=timeout,  # type: ignore[arg-type]  # typeshed: int; any number
+            ssl_handshake_timeout=timeout,  # type: ignore[arg-type]  # typeshed says int; asyncio takes any number
         )
         self._peer = "?"
         waiter.add_done_callback(functools.partial(self._handshake_done, timeout))

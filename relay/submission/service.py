@@ -14,6 +14,7 @@ from quota import QuotaStore, QuotaUnavailable
 from relay import replies
 from relay.abuse.content import from_addresses
 from relay.accounts import Account, AccountStore, unknown_login
+from relay.address import domain_of, domain_text, is_mailbox, is_null_sender
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
@@ -23,7 +24,6 @@ from relay.sender_auth.identities import IdentityCache, IdentityMode
 from relay.sender_auth.spf import SpfChecker
 from relay.spool import Incoming, Spooled, SpoolError
 from relay.submission import policy
-from relay.submission.addresses import is_mailbox
 from relay.submission.message import message_id_of, missing_headers, received_header
 
 __all__ = ["Submission", "SubmissionService", "Submitted"]
@@ -185,12 +185,12 @@ class SubmissionService:
         carrying the whole message to a forged sender is backscatter with a payload). With
         SPF enforced, its domain must authorize our egress IPs.
         """
-        if address in ("", "<>"):
+        if is_null_sender(address):
             self._senders[tx] = ("<>", True)  # never gets notices: nothing to refuse
             return None
         if not is_mailbox(address):
             return str(replies.BAD_SENDER)
-        domain = address.rpartition("@")[2]
+        domain = domain_of(address)
         verified = True  # identities off: every sender is treated as before
         if self._identities is not None:
             try:
@@ -235,7 +235,7 @@ class SubmissionService:
             "none",
         ):
             return replies.SPF_NOT_AUTHORIZED.format(
-                domain=address.rpartition("@")[2], ip=verdict.ip, result=verdict.result
+                domain=domain_text(address), ip=verdict.ip, result=verdict.result
             )
         self._headers[tx] = (
             f"X-Relay-SPF: {verdict.result} ({address.rpartition('@')[2]} does not authorize"
@@ -328,7 +328,7 @@ class SubmissionService:
                 mode=self._identities_mode,
             )
             if self._identities_mode == "enforce":
-                domain = address.rpartition("@")[2]
+                domain = domain_text(address)
                 log.warning("message.refused", account=message.account, reason="unverified From")
                 return replies.FROM_NOT_VERIFIED.format(domain=domain)
         return None
