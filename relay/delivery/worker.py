@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from dns.asyncresolver import Resolver
@@ -34,6 +35,9 @@ from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
 from relay.spool import SpoolError
+
+if TYPE_CHECKING:
+    from relay.events import EventRecorder
 
 __all__ = ["DeliveryWorker"]
 
@@ -64,6 +68,7 @@ class DeliveryWorker:
         hostname: str,
         on_delivered: Callable[[str, str, float, int], Awaitable[None]] | None = None,
         quota: QuotaStore | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -77,6 +82,8 @@ class DeliveryWorker:
         self._quota = quota
         """Notices are charged to the sender's account here (None: not charged, in tests
         of other things)."""
+        self._events = events
+        """Each recipient's outcome as the application's events (None: none recorded)."""
         self._schedule = RetrySchedule.from_settings(settings)
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
@@ -252,6 +259,9 @@ class DeliveryWorker:
             )
         if charge is not None:
             await self._settle(charge, meta.account, queued=result == NOTICE_QUEUED)
+        if self._events is not None and not meta.notice:
+            delay_sent = notice is not None and notice.kind == "delay" and result == NOTICE_QUEUED
+            await self._events.attempted(meta.account, meta.id, plan, delay_notice_sent=delay_sent)
         if result == LEASE_LOST:
             log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
         elif notice is not None and result == NOTICE_QUEUED:

@@ -1,0 +1,91 @@
+"""Each account's events in one Redis Stream, plus each message's events in a list.
+
+Why a stream per account: `GET /v1/events?since=` and the webhook dispatcher read an
+account's events in order from a cursor (the stream id), and the stream trims itself by age
+(`MINID`, `events.retention`) as it grows, so retention costs nothing extra. The ids come from
+the relay's clock (`ms-seq`, never going back), so a cursor is also a time. The per-message
+list answers `GET /v1/messages/{id}` without scanning the stream. One script call appends
+to both (one round trip; the keys share the account's hash tag for Redis Cluster).
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+import structlog
+
+from relay.clock import Clock
+from relay.events.model import Event, EventDraft
+from relay.redis_client import load_script, store_errors, text
+
+__all__ = ["EventStream", "stream_key"]
+
+log = structlog.get_logger("relay.events")
+
+MAX_PAGE = 1000
+
+
+def stream_key(account: str) -> str:
+    return f"ev:{{{account}}}"
+
+
+def _message_key(account: str, message_id: str) -> str:
+    return f"evm:{{{account}}}:{message_id}"
+
+
+class EventStream:
+    def __init__(self, redis: aioredis.Redis, clock: Clock, *, retention: float) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._retention_ms = int(retention * 1000)
+        self._append = load_script(redis, __file__, "append.lua")
+
+    async def append(self, account: str, draft: EventDraft) -> str:
+        """Store one event; its id. Raises StoreUnavailable."""
+        with store_errors():
+            found = await self._append(
+                keys=[stream_key(account), _message_key(account, draft.message_id)],
+                args=[int(self._clock.now() * 1000), self._retention_ms, draft.to_json()],
+            )
+        return text(found)
+
+    async def record(self, account: str, draft: EventDraft) -> None:
+        """`append` for the paths that must never fail because of events (delivery,
+        submission): a Redis failure is logged and the event is lost."""
+        try:
+            await self.append(account, draft)
+        except Exception as exc:  # events are advice for the application: never fail the caller
+            log.error(
+                "events.append_failed",
+                account=account,
+                kind=draft.kind,
+                message_id=draft.message_id,
+                error=str(exc),
+            )
+
+    async def since(self, account: str, cursor: str = "", limit: int = 100) -> list[Event]:
+        """Events after `cursor` (an event id; "" from the oldest kept), oldest first."""
+        start = f"({cursor}" if cursor else "-"
+        with store_errors():
+            found = await self._redis.xrange(
+                stream_key(account), min=start, max="+", count=max(1, min(limit, MAX_PAGE))
+            )
+        return [Event.parse(text(eid), account, text(fields[b"e"])) for eid, fields in found]
+
+    async def last_id(self, account: str) -> str:
+        """The id of the newest event ("" when none): where a new webhook starts reading."""
+        with store_errors():
+            found = await self._redis.xrevrange(stream_key(account), count=1)
+        return text(found[0][0]) if found else ""
+
+    async def of_message(self, account: str, message_id: str) -> list[Event]:
+        """The events of one of the account's messages, oldest first ([] when none is kept:
+        unknown, another account's, or older than the retention)."""
+        with store_errors():
+            found = await self._redis.lrange(_message_key(account, message_id), 0, -1)
+        events = []
+        for raw in found:
+            stored = text(raw)
+            events.append(Event.parse(str(json.loads(stored)["id"]), account, stored))
+        return events
