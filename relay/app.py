@@ -30,7 +30,7 @@ from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
-from relay.events import event_recorder
+from relay.events import event_recorder, webhook_dispatcher
 from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
@@ -241,6 +241,7 @@ async def serve(
             parts["delivery"] = worker.run(stop)
         if dnsbl.zones:
             parts["monitor"] = monitor.run(stop)
+        parts["webhooks"] = webhook_dispatcher(redis, settings, clock).run(stop)
         for listener, server in zip(settings.submission.listeners, servers, strict=True):
             parts[f"listener {listener.address}"] = listening(server, stop)
 

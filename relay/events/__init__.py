@@ -9,11 +9,13 @@ import redis.asyncio as aioredis
 
 from relay.clock import Clock
 from relay.config import Settings
+from relay.events.dispatcher import WebhookDispatcher
 from relay.events.errors import BadTarget, EventsError, UnknownWebhook
 from relay.events.model import KINDS, Event, EventDraft
 from relay.events.recorder import EventRecorder
 from relay.events.stream import EventStream
 from relay.events.suppression import Suppressed, SuppressionList
+from relay.events.webhooks import Webhook, WebhookStore
 
 __all__ = [
     "KINDS",
@@ -26,7 +28,11 @@ __all__ = [
     "Suppressed",
     "SuppressionList",
     "UnknownWebhook",
+    "Webhook",
+    "WebhookDispatcher",
+    "WebhookStore",
     "event_recorder",
+    "webhook_dispatcher",
 ]
 
 
@@ -34,3 +40,13 @@ def event_recorder(redis: aioredis.Redis, settings: Settings, clock: Clock) -> E
     """The recorder every part of one process shares, from the settings."""
     stream = EventStream(redis, clock, retention=settings.events.retention.seconds)
     return EventRecorder(stream, SuppressionList(redis, clock), clock)
+
+
+def webhook_dispatcher(redis: aioredis.Redis, settings: Settings, clock: Clock) -> WebhookDispatcher:
+    """The process's webhook dispatcher (a part of `relay run`)."""
+    return WebhookDispatcher(
+        store=WebhookStore(redis, clock),
+        stream=EventStream(redis, clock, retention=settings.events.retention.seconds),
+        settings=settings.webhooks,
+        clock=clock,
+    )

@@ -24,7 +24,7 @@ from relay.config import HostPort, Listener, Settings
 from relay.delivery.egress_state import egress_state
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
-from relay.events import EventRecorder, event_recorder
+from relay.events import EventRecorder, event_recorder, webhook_dispatcher
 from relay.queue import QueueStore
 from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
@@ -110,6 +110,7 @@ async def app_stack(
     *,
     clock: Clock | None = None,
     deliver: bool = True,
+    webhooks: bool = False,
 ) -> AsyncIterator[AppStack]:
     clock = clock or SystemClock()
     queue = QueueStore(redis, clock, temp_spool())
@@ -150,6 +151,11 @@ async def app_stack(
     app.state.apps = app_services(redis, settings, service, clock)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop)) if deliver else None
+    dispatching = (
+        asyncio.create_task(webhook_dispatcher(redis, settings, clock).run(stop))
+        if webhooks
+        else None
+    )
     try:
         async with serve_http(app) as url:
             yield AppStack(
@@ -166,7 +172,8 @@ async def app_stack(
             )
     finally:
         stop.set()
-        if running is not None:
-            await asyncio.wait_for(running, 15)
+        for task in (running, dispatching):
+            if task is not None:
+                await asyncio.wait_for(task, 15)
         for server in servers:
             server.close()
