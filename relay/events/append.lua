@@ -22,7 +22,7 @@ end
 local id = string.format('%d-%d', ms, seq)
 local oldest = string.format('%d', now - retention)
 local stored = '{"id":"' .. id .. '",' .. string.sub(ARGV[3], 2)
-redis.call('XADD', KEYS[1], 'MINID', '~', oldest, id, 'e', ARGV[3])
+redis.call('XADD', KEYS[1], 'MINID', oldest, id, 'e', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], retention)
 redis.call('RPUSH', KEYS[2], stored)
 redis.call('PEXPIRE', KEYS[2], retention)

@@ -2,7 +2,7 @@
 
 Why a stream per account: `GET /v1/events?since=` and the webhook dispatcher read an
 account's events in order from a cursor (the stream id), and the stream trims itself by age
-(`MINID`, `events.retention`) as it grows, so retention costs nothing extra. The ids come from
+(`MINID`, exact, `events.retention`) at each append, so retention costs nothing extra. The ids come from
 the relay's clock (`ms-seq`, never going back), so a cursor is also a time. The per-message
 list answers `GET /v1/messages/{id}` without scanning the stream. One script call appends
 to both (one round trip; the keys share the account's hash tag for Redis Cluster).
