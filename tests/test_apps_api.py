@@ -48,7 +48,7 @@ async def smtp_send(stack, *to: str) -> aiosmtplib.SMTPResponse:
 
 
 async def test_send_events_suppression_loop(redis, sink_address, server_cert, ca):
-    sink, address = sink_address
+    _, address = sink_address
     await add_sender(redis, daily=100)
     settings = stack_settings(address)
     async with app_stack(redis, settings, server_cert, ca) as stack:
@@ -65,7 +65,10 @@ async def test_send_events_suppression_loop(redis, sink_address, server_cert, ca
 
             await wait_until(settled)
             status = (await http.get(f"/v1/messages/{queue_id}")).json()
-            good, bad = status["recipients"]["good@dest.test"], status["recipients"]["bad@dest.test"]
+            good, bad = (
+                status["recipients"]["good@dest.test"],
+                status["recipients"]["bad@dest.test"],
+            )
             assert good["status"] == "delivered" and good["data"]["egress_ip"].startswith("127.")
             assert good["data"]["reply"].startswith("250")
             assert bad["status"] == "bounced" and bad["data"]["reply"].startswith("550 5.1.1")
@@ -111,7 +114,10 @@ async def test_idempotent_retry_queues_once(redis, sink_address, server_cert, ca
         async with stack.client(key) as http:
             headers = {"Idempotency-Key": "order-42"}
             answers = await asyncio.gather(
-                *(http.post("/v1/messages", json=mail("x@dest.test"), headers=headers) for _ in range(5))
+                *(
+                    http.post("/v1/messages", json=mail("x@dest.test"), headers=headers)
+                    for _ in range(5)
+                )
             )
             first = next(a for a in answers if a.status_code == 202)
             assert {a.status_code for a in answers} <= {202, 409}
@@ -148,9 +154,7 @@ async def test_one_quota_for_smtp_and_api(redis, sink_address, server_cert, ca):
                     return False
                 return True
 
-            results = await asyncio.gather(
-                *(f(n) for n in range(quota) for f in (by_api, by_smtp))
-            )
+            results = await asyncio.gather(*(f(n) for n in range(quota) for f in (by_api, by_smtp)))
     assert sum(results) == quota
     assert await stack.queue.count() == quota
 

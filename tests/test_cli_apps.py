@@ -45,7 +45,9 @@ async def test_apikey_printed_once_works_until_revoked(redis, redis_server):
     key = out.splitlines()[1]
     found = await ApiKeys(redis, SystemClock()).authenticate(key)
     assert found is not None and found.login == "alice" and found.scope == "send"
-    stored = json.dumps({k.decode(): v.decode() for k, v in (await redis.hgetall(f"apikey:{found.id}")).items()})
+    stored = json.dumps(
+        {k.decode(): v.decode() for k, v in (await redis.hgetall(f"apikey:{found.id}")).items()}
+    )
     assert key.split("_")[2] not in stored  # only a hash of the secret is kept
     code, out, _ = await relay(redis_server.url, "apikey", "list", "alice")
     assert found.id in out and "active" in out and key not in out
@@ -59,7 +61,9 @@ async def test_apikey_printed_once_works_until_revoked(redis, redis_server):
 async def test_suppression_commands(redis, redis_server):
     await add_sender(redis)
     url = redis_server.url
-    code, out, _ = await relay(url, "suppression", "add", "alice", "Bob@Dest.test", "--reason", "asked")
+    code, out, _ = await relay(
+        url, "suppression", "add", "alice", "Bob@Dest.test", "--reason", "asked"
+    )
     assert code == 0 and "bob@dest.test suppressed" in out
     code, out, _ = await relay(url, "suppression", "list", "alice", "--json")
     [entry] = json.loads(out)
@@ -101,7 +105,9 @@ async def test_webhook_commands_and_events(redis, redis_server):
 
     stream = EventStream(redis, SystemClock(), retention=86400)
     await stream.append("alice", EventDraft("accepted", "q1", "bob@dest.test", 1.0))
-    await stream.append("alice", EventDraft("bounced", "q1", "bob@dest.test", 2.0, {"reply": "550"}))
+    await stream.append(
+        "alice", EventDraft("bounced", "q1", "bob@dest.test", 2.0, {"reply": "550"})
+    )
     code, out, _ = await relay(url, "events", "alice", "--json")
     assert [e["kind"] for e in json.loads(out)] == ["accepted", "bounced"]
     code, out, _ = await relay(url, "events", "alice", "--message", "q1")

@@ -11,12 +11,12 @@ import time
 import pytest
 
 from relay.clock import SystemClock
+from relay.errors import InvalidInput
 from relay.events import BadTarget, EventStream, WebhookStore
 from relay.events.dispatcher import next_retry
 from relay.events.signing import signature_header, verify
 from relay.events.targets import check_target
 from relay.events.webhooks import parse_kinds, register
-from relay.errors import InvalidInput
 from relay.sink import Sink
 from tests.conftest import add_sender
 from tests.support.apps_http import app_stack, stack_settings
@@ -112,7 +112,7 @@ async def test_endpoint_down_then_up_gets_every_event_in_order_once(
                         await asyncio.sleep(0.05)
                 assert receiver.received == []
                 await receiver.up()
-                got = await receiver.wait_for(6)
+                await receiver.wait_for(6)
                 await asyncio.sleep(1.0)  # room for duplicates to show up, if any were sent
     finally:
         await receiver.down()
@@ -140,7 +140,12 @@ def test_signature_round_trip_and_replay_window():
 
 
 async def test_targets_are_checked_like_mx_addresses():
-    for url in ("http://127.0.0.1:8080/x", "https://10.1.2.3/", "http://[::1]/", "http://localhost/"):
+    for url in (
+        "http://127.0.0.1:8080/x",
+        "https://10.1.2.3/",
+        "http://[::1]/",
+        "http://localhost/",
+    ):
         with pytest.raises(BadTarget):
             await check_target(url, allow_private=False)
     await check_target("http://127.0.0.1:8080/x", allow_private=True)

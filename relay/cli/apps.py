@@ -303,5 +303,9 @@ async def _events(args: argparse.Namespace) -> int:
         print(f"no events for {args.login}")
     for e in events:
         details = " ".join(f"{k}={json.dumps(v)}" for k, v in e.data.items())
-        print(clean_line(f"{e.id}  {when(e.at)}  {e.kind:<12} {e.message_id}  {e.recipient}  {details}"))
+        print(
+            clean_line(
+                f"{e.id}  {when(e.at)}  {e.kind:<12} {e.message_id}  {e.recipient}  {details}"
+            )
+        )
     return 0

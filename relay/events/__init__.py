@@ -42,7 +42,9 @@ def event_recorder(redis: aioredis.Redis, settings: Settings, clock: Clock) -> E
     return EventRecorder(stream, SuppressionList(redis, clock), clock)
 
 
-def webhook_dispatcher(redis: aioredis.Redis, settings: Settings, clock: Clock) -> WebhookDispatcher:
+def webhook_dispatcher(
+    redis: aioredis.Redis, settings: Settings, clock: Clock
+) -> WebhookDispatcher:
     """The process's webhook dispatcher (a part of `relay run`)."""
     return WebhookDispatcher(
         store=WebhookStore(redis, clock),

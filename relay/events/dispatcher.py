@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -135,9 +136,13 @@ class WebhookDispatcher:
         for account, hook_id in await self._store.everyone():
             if (account, hook_id) in self._running:
                 continue
+            key = (account, hook_id)
             task = asyncio.create_task(self._serve(client, account, hook_id))
-            self._running[(account, hook_id)] = task
-            task.add_done_callback(lambda _, k=(account, hook_id): self._running.pop(k, None))
+            self._running[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+
+    def _done(self, key: tuple[str, str], _: asyncio.Task[None]) -> None:
+        self._running.pop(key, None)
 
     async def _serve(self, client: httpx.AsyncClient, account: str, hook_id: str) -> None:
         try:

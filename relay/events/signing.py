@@ -2,7 +2,7 @@
 
 What an endpoint receives, and how it checks it (README, "Webhooks"):
 
-    Relay-Signature: t=1767225600,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd
+    Relay-Signature: t=1767225600,v1=5257a869e7ec…(64 hex digits)
 
 1. Take `t` and `v1` from the header (there may be several `v1`: one per secret while a
    secret is being rotated; any may match).

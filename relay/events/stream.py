@@ -2,10 +2,10 @@
 
 Why a stream per account: `GET /v1/events?since=` and the webhook dispatcher read an
 account's events in order from a cursor (the stream id), and the stream trims itself by age
-(`MINID`, exact, `events.retention`) at each append, so retention costs nothing extra. The ids come from
-the relay's clock (`ms-seq`, never going back), so a cursor is also a time. The per-message
-list answers `GET /v1/messages/{id}` without scanning the stream. One script call appends
-to both (one round trip; the keys share the account's hash tag for Redis Cluster).
+at each append (exact `MINID`, `events.retention`), so retention costs no sweeper. The ids
+come from the relay's clock (`ms-seq`, never going back), so a cursor is also a time. The
+per-message list answers `GET /v1/messages/{id}` without scanning the stream. One script call
+appends to both (one round trip; the keys share the account's hash tag for Redis Cluster).
 """
 
 from __future__ import annotations
@@ -71,7 +71,11 @@ class EventStream:
             found = await self._redis.xrange(
                 stream_key(account), min=start, max="+", count=max(1, min(limit, MAX_PAGE))
             )
-        return [Event.parse(text(eid), account, text(fields[b"e"])) for eid, fields in found]
+        events = []
+        for eid, fields in found or []:
+            assert fields is not None
+            events.append(Event.parse(text(eid), account, text(fields[b"e"])))
+        return events
 
     async def last_id(self, account: str) -> str:
         """The id of the newest event ("" when none): where a new webhook starts reading."""

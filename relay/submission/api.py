@@ -84,9 +84,7 @@ def _accept_answer(reply: str) -> Answer:
 
 
 class ApiSubmitter:
-    def __init__(
-        self, service: SubmissionService, *, max_message_size: int, clock: Clock
-    ) -> None:
+    def __init__(self, service: SubmissionService, *, max_message_size: int, clock: Clock) -> None:
         self._service = service
         self._max_size = max_message_size
         self._clock = clock
@@ -198,9 +196,7 @@ class Idempotency:
             return error(409, "in_progress", "a request with this Idempotency-Key is running")
         saved_fingerprint, _, answer = stored.partition(" ")
         if saved_fingerprint != fingerprint:
-            return error(
-                422, "idempotency_key_reused", "Idempotency-Key used for another request"
-            )
+            return error(422, "idempotency_key_reused", "Idempotency-Key used for another request")
         return Answer.from_json(answer)
 
     async def forget(self, account: str, key: str) -> None:

@@ -100,7 +100,9 @@ def _mailboxes(data: dict[str, Any], field: str) -> list[tuple[str, str]]:
     entries = [value] if isinstance(value, str) else value
     if not isinstance(entries, list):
         raise FieldError(field, "must be an address or a list of addresses")
-    return [_mailbox(f"{field}[{n}]" if entries is value else field, e) for n, e in enumerate(entries)]
+    return [
+        _mailbox(f"{field}[{n}]" if entries is value else field, e) for n, e in enumerate(entries)
+    ]
 
 
 def _headers(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -17,8 +17,8 @@ from relay.accounts import Account, AccountStore, unknown_login
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
-from relay.safe_text import clean_line
 from relay.queue import DsnRequest, Envelope, QueueStore, RecipientDsn
+from relay.safe_text import clean_line
 from relay.sender_auth.identities import IdentityCache, IdentityMode
 from relay.sender_auth.spf import SpfChecker
 from relay.spool import Incoming, Spooled, SpoolError

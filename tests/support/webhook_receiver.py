@@ -64,14 +64,11 @@ class Receiver:
                     if sep:
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                if lines[0].startswith("POST "):
-                    if self.status < 300:
-                        self.received.append(Delivery(headers, body))
-                        self._arrived.set()
+                if lines[0].startswith("POST ") and self.status < 300:
+                    self.received.append(Delivery(headers, body))
+                    self._arrived.set()
                 reason = b"OK" if self.status < 300 else b"Unavailable"
-                writer.write(
-                    b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\n\r\n" % (self.status, reason)
-                )
+                writer.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\n\r\n" % (self.status, reason))
                 await writer.drain()
         finally:
             writer.close()

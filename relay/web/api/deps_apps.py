@@ -64,7 +64,8 @@ def problem(status: int, code: str, message: str, **extra: Any) -> HTTPException
 
 def unavailable(exc: StoreUnavailable) -> NoReturn:
     raise HTTPException(
-        503, {"code": "unavailable", "message": "451 4.3.0 Temporary failure, please try again later"},
+        503,
+        {"code": "unavailable", "message": "451 4.3.0 Temporary failure, please try again later"},
         headers={"Retry-After": "5"},
     ) from exc
 
