@@ -114,3 +114,19 @@ async def test_webhook_commands_and_events(redis, redis_server):
     assert "bounced" in out and 'reply="550"' in out
     code, _, _ = await relay(url, "webhook", "remove", "alice", hook_id)
     assert code == 0
+
+
+async def test_removing_an_account_ends_its_keys_and_webhooks(redis, redis_server):
+    await add_sender(redis)
+    record, key = await ApiKeys(redis, SystemClock()).add("alice")
+    allow = {"RELAY_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true"}
+    code, _, _ = await relay(
+        redis_server.url, "webhook", "add", "alice", "http://127.0.0.1:9/", **allow
+    )
+    assert code == 0
+    code, _, _ = await relay(redis_server.url, "account", "remove", "alice")
+    assert code == 0
+    await add_sender(redis)  # the same login again, for someone else
+    assert await ApiKeys(redis, SystemClock()).authenticate(key) is None
+    code, out, _ = await relay(redis_server.url, "webhook", "list", "alice")
+    assert "no webhooks" in out

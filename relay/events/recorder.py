@@ -34,8 +34,8 @@ class EventRecorder:
 
     async def accepted(self, account: str, message_id: str, recipients: Iterable[str]) -> None:
         now = self._clock.now()
-        for rcpt in recipients:
-            await self.stream.record(account, EventDraft(model.ACCEPTED, message_id, rcpt, now))
+        drafts = [EventDraft(model.ACCEPTED, message_id, rcpt, now) for rcpt in recipients]
+        await self.stream.record(account, drafts)
 
     async def attempted(
         self, account: str, message_id: str, plan: AttemptPlan, *, delay_notice_sent: bool
@@ -45,8 +45,7 @@ class EventRecorder:
         drafts = attempt_drafts(
             plan, message_id=message_id, now=now, delay_notice_sent=delay_notice_sent
         )
-        for draft in drafts:
-            await self.stream.record(account, draft)
+        await self.stream.record(account, drafts)
         for outcome in plan.failed:
             if suppresses(outcome.status):
                 reply = f"{outcome.code} {outcome.status} {outcome.text}"
@@ -63,7 +62,7 @@ class EventRecorder:
         now = self._clock.now()
         data = {"reporter": reporter, "feedback_type": feedback}
         draft = EventDraft(model.COMPLAINT, message_id, recipient, now, data)
-        await self.stream.record(account, draft)
+        await self.stream.record(account, [draft])
         if recipient:
             reason = f"complaint ({feedback}) from {reporter or 'unknown'}"
             await self.suppress(account, recipient, reason, "complaint", message_id)
@@ -83,9 +82,9 @@ class EventRecorder:
     ) -> None:
         """For content scanning: the message was held in quarantine instead of queued."""
         now = self._clock.now()
-        for rcpt in recipients:
-            draft = EventDraft(model.QUARANTINED, message_id, rcpt, now, {"reason": reason})
-            await self.stream.record(account, draft)
+        data = {"reason": reason}
+        drafts = [EventDraft(model.QUARANTINED, message_id, r, now, data) for r in recipients]
+        await self.stream.record(account, drafts)
 
     async def suppress(
         self, account: str, address: str, reason: str, source: str, message_id: str = ""
@@ -101,7 +100,7 @@ class EventRecorder:
             log.info("suppression.added", account=account, source=source)
             data = {"reason": entry.reason, "source": source}
             draft = EventDraft(model.SUPPRESSED, message_id, entry.address, entry.at, data)
-            await self.stream.record(account, draft)
+            await self.stream.record(account, [draft])
 
 
 def reported_recipient(fields: dict[str, str]) -> str:

@@ -43,24 +43,37 @@ class EventStream:
 
     async def append(self, account: str, draft: EventDraft) -> str:
         """Store one event; its id. Raises StoreUnavailable."""
-        with store_errors():
-            found = await self._append(
-                keys=[stream_key(account), _message_key(account, draft.message_id)],
-                args=[int(self._clock.now() * 1000), self._retention_ms, draft.to_json()],
-            )
-        return text(found)
+        return (await self.append_many(account, [draft]))[0]
 
-    async def record(self, account: str, draft: EventDraft) -> None:
-        """`append` for the paths that must never fail because of events (delivery,
-        submission): a Redis failure is logged and the event is lost."""
+    async def append_many(self, account: str, drafts: list[EventDraft]) -> list[str]:
+        """Store events in order, one round trip per message they are about; their ids."""
+        ids: list[str] = []
+        for message_id, group in _by_message(drafts):
+            with store_errors():
+                found = await self._append(
+                    keys=[stream_key(account), _message_key(account, message_id)],
+                    args=[
+                        int(self._clock.now() * 1000),
+                        self._retention_ms,
+                        *(d.to_json() for d in group),
+                    ],
+                )
+            ids += [text(i) for i in found]
+        return ids
+
+    async def record(self, account: str, drafts: list[EventDraft]) -> None:
+        """`append_many` for the paths that must never fail because of events (delivery,
+        submission): a Redis failure is logged and the events are lost."""
+        if not drafts:
+            return
         try:
-            await self.append(account, draft)
+            await self.append_many(account, drafts)
         except Exception as exc:  # events are advice for the application: never fail the caller
             log.error(
                 "events.append_failed",
                 account=account,
-                kind=draft.kind,
-                message_id=draft.message_id,
+                kinds=sorted({d.kind for d in drafts}),
+                message_id=drafts[0].message_id,
                 error=str(exc),
             )
 
@@ -93,3 +106,14 @@ class EventStream:
             stored = text(raw)
             events.append(Event.parse(str(json.loads(stored)["id"]), account, stored))
         return events
+
+
+def _by_message(drafts: list[EventDraft]) -> list[tuple[str, list[EventDraft]]]:
+    """Consecutive drafts about the same message, grouped (order kept)."""
+    groups: list[tuple[str, list[EventDraft]]] = []
+    for draft in drafts:
+        if groups and groups[-1][0] == draft.message_id:
+            groups[-1][1].append(draft)
+        else:
+            groups.append((draft.message_id, [draft]))
+    return groups

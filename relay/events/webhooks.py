@@ -116,6 +116,13 @@ class WebhookStore:
         if not removed:
             raise UnknownWebhook(f"no webhook {hook_id!r} for {account}")
 
+    async def remove_all(self, account: str) -> int:
+        """Forget every webhook of an account (it is removed)."""
+        hooks = await self.of_account(account)
+        for hook in hooks:
+            await self.remove(account, hook.id)
+        return len(hooks)
+
     async def of_account(self, account: str) -> list[Webhook]:
         with store_errors():
             found = await self._redis.hgetall(_hooks(account))
