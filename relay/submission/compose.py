@@ -3,19 +3,28 @@
 Everything a client could use to smuggle a header or an envelope address (line breaks in a
 subject, an address or a header value; a header we set ourselves) is refused with the field
 named, so the API answers `422` saying which field is wrong. The MIME structure comes from
-the standard library (`email.message.EmailMessage`): text and/or HTML as alternatives,
-attachments base64-encoded with their type and name, lines ending in CRLF.
+the standard library (`email.mime`): text and/or HTML as alternatives (7bit when ASCII,
+else quoted-printable UTF-8), attachments base64-encoded with their type and name, non-ASCII
+names and subjects encoded (RFC 2047, RFC 2231), lines ending in CRLF. The compat32 classes,
+not `EmailMessage`: the new API parses every header it is given and took 0.85 ms per 5 KB
+message against 0.2 ms, most of the API's cost over SMTP (bench/apps.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email.charset
 import email.policy
 import email.utils
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email import encoders
+from email.header import Header
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.parser import BytesHeaderParser
 from typing import Any
 
@@ -43,7 +52,9 @@ _OURS = frozenset(
 )
 """Headers the request's own fields set, or that only the relay (or a receiver) writes."""
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
-_SMTP = email.policy.SMTP.clone(max_line_length=998)
+_WIRE = email.policy.compat32.clone(linesep="\r\n")
+_UTF8_QP = email.charset.Charset("utf-8")
+_UTF8_QP.body_encoding = email.charset.QP
 _MAX_ATTACHMENTS = 100
 
 
@@ -158,27 +169,70 @@ def compose(data: object) -> ComposedMessage:
     text, html = _text(data, "text"), _text(data, "html")
     if not text and not html:
         raise FieldError("text", "give text, html or both")
-    message = EmailMessage(policy=_SMTP)
-    message["From"] = sender_shown
+    headers = [("From", _address_header(sender_shown))]
     if to:
-        message["To"] = ", ".join(shown for shown, _ in to)
+        headers.append(("To", ", ".join(_address_header(shown) for shown, _ in to)))
     if cc:
-        message["Cc"] = ", ".join(shown for shown, _ in cc)
-    message["Subject"] = subject
-    for name, value in _headers(data):
+        headers.append(("Cc", ", ".join(_address_header(shown) for shown, _ in cc)))
+    headers.append(("Subject", _header_text(subject)))
+    headers += [(name, _header_text(value)) for name, value in _headers(data)]
+    parts = [_text_part(text, "plain")] if text else []
+    if html:
+        parts.append(_text_part(html, "html"))
+    body: Message = parts[0] if len(parts) == 1 else _multipart("alternative", parts)
+    attachments = _attachments(data)
+    if attachments:
+        body = _multipart("mixed", [body] + [_attachment(*a) for a in attachments])
+    message = Message()
+    for name, value in headers:
         message[name] = value
-    if text:
-        message.set_content(text)
-        if html:
-            message.add_alternative(html, subtype="html")
-    else:
-        message.set_content(html, subtype="html")
-    for raw, maintype, subtype, name in _attachments(data):
-        message.add_attachment(raw, maintype=maintype, subtype=subtype, filename=name)
+    message["MIME-Version"] = "1.0"
+    for name, value in body.items():
+        if name.lower() != "mime-version":
+            message[name] = value
+    message.set_payload(body.get_payload())
     recipients = [("to", a) for _, a in to] + [("cc", a) for _, a in cc]
     return ComposedMessage(
-        sender, tuple(recipients + [("bcc", a) for _, a in bcc]), message.as_bytes(policy=_SMTP)
+        sender, tuple(recipients + [("bcc", a) for _, a in bcc]), message.as_bytes(policy=_WIRE)
     )
+
+
+def _address_header(shown: str) -> str:
+    """`Name <addr>` as a header carries it: a non-ASCII name RFC 2047-encoded."""
+    if shown.isascii():
+        return shown
+    name, address = email.utils.parseaddr(shown)
+    return email.utils.formataddr((name, address), charset="utf-8")
+
+
+def _header_text(value: str) -> str:
+    return value if value.isascii() else Header(value, "utf-8").encode()
+
+
+def _text_part(content: str, subtype: str) -> Message:
+    """ASCII with short lines as 7bit; anything else quoted-printable UTF-8 (readable, and
+    safe through any hop)."""
+    content = content.replace("\r\n", "\n")
+    if content.isascii() and all(len(line) <= 998 for line in content.split("\n")):
+        return MIMEText(content, subtype, "us-ascii")
+    return MIMEText(content, subtype, _UTF8_QP)
+
+
+def _attachment(raw: bytes, maintype: str, subtype: str, name: str) -> Message:
+    part = MIMEBase(maintype, subtype)
+    part.set_payload(raw)
+    encoders.encode_base64(part)
+    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    return part
+
+
+def _multipart(subtype: str, parts: list[Message]) -> Message:
+    container = MIMEMultipart(subtype)
+    for part in parts:
+        del part["MIME-Version"]
+        container.attach(part)
+    return container
 
 
 _BCC = re.compile(rb"^bcc:.*(?:\r?\n[ \t].*)*\r?\n", re.IGNORECASE | re.MULTILINE)
