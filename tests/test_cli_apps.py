@@ -118,7 +118,7 @@ async def test_webhook_commands_and_events(redis, redis_server):
 
 async def test_removing_an_account_ends_its_keys_and_webhooks(redis, redis_server):
     await add_sender(redis)
-    record, key = await ApiKeys(redis, SystemClock()).add("alice")
+    _, key = await ApiKeys(redis, SystemClock()).add("alice")
     allow = {"RELAY_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true"}
     code, _, _ = await relay(
         redis_server.url, "webhook", "add", "alice", "http://127.0.0.1:9/", **allow

@@ -26,7 +26,7 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.parser import BytesHeaderParser
-from typing import Any
+from typing import Any, cast
 
 from relay.errors import InvalidInput
 from relay.submission.addresses import is_mailbox
@@ -215,7 +215,8 @@ def _text_part(content: str, subtype: str) -> Message:
     content = content.replace("\r\n", "\n")
     if content.isascii() and all(len(line) <= 998 for line in content.split("\n")):
         return MIMEText(content, subtype, "us-ascii")
-    return MIMEText(content, subtype, _UTF8_QP)
+    # The stdlib takes a Charset here (set_payload does); its stubs say str only.
+    return MIMEText(content, subtype, cast(str, _UTF8_QP))
 
 
 def _attachment(raw: bytes, maintype: str, subtype: str, name: str) -> Message:
