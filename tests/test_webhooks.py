@@ -12,13 +12,13 @@ import pytest
 
 from relay.clock import SystemClock
 from relay.errors import InvalidInput
-from relay.events import BadTarget, EventStream, WebhookStore
+from relay.events import BadTarget, EventDraft, EventStream, WebhookStore, webhook_dispatcher
 from relay.events.dispatcher import next_retry
 from relay.events.signing import signature_header, verify
 from relay.events.targets import check_target
 from relay.events.webhooks import parse_kinds, register
 from relay.sink import Sink
-from tests.conftest import add_sender
+from tests.conftest import add_sender, wait_until
 from tests.support.apps_http import app_stack, stack_settings
 from tests.support.engine import sink_on
 from tests.support.webhook_receiver import Delivery, Receiver
@@ -159,3 +159,70 @@ def test_kinds_are_named():
     assert parse_kinds("delivered, bounced") == ("delivered", "bounced")
     with pytest.raises(InvalidInput):
         parse_kinds("delivered,opened")
+
+
+async def test_two_dispatchers_post_each_event_once(redis):
+    receiver = Receiver()
+    await receiver.up()
+    settings = stack_settings("127.0.0.1:9")
+    clock = SystemClock()
+    hook = await add_hook(redis, settings, receiver.url, "all")
+    stream = EventStream(redis, clock, retention=86400)
+    for n in range(20):
+        await stream.append("alice", EventDraft("accepted", f"q{n}", "a@x.test", clock.now()))
+    stop = asyncio.Event()
+    dispatchers = [
+        asyncio.create_task(webhook_dispatcher(redis, settings, clock).run(stop)) for _ in range(2)
+    ]
+    try:
+        await receiver.wait_for(20)
+        await asyncio.sleep(0.5)  # room for a duplicate
+    finally:
+        stop.set()
+        await asyncio.gather(*dispatchers)
+        await receiver.down()
+    assert [d.event["message_id"] for d in receiver.received] == [f"q{n}" for n in range(20)]
+    assert all(independent_check(hook.secret, d) for d in receiver.received)
+
+
+async def test_a_stalled_endpoint_does_not_slow_delivery(redis, sink_address, server_cert, ca):
+    """The endpoint accepts connections and never answers: deliveries go on at once."""
+    stalled: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stalled.append(writer)
+        await reader.read()  # until the dispatcher gives up on it
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    await add_sender(redis)
+    settings = stack_settings(
+        sink_address,
+        webhooks={"allow_private_targets": True, "timeout": "30s", "poll_interval": "50ms"},
+    )
+    await add_hook(redis, settings, url, "all")
+    try:
+        async with app_stack(redis, settings, server_cert, ca, webhooks=True) as stack:
+            _, key = await stack.keys.add("alice")
+            async with stack.client(key) as http:
+                ids = [
+                    (await http.post("/v1/messages", json=mail(f"r{n}@dest.test"))).json()["id"]
+                    for n in range(5)
+                ]
+
+                async def all_delivered() -> bool:
+                    for queue_id in ids:
+                        status = (await http.get(f"/v1/messages/{queue_id}")).json()
+                        if (
+                            status["recipients"][f"r{ids.index(queue_id)}@dest.test"]["status"]
+                            != "delivered"
+                        ):
+                            return False
+                    return True
+
+                await wait_until(all_delivered, within=5)  # the POST's deadline is 30 s
+                assert stalled, "the dispatcher was posting (and stuck) meanwhile"
+    finally:
+        server.close()
+        for writer in stalled:
+            writer.close()

@@ -108,6 +108,8 @@ class WebhookDispatcher:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._lease_for = settings.timeout.seconds * 2 + 5
+        """Renewed before each POST: a dead process's webhooks wait this long at most."""
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -148,8 +150,7 @@ class WebhookDispatcher:
         try:
             async with self._slots:
                 hook = await self._store.get(account, hook_id)
-                lease = self._settings.timeout.seconds * (BATCH + 1) + 10
-                if not await self._store.lease(hook, self._owner, lease):
+                if not await self._store.lease(hook, self._owner, self._lease_for):
                     return
                 try:
                     await self.serve(client, hook)
@@ -168,6 +169,8 @@ class WebhookDispatcher:
             if not hook.wants(event.kind):
                 progress = replace(progress, cursor=event.id)
                 continue
+            if not await self._store.lease(hook, self._owner, self._lease_for):
+                return  # lost (this process stalled past it): another dispatcher goes on
             now = self._clock.now()
             result = await post_event(
                 client,

@@ -29,6 +29,17 @@ from relay.redis_client import store_errors, text, text_dict
 __all__ = ["Progress", "Webhook", "WebhookStore", "parse_kinds", "register"]
 
 INDEX = "webhooks"
+_LEASE = """
+-- KEYS[1] the lease; ARGV[1] owner; ARGV[2] milliseconds (0: give it back if ours)
+local holder = redis.call('GET', KEYS[1])
+if ARGV[2] == '0' then
+  if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 LOG_SIZE = 200
 
 
@@ -86,6 +97,7 @@ class WebhookStore:
     def __init__(self, redis: aioredis.Redis, clock: Clock) -> None:
         self._redis = redis
         self._clock = clock
+        self._renew = redis.register_script(_LEASE)
 
     async def add(self, account: str, url: str, kinds: tuple[str, ...], cursor: str) -> Webhook:
         """A new webhook, starting after event `cursor` (the newest at creation)."""
@@ -182,19 +194,18 @@ class WebhookStore:
         return [json.loads(text(x)) for x in found]
 
     async def lease(self, hook: Webhook, owner: str, seconds: float) -> bool:
-        """Only one dispatcher (of all processes) serves a webhook at a time."""
+        """Take or renew the webhook for `seconds`: only one dispatcher (of all processes)
+        serves a webhook at a time, and a dead one's webhooks come back within `seconds`."""
         with store_errors():
             return bool(
-                await self._redis.set(
-                    _lease(hook.account, hook.id), owner, nx=True, px=int(seconds * 1000)
+                await self._renew(
+                    keys=[_lease(hook.account, hook.id)], args=[owner, int(seconds * 1000)]
                 )
             )
 
     async def unlease(self, hook: Webhook, owner: str) -> None:
-        key = _lease(hook.account, hook.id)
         with store_errors():
-            if text(await self._redis.get(key) or b"") == owner:
-                await self._redis.delete(key)
+            await self._renew(keys=[_lease(hook.account, hook.id)], args=[owner, 0])
 
 
 def _parse(account: str, hook_id: str, stored: str) -> Webhook:
