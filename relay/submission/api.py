@@ -166,6 +166,10 @@ class ApiSubmitter:
         return Answer(202, {"id": queue_id, "accepted": accepted, "suppressed": suppressed})
 
 
+PENDING_FOR = 120
+"""Seconds a claimed key stays `pending`: a process that dies mid-request frees it by then."""
+
+
 class Idempotency:
     """`Idempotency-Key` → the first answer, for `events.idempotency_for` (24 h).
 
@@ -177,6 +181,7 @@ class Idempotency:
     def __init__(self, redis: aioredis.Redis, *, ttl: float) -> None:
         self._redis = redis
         self._ttl = max(1, int(ttl))
+        self._pending = min(self._ttl, PENDING_FOR)
 
     @staticmethod
     def _key(account: str, key: str) -> str:
@@ -186,7 +191,7 @@ class Idempotency:
         """None: go ahead (then `settle`); else the answer to give instead."""
         name = self._key(account, key)
         with store_errors():
-            if await self._redis.set(name, f"pending {fingerprint}", nx=True, ex=self._ttl):
+            if await self._redis.set(name, f"pending {fingerprint}", nx=True, ex=self._pending):
                 return None
             found = await self._redis.get(name)
         stored = text(found) if found is not None else f"pending {fingerprint}"
