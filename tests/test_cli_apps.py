@@ -130,3 +130,9 @@ async def test_removing_an_account_ends_its_keys_and_webhooks(redis, redis_serve
     assert await ApiKeys(redis, SystemClock()).authenticate(key) is None
     code, out, _ = await relay(redis_server.url, "webhook", "list", "alice")
     assert "no webhooks" in out
+
+
+async def test_events_refuses_a_cursor_that_is_not_an_event_id(redis, redis_server):
+    await add_sender(redis)
+    code, _, err = await relay(redis_server.url, "events", "alice", "--since", "yesterday")
+    assert code == 1 and err.startswith("relay: not an event id: 'yesterday'")

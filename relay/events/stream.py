@@ -11,11 +11,13 @@ appends to both (one round trip; the keys share the account's hash tag for Redis
 from __future__ import annotations
 
 import json
+import re
 
 import redis.asyncio as aioredis
 import structlog
 
 from relay.clock import Clock
+from relay.errors import InvalidInput
 from relay.events.model import Event, EventDraft
 from relay.redis_client import load_script, store_errors, text
 
@@ -24,6 +26,7 @@ __all__ = ["EventStream", "stream_key"]
 log = structlog.get_logger("relay.events")
 
 MAX_PAGE = 1000
+_EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def stream_key(account: str) -> str:
@@ -79,6 +82,8 @@ class EventStream:
 
     async def since(self, account: str, cursor: str = "", limit: int = 100) -> list[Event]:
         """Events after `cursor` (an event id; "" from the oldest kept), oldest first."""
+        if cursor and not _EVENT_ID.fullmatch(cursor):
+            raise InvalidInput(f"not an event id: {cursor[:60]!r} (they look like 1767225600000-0)")
         start = f"({cursor}" if cursor else "-"
         with store_errors():
             found = await self._redis.xrange(
