@@ -127,3 +127,23 @@ def test_recipient_state_keeps_delivery_beside_a_complaint():
     )
     assert states["bob@x.test"]["status"] == "delivered"
     assert states["bob@x.test"]["also"] == ["complaint"]
+
+
+async def test_a_reviewed_complaint_assigned_by_an_operator_is_an_event_too(redis, clock):
+    await add_sender(redis, "promo")
+    settings = Settings()
+    desk = complaint_desk(redis, settings, clock, quota_store(redis, settings))
+    unattributed = Complaint(
+        feedback_type="abuse",
+        reporter="fbl@isp.example",
+        fields={"original-rcpt-to": "victim@isp.example"},
+        problem="the original message has no Message-ID",
+    )
+    review = await desk.receive(unattributed, actor="operator:test")
+    stream = EventStream(redis, clock, retention=30 * 86400)
+    assert await stream.since("promo") == []
+    await desk.assign(review.id, "promo", actor="operator:test", reason="ours")
+    assert [e.kind for e in await stream.since("promo")] == ["complaint", "suppressed"]
+    assert [e.address for e in await SuppressionList(redis, clock).list("promo")] == [
+        "victim@isp.example"
+    ]

@@ -119,6 +119,8 @@ class ComplaintDesk:
         except BaseException:
             await self.reviews.unclaim(rid)
             raise
+        if self._events is not None:
+            await self._events.complained_evidence(login, review.evidence)
         closed = await self.reviews.close(
             review,
             status="assigned",

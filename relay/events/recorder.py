@@ -9,6 +9,7 @@ must not fail a delivery or a submission (the failure is logged).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 
@@ -75,6 +76,17 @@ class EventRecorder:
             reported_recipient(complaint.fields),
             complaint.reporter,
             complaint.feedback_type,
+        )
+
+    async def complained_evidence(self, account: str, evidence: dict[str, Any]) -> None:
+        """A reviewed complaint an operator assigned to the account (its stored evidence)."""
+        fields = evidence.get("fields")
+        await self.complaint(
+            account,
+            str(evidence.get("queue_id") or ""),
+            reported_recipient(fields if isinstance(fields, dict) else {}),
+            str(evidence.get("reporter") or ""),
+            str(evidence.get("feedback_type") or "abuse"),
         )
 
     async def quarantined(
