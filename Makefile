@@ -46,7 +46,8 @@ clean:
 # and root; without them, our numbers only), with Redis commands and round trips per message;
 # whole-path throughput against a direct-to-sink baseline, and quota decisions/s against a
 # bare Redis round trip, and a customer's login during an AUTH flood against no flood
-# (loopback only; JSON in var/bench/). `make test` never needs Postfix.
+# (loopback only; JSON in var/bench/), and HTTP API sends/s against SMTP submissions/s.
+# `make test` never needs Postfix.
 bench: $(STAMP)
 	bash bench/install-postfix.sh
 	$(BIN)/python -m bench.scenarios
@@ -55,3 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.dkim
 	$(BIN)/python -m bench.reputation
 	$(BIN)/python -m bench.auth_flood
+	$(BIN)/python -m bench.apps

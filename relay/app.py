@@ -30,6 +30,7 @@ from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
+from relay.events import event_recorder, webhook_dispatcher
 from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
@@ -156,6 +157,7 @@ async def serve(
         if reclaim and (taken := await queue.reclaim()):
             log.warning("queue.reclaimed", jobs=taken, node=queue.node)
         quota = quota_store(redis, settings)
+        events = event_recorder(redis, settings, clock)
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
@@ -165,6 +167,7 @@ async def serve(
             hostname=settings.hostname,
             on_delivered=TrafficLog.stage_delivery,
             quota=quota,
+            events=events,
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         if replayed := await suspensions.replay():  # follow-ups a crash left undone
@@ -201,6 +204,7 @@ async def serve(
             store_timeout=settings.redis.timeout.seconds,
             on_queued=worker.wake,
             min_free=settings.spool.min_free,
+            events=events,
         )
         node = current()
         servers = await start_listeners(
@@ -239,6 +243,7 @@ async def serve(
             parts["delivery"] = worker.run(stop)
         if dnsbl.zones:
             parts["monitor"] = monitor.run(stop)
+        parts["webhooks"] = webhook_dispatcher(redis, settings, clock).run(stop)
         for listener, server in zip(settings.submission.listeners, servers, strict=True):
             parts[f"listener {listener.address}"] = listening(server, stop)
 

@@ -412,6 +412,37 @@ class SenderAuthSettings(Section):
     notices. RET=FULL and NOTIFY=SUCCESS need a verified sender under warn and enforce."""
 
 
+class EventsSettings(Section):
+    retention: DurationField = Duration(30 * 86400.0)
+    """How long a recipient's events stay queryable (`GET /v1/events`, `relay events`)."""
+    idempotency_for: DurationField = Duration(86400.0)
+    """How long the HTTP send API remembers an `Idempotency-Key` and its first answer."""
+
+
+class WebhookSettings(Section):
+    allow_private_targets: bool = False
+    """POST to webhook URLs whose host resolves to a loopback, private or other non-public
+    address (judged as MX addresses are); off, a customer cannot aim us at internal hosts."""
+    retry_for: DurationField = Duration(86400.0)
+    """An event an endpoint keeps refusing is retried this long, then given up (logged)."""
+    first_retry: DurationField = Duration(10.0)
+    """Wait after the first failure; it doubles with each failure, up to `max_retry`."""
+    max_retry: DurationField = Duration(1800.0)
+    timeout: DurationField = Duration(10.0)
+    """Deadline of one POST (connect to the last byte of the answer)."""
+    poll_interval: DurationField = Duration(1.0)
+    """How often the dispatcher looks for new events of the webhooks it serves."""
+    concurrency: int = Field(16, ge=1)
+    """Webhooks of one process posted to at once (each one's events go in order)."""
+
+    @field_validator("first_retry", "max_retry", "timeout", "poll_interval")
+    @classmethod
+    def _positive(cls, value: Duration) -> Duration:
+        if value.seconds <= 0:
+            raise ValueError("must be more than 0")
+        return value
+
+
 class RunSettings(Section):
     processes: int = Field(0, ge=0)
     """Processes of `relay run`, each with the listeners (shared ports) and delivery workers;
@@ -449,6 +480,8 @@ class Settings(BaseSettings):
     sender_auth: SenderAuthSettings = SenderAuthSettings()
     log: LogSettings = LogSettings()
     run: RunSettings = RunSettings()
+    events: EventsSettings = EventsSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -171,6 +171,9 @@ class Along:
     """Adds the commands to the pipeline (their replies are not read)."""
     fields: dict[str, str] = field(default_factory=dict)
     """For the log line of a failure."""
+    again: Callable[[], Awaitable[object]] | None = None
+    """For commands that run a script (EVALSHA): the same on their own, run when Redis did
+    not know the script (restarted, flushed); their own call loads it."""
 
 
 async def script_with(
@@ -195,7 +198,9 @@ async def script_with(
         replies = await pipe.execute(raise_on_error=False)
     for extra, start, end in spans:
         failed = [reply for reply in replies[start:end] if isinstance(reply, Exception)]
-        if failed:
+        if failed and extra.again is not None and isinstance(failed[0], NoScriptError):
+            await extra.again()
+        elif failed:
             log.warning(extra.event, error=str(failed[0]), **extra.fields)
     first = replies[0]
     if isinstance(first, NoScriptError):

@@ -75,6 +75,7 @@ DSN_NEEDS_VERIFIED_SENDER = Reply(
     "{param} refused: sender domain {domain} is not verified for your account,"
     " so it gets no notices",
 )
+SUPPRESSED = Reply(550, "5.1.1", "{address} is on your suppression list since {since} ({reason})")
 CONTENT_LISTED = Reply(
     554, "5.7.1", "Refused: {what} is on the blocklist {zone}; the account is suspended"
 )

@@ -7,7 +7,7 @@ complaint, as if given with the login) or dismisses it. Every step is audited.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -19,6 +19,9 @@ from relay.accounts import AccountStore
 from relay.clock import Clock
 from relay.safe_text import clean_line
 from reputation import Kind
+
+if TYPE_CHECKING:
+    from relay.events import EventRecorder
 
 __all__ = ["ComplaintDesk"]
 
@@ -34,8 +37,11 @@ class ComplaintDesk:
         reviews: ReviewStore,
         accounts: AccountStore,
         clock: Clock,
+        events: EventRecorder | None = None,
     ) -> None:
         self._suspensions = suspensions
+        self._events = events
+        """The account's `complaint` event, and its recipient suppressed (None: neither)."""
         self._traces = traces
         self.reviews = reviews
         self._accounts = accounts
@@ -89,9 +95,12 @@ class ComplaintDesk:
     ) -> Suspension:
         """The complaint is the account's: suspend it (or add evidence to its open one)."""
         evidence = complaint.as_evidence()
-        return await self._suspensions.suspend(
+        suspension = await self._suspensions.suspend(
             login, Kind.ABUSE, _reason(evidence), {**evidence, **(extra or {})}, actor=actor
         )
+        if self._events is not None:
+            await self._events.complained(login, complaint)
+        return suspension
 
     async def assign(
         self, rid: str, login: str, *, actor: str, reason: str
@@ -110,6 +119,8 @@ class ComplaintDesk:
         except BaseException:
             await self.reviews.unclaim(rid)
             raise
+        if self._events is not None:
+            await self._events.complained_evidence(login, review.evidence)
         closed = await self.reviews.close(
             review,
             status="assigned",

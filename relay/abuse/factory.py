@@ -17,6 +17,7 @@ from relay.accounts import AccountStore
 from relay.clock import Clock
 from relay.config import Settings
 from relay.delivery.mx import make_resolver
+from relay.events import event_recorder
 from relay.queue import QueueStore
 from reputation import DnsblClient, EscalationPolicy, Zone
 
@@ -59,6 +60,7 @@ def complaint_desk(
         reviews=ReviewStore(redis),
         accounts=AccountStore(redis, clock),
         clock=clock,
+        events=event_recorder(redis, settings, clock),
     )
 
 

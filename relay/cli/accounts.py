@@ -6,11 +6,13 @@ import argparse
 
 from relay.abuse.factory import suspension_service
 from relay.accounts import Account, AccountStore
+from relay.accounts.api_keys import ApiKeys
 from relay.accounts.passwords import generate_password
 from relay.accounts.provisioning import create_account, remove_account
 from relay.app import open_redis, quota_store
 from relay.cli.common import Failure, load, print_json, read_password, when
 from relay.clock import SystemClock
+from relay.events import WebhookStore
 from relay.safe_text import clean_line
 from relay.sender_auth import DkimKeyStore, IdentityStore
 
@@ -132,6 +134,9 @@ async def _remove(args: argparse.Namespace) -> int:
         keys = await DkimKeyStore.from_settings(redis, settings.sender_auth).remove_owned(
             args.login
         )
+        # Its API keys must not authenticate a later account of the same login.
+        await ApiKeys(redis, SystemClock()).remove_all(args.login)
+        await WebhookStore(redis, SystemClock()).remove_all(args.login)
     print(f"removed account {args.login}")
     if identities:
         print(f"released sender identities: {', '.join(i.name for i in identities)}")

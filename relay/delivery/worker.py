@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 from dns.asyncresolver import Resolver
@@ -46,6 +47,9 @@ from relay.queue import (
 from relay.redis_client import Along
 from relay.spool import SpoolError
 
+if TYPE_CHECKING:
+    from relay.events import EventRecorder
+
 __all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger("relay.delivery")
@@ -75,6 +79,7 @@ class DeliveryWorker:
         hostname: str,
         on_delivered: Callable[..., None] | None = None,
         quota: QuotaStore | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -89,6 +94,8 @@ class DeliveryWorker:
         self._quota = quota
         """Notices are charged to the sender's account here (None: not charged, in tests
         of other things)."""
+        self._events = events
+        """Each recipient's outcome as the application's events (None: none recorded)."""
         self._schedule = RetrySchedule.from_settings(settings)
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
@@ -264,6 +271,9 @@ class DeliveryWorker:
             )
         if charge is not None:
             await self._settle(charge, meta.account, queued=result is NOTICE_QUEUED)
+        if self._events is not None and not meta.notice:
+            delay_sent = notice is not None and notice.kind == "delay" and result is NOTICE_QUEUED
+            await self._events.attempted(meta.account, meta.id, plan, delay_notice_sent=delay_sent)
         if result is LEASE_LOST:
             log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
         elif notice is not None and result is NOTICE_QUEUED:

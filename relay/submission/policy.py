@@ -7,7 +7,7 @@ import datetime as dt
 from quota import Decision, Verdict
 from relay import replies
 
-__all__ = ["format_wait", "refusal"]
+__all__ = ["format_wait", "is_limit", "refusal"]
 
 
 def format_wait(seconds: float) -> str:
@@ -29,6 +29,15 @@ def _when(retry_at: float | None, now: float) -> str:
         return "not by waiting; contact support"
     clock = dt.datetime.fromtimestamp(retry_at, dt.UTC).strftime("%H:%M:%SZ")
     return f"{clock} (in {format_wait(retry_at - now)})"
+
+
+def is_limit(decision: Decision) -> bool:
+    """A refusal that waiting lifts (quota, rates), as against the account's state."""
+    return decision.verdict in (
+        Verdict.OVER_QUOTA,
+        Verdict.OVER_RATE,
+        Verdict.OVER_RECIPIENT_RATE,
+    )
 
 
 def refusal(decision: Decision, recipient: str, now: float) -> str | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 
@@ -20,13 +21,17 @@ from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
 from relay.queue import DsnRequest, Envelope, QueueStore, RecipientDsn
 from relay.redis_client import Along
+from relay.safe_text import clean_line
 from relay.sender_auth.identities import IdentityCache, IdentityMode
 from relay.sender_auth.spf import SpfChecker
 from relay.spool import Incoming, Spooled, SpoolError
 from relay.submission import policy
 from relay.submission.message import message_id_of, missing_headers, received_header
 
-__all__ = ["Submission", "SubmissionService", "Submitted"]
+if TYPE_CHECKING:
+    from relay.events import EventRecorder
+
+__all__ = ["Refusal", "Submission", "SubmissionService", "Submitted"]
 
 log = structlog.get_logger("relay.submission")
 
@@ -63,6 +68,21 @@ class Submitted:
     helo: str
     dsn: DsnRequest = field(default_factory=DsnRequest)
     """RET/ENVID and NOTIFY/ORCPT as the client gave them (RFC 3461)."""
+    protocol: str = "ESMTPSA"
+    """As the `Received:` line names the door it came in by (RFC 3848; "HTTPSA": the API)."""
+
+
+RefusalKind = Literal["address", "dsn", "too_many", "suppressed", "unavailable", "limit", "account"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A recipient refused, with what an HTTP client needs beyond the SMTP reply: why (a
+    limit is 429, the account 403, the address 422) and when a limit frees up."""
+
+    reply: str
+    kind: RefusalKind
+    retry_at: float | None = None
 
 
 class Submission(Protocol):
@@ -118,6 +138,7 @@ class SubmissionService:
         identities: IdentityCache | None = None,
         identities_mode: IdentityMode = "off",
         min_free: int = 0,
+        events: EventRecorder | None = None,
     ) -> None:
         self._accounts = accounts
         self._queue = queue
@@ -139,6 +160,9 @@ class SubmissionService:
         the From: domain's key, else b""."""
         self._min_free = min_free
         """Free bytes the spool's disk keeps; below, DATA is refused (452 4.3.1)."""
+        self._events = events
+        """The application's events (`accepted`) and the suppression list checked at RCPT
+        (None: neither)."""
         self._identities = identities if identities_mode != "off" else None
         self._identities_mode = identities_mode
         """Sender identities (sender_auth.identities); without a cache, or "off", nothing is
@@ -265,35 +289,68 @@ class SubmissionService:
         self, account: str, address: str, accepted: int, tx: str, dsn: RecipientDsn | None = None
     ) -> str | None:
         """A refusal reply for this recipient, or None once one unit of every limit is
-        reserved for it (one Redis round trip; released if the transaction does not end in
-        an accepted DATA). NOTIFY=SUCCESS needs a verified sender: it gets no notices."""
+        reserved for it (see `screen_recipient`)."""
+        refusal = await self.screen_recipient(account, address, accepted, tx, dsn)
+        return None if refusal is None else refusal.reply
+
+    async def screen_recipient(
+        self, account: str, address: str, accepted: int, tx: str, dsn: RecipientDsn | None = None
+    ) -> Refusal | None:
+        """Why this recipient is refused, or None once one unit of every limit is reserved
+        for it (one Redis round trip; released if the transaction does not end in an
+        accepted message). NOTIFY=SUCCESS needs a verified sender: it gets no notices. An
+        address on the account's suppression list is refused before the quota is asked, so
+        it costs nothing. SMTP (RCPT) and the HTTP send API both come here."""
         if not is_mailbox(address):
-            return replies.BAD_RECIPIENT.format(address=address[:100])
+            return Refusal(replies.BAD_RECIPIENT.format(address=address[:100]), "address")
         if dsn is not None and dsn.notify and "SUCCESS" in dsn.notify:
             domain, verified = self._senders.get(tx, ("<>", False))
             if not verified:
-                return replies.DSN_NEEDS_VERIFIED_SENDER.format(
+                reply = replies.DSN_NEEDS_VERIFIED_SENDER.format(
                     param="NOTIFY=SUCCESS", domain=domain
                 )
+                return Refusal(reply, "dsn")
         if accepted >= self._settings.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS.format(limit=self._settings.max_recipients)
+            reply = replies.TOO_MANY_RECIPIENTS.format(limit=self._settings.max_recipients)
+            return Refusal(reply, "too_many")
+        if self._events is not None and (found := await self._suppressed(account, address)):
+            return found
         now = self._clock.now()
         try:
             async with asyncio.timeout(self._store_timeout):
                 decision = await self._quota.reserve(account, tx, address, now)
         except (QuotaUnavailable, TimeoutError) as exc:
             log.error("quota.unavailable", account=account, error=str(exc) or "timeout")
-            return str(replies.STORE_UNAVAILABLE)
-        refusal = policy.refusal(decision, address, now)
-        if refusal is not None:
-            log.info(
-                "quota.refused",
-                account=account,
-                verdict=decision.verdict.name.lower(),
-                limit=decision.limit,
-                retry_at=decision.retry_at,
-            )
-        return refusal
+            return Refusal(str(replies.STORE_UNAVAILABLE), "unavailable")
+        refused = policy.refusal(decision, address, now)
+        if refused is None:
+            return None
+        log.info(
+            "quota.refused",
+            account=account,
+            verdict=decision.verdict.name.lower(),
+            limit=decision.limit,
+            retry_at=decision.retry_at,
+        )
+        kind: RefusalKind = "limit" if policy.is_limit(decision) else "account"
+        return Refusal(refused, kind, decision.retry_at)
+
+    async def _suppressed(self, account: str, address: str) -> Refusal | None:
+        assert self._events is not None
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                entry = await self._events.suppressions.get(account, address)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("suppression.unavailable", account=account, error=str(exc) or "timeout")
+            return Refusal(str(replies.STORE_UNAVAILABLE), "unavailable")
+        if entry is None:
+            return None
+        since = dt.datetime.fromtimestamp(entry.at, dt.UTC).strftime("%Y-%m-%d")
+        reply = replies.SUPPRESSED.format(
+            address=address[:100], since=since, reason=clean_line(entry.reason)[:200]
+        )
+        log.info("suppression.refused", account=account, source=entry.source)
+        return Refusal(reply, "suppressed")
 
     async def release(self, account: str, tx: str) -> None:
         """Give back what an unfinished transaction reserved. Failing, the units stay counted
@@ -375,7 +432,7 @@ class SubmissionService:
                 helo=message.helo,
                 peer_ip=message.peer_ip,
                 hostname=self._hostname,
-                protocol="ESMTPSA",
+                protocol=message.protocol,
                 queue_id=queue_id,
                 now=now,
             )
@@ -410,6 +467,8 @@ class SubmissionService:
                     {"queue_id": queue_id},
                 )
             )
+        if self._events is not None:
+            along.append(self._events.accepted_along(message.account, queue_id, message.recipients))
         try:
             async with asyncio.timeout(self._store_timeout):
                 await self._queue.enqueue_spooled(envelope, spooled, prefix, along)

@@ -17,6 +17,7 @@ from relay.config import DeliverySettings, DnsSettings
 from relay.delivery.egress_state import EgressState, egress_state
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
+from relay.events import EventRecorder
 from relay.queue import DsnRequest, Envelope, QueueStore
 from relay.sink import Received, Sink
 from tests.support.spool import temp_spool
@@ -83,10 +84,12 @@ async def engine(
     dns: DnsSettings | None = None,
     queue: QueueStore | None = None,
     quota: QuotaStore | None = None,
+    events: EventRecorder | None = None,
     **overrides: object,
 ) -> AsyncIterator[Engine]:
     """`queue`: another engine's, for two workers (as two processes) on one queue;
-    `quota`: charge notices to the sender's account (None: not charged)."""
+    `quota`: charge notices to the sender's account (None: not charged); `events`: record
+    the application's events (None: none)."""
     settings = delivery_settings(**overrides)
     queue = queue or QueueStore(redis, clock, temp_spool())
     state = egress_state(redis, clock, settings)
@@ -98,6 +101,7 @@ async def engine(
         egress_state=state,
         hostname="relay.test",
         quota=quota,
+        events=events,
     )
     try:
         yield Engine(queue, worker, state, clock, settings)

@@ -1,0 +1,103 @@
+"""The send API's JSON → RFC 5322 message: pure, read back with the standard parser."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+
+import pytest
+
+from relay.submission.compose import FieldError, compose
+
+
+def parsed(content: bytes) -> email.message.EmailMessage:
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
+def test_text_html_and_attachments_read_back():
+    pdf = b"%PDF-1.4 \x00\xff"
+    composed = compose(
+        {
+            "from": "Zoë Shop <orders@shop.example>",
+            "to": ["bob@example.com", "Çé <c@example.org>"],
+            "cc": "d@example.net",
+            "bcc": ["hidden@example.com"],
+            "subject": "Votre commande n° 42",
+            "text": "Merci, voilà.\nLigne 2",
+            "html": "<p>Merci</p>",
+            "attachments": [
+                {
+                    "name": "façture.pdf",
+                    "content_type": "application/pdf",
+                    "content": base64.b64encode(pdf).decode(),
+                }
+            ],
+            "headers": {"X-Order": "42"},
+        }
+    )
+    assert composed.mail_from == "orders@shop.example"
+    assert composed.recipients == (
+        ("to", "bob@example.com"),
+        ("to", "c@example.org"),
+        ("cc", "d@example.net"),
+        ("bcc", "hidden@example.com"),
+    )
+    assert b"\r\n" in composed.content and b"\n" not in composed.content.replace(b"\r\n", b"")
+    assert b"hidden@example.com" not in composed.content
+    message = parsed(composed.content)
+    assert message["From"] == "Zoë Shop <orders@shop.example>"
+    assert message["Subject"] == "Votre commande n° 42" and message["X-Order"] == "42"
+    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text == "Merci, voilà.\nLigne 2"
+    assert message.get_body(("html",)).get_content().strip() == "<p>Merci</p>"
+    [attachment] = list(message.iter_attachments())
+    assert attachment.get_filename() == "façture.pdf"
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_content() == pdf
+
+
+def test_raw_message_takes_its_envelope_from_the_headers_and_loses_bcc():
+    raw = b"From: a@b.example\nTo: c@d.example, e@f.example\nBcc: g@h.example\n\nhi\n"
+    composed = compose({"raw": base64.b64encode(raw).decode()})
+    assert composed.mail_from == "a@b.example"
+    assert [a for _, a in composed.recipients] == ["c@d.example", "e@f.example", "g@h.example"]
+    assert composed.content == b"From: a@b.example\r\nTo: c@d.example, e@f.example\r\n\r\nhi\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_body", "field"),
+    [
+        ([], "body"),
+        ({"to": "a@b.example", "text": "x"}, "from"),
+        ({"from": "a@b.example", "text": "x"}, "to"),
+        ({"from": "a@b.example", "to": "c@d.example"}, "text"),
+        ({"from": "a@b.example", "to": ["c@d.example", "two@x.example, three@x.example"]}, "to[1]"),
+        ({"from": "a@b.example\r\nBcc: x@y.example", "to": "c@d.example", "text": "x"}, "from"),
+        ({"from": "a@b.example", "to": "c@d.example", "text": "x", "subject": "a\nb"}, "subject"),
+        (
+            {"from": "a@b.example", "to": "c@d.example", "text": "x", "headers": {"Bcc": "x"}},
+            "headers.Bcc",
+        ),
+        (
+            {"from": "a@b.example", "to": "c@d.example", "text": "x", "headers": {"X-A": "1\r\n"}},
+            "headers.X-A",
+        ),
+        (
+            {
+                "from": "a@b.example",
+                "to": "c@d.example",
+                "text": "x",
+                "attachments": [{"name": "a", "content": "aGk=", "content_type": "pdf"}],
+            },
+            "attachments[0].content_type",
+        ),
+        ({"raw": "not base64!"}, "raw"),
+    ],
+)
+def test_bad_input_names_the_field(request_body, field):
+    with pytest.raises(FieldError) as caught:
+        compose(request_body)
+    assert caught.value.field == field
