@@ -20,6 +20,9 @@ class Verdict(Enum):
     """No active plan."""
     SUSPENDED = 5
     """Suspended by a person or a rule (reputation, abuse, admin)."""
+    BLOCKED = 6
+    """The recipient is on a list the caller named (the relay's suppression list); the
+    list's entry is the decision's `reason`. Nothing is reserved."""
 
 
 @dataclass(frozen=True)

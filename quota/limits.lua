@@ -13,6 +13,8 @@
 -- KEYS[4]  state hash         (suspended -> reason, permanent -> 1)
 -- KEYS[5]  reservation hash of the transaction ("day:second:recipient key" -> units)
 -- KEYS[6]  per-recipient counter of the current minute (reserve only)
+-- KEYS[7]  optional, reserve: a hash of recipients the credential may not send to (the
+--          relay's suppression list); ARGV[7] the recipient's field in it
 -- ARGV[2]  now (ms)
 -- reserve: ARGV[3] units, ARGV[4] default per-minute limit of one plan,
 --          ARGV[5] per-recipient limit per minute, ARGV[6] reservation lifetime (ms)
@@ -22,6 +24,7 @@
 --                    {3, retry_at_ms, limit}      over the per-recipient rate
 --                    {4}                          no active plan (expired)
 --                    {5, reason, permanent}       suspended
+--                    {6, entry}                   the recipient is blocked (KEYS[7])
 --         (release)  units of the 24 h quota given back
 
 local DAY_WIDTH, DAY_SPAN = 60000, 1441   -- a unit counts until its minute ends, 24 h later
@@ -107,6 +110,12 @@ local function release()
 end
 
 local function reserve(units)
+  if KEYS[7] then
+    local entry = redis.call('HGET', KEYS[7], ARGV[7])
+    if entry then
+      return {6, entry}
+    end
+  end
   local state = redis.call('HMGET', KEYS[4], 'suspended', 'permanent')
   if state[1] then
     return {5, state[1], state[2] and 1 or 0}

@@ -75,16 +75,36 @@ class QuotaStore:
             raise QuotaUnavailable(f"redis: {exc}") from None
 
     async def reserve(
-        self, owner: str, tx: str, recipient: str, now: float, units: int = 1
+        self,
+        owner: str,
+        tx: str,
+        recipient: str,
+        now: float,
+        units: int = 1,
+        blocked: tuple[str, str] | None = None,
     ) -> Decision:
+        """`blocked`: (hash key, field) of a list of recipients the owner may not send to,
+        looked up in the same step (its key must share the owner's hash tag): a listed
+        recipient is BLOCKED, with the list's entry as the reason, and nothing is reserved.
+        (A lookup, not quota maths: the reference model has no such list.)"""
         now_ms = round(now * 1000)
         k = _Keys(owner)
         keys = [*k.fixed, k.reservation(tx), k.recipient(*recipient_slot(recipient, now_ms))]
-        reply = await self._call(
-            keys,
-            ["reserve", now_ms, units, self.default_per_minute, self.per_recipient, _GC_MS],
-        )
+        args: list[Any] = [
+            "reserve",
+            now_ms,
+            units,
+            self.default_per_minute,
+            self.per_recipient,
+            _GC_MS,
+        ]
+        if blocked is not None:
+            keys.append(blocked[0])
+            args.append(blocked[1])
+        reply = await self._call(keys, args)
         verdict = Verdict(int(reply[0]))
+        if verdict is Verdict.BLOCKED:
+            return Decision(verdict, reason=_text(reply[1]))
         if verdict is Verdict.ALLOWED:
             return Decision(verdict, limit=int(reply[2]), used=int(reply[1]))
         if verdict is Verdict.EXPIRED:

@@ -145,6 +145,22 @@ async def test_fifty_concurrent_callers_never_overshoot(redis):
     assert (await store.usage("busy", T0 + 20)).used == 137
 
 
+async def test_a_blocked_recipient_is_refused_in_the_same_step_and_costs_nothing(redis):
+    """The relay's suppression list is looked up by the reservation script (one round trip
+    per RCPT): a listed recipient is BLOCKED with its entry, and no unit is reserved."""
+    store = QuotaStore(redis, default_per_minute=4, per_recipient=3)
+    await store.add_plan("acct", Plan("a", daily=10, per_minute=50))
+    await store.suspend("acct", "held")  # the list comes first: the reply names the recipient
+    await redis.hset("sup:{acct}", "gone@x.com", '{"why": 1}')
+    listed = ("sup:{acct}", "gone@x.com")
+    refused = await store.reserve("acct", "t", "gone@x.com", T0, blocked=listed)
+    assert (refused.verdict, refused.reason) == (Verdict.BLOCKED, '{"why": 1}')
+    await store.unsuspend("acct")
+    free = await store.reserve("acct", "t", "here@x.com", T0, blocked=("sup:{acct}", "here@x.com"))
+    assert free.verdict is Verdict.ALLOWED
+    assert (await store.usage("acct", T0)).used == 1, "only the recipient not listed counts"
+
+
 async def test_usage_view(redis):
     store = QuotaStore(redis, default_per_minute=4, per_recipient=3)
     await store.add_plan("acct", Plan("a", daily=10, per_minute=50))

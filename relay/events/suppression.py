@@ -82,6 +82,17 @@ class SuppressionList:
         with store_errors():
             return bool(await self._redis.hdel(_key(account), normal(address)))
 
+    @staticmethod
+    def locate(account: str, address: str) -> tuple[str, str]:
+        """(hash key, field) of an address's entry: the quota's reservation looks it up in
+        the same step (`QuotaStore.reserve(blocked=...)`; the key has the account's tag)."""
+        return _key(account), normal(address)
+
+    @staticmethod
+    def entry(address: str, raw: object) -> Suppressed:
+        """An entry as stored, read (what `locate` found)."""
+        return _parse(normal(address), raw)
+
     async def get(self, account: str, address: str) -> Suppressed | None:
         """The entry of an address, or None. Raises StoreUnavailable."""
         with store_errors():

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 
-from quota import QuotaStore, QuotaUnavailable
+from quota import QuotaStore, QuotaUnavailable, Verdict
 from relay import replies
 from relay.abuse.content import from_addresses
 from relay.accounts import Account, AccountStore, unknown_login
@@ -19,6 +19,7 @@ from relay.address import domain_of, domain_text, is_mailbox, is_null_sender
 from relay.clock import Clock
 from relay.config import SubmissionSettings
 from relay.errors import StoreUnavailable
+from relay.events.suppression import Suppressed, SuppressionList
 from relay.queue import DsnRequest, Envelope, QueueStore, RecipientDsn
 from relay.redis_client import Along
 from relay.safe_text import clean_line
@@ -313,15 +314,17 @@ class SubmissionService:
         if accepted >= self._settings.max_recipients:
             reply = replies.TOO_MANY_RECIPIENTS.format(limit=self._settings.max_recipients)
             return Refusal(reply, "too_many")
-        if self._events is not None and (found := await self._suppressed(account, address)):
-            return found
+        # The suppression list is looked up in the reservation's own step: one round trip.
+        blocked = None if self._events is None else SuppressionList.locate(account, address)
         now = self._clock.now()
         try:
             async with asyncio.timeout(self._store_timeout):
-                decision = await self._quota.reserve(account, tx, address, now)
+                decision = await self._quota.reserve(account, tx, address, now, blocked=blocked)
         except (QuotaUnavailable, TimeoutError) as exc:
             log.error("quota.unavailable", account=account, error=str(exc) or "timeout")
             return Refusal(str(replies.STORE_UNAVAILABLE), "unavailable")
+        if decision.verdict is Verdict.BLOCKED:
+            return _suppressed(account, SuppressionList.entry(address, decision.reason))
         refused = policy.refusal(decision, address, now)
         if refused is None:
             return None
@@ -334,23 +337,6 @@ class SubmissionService:
         )
         kind: RefusalKind = "limit" if policy.is_limit(decision) else "account"
         return Refusal(refused, kind, decision.retry_at)
-
-    async def _suppressed(self, account: str, address: str) -> Refusal | None:
-        assert self._events is not None
-        try:
-            async with asyncio.timeout(self._store_timeout):
-                entry = await self._events.suppressions.get(account, address)
-        except (StoreUnavailable, TimeoutError) as exc:
-            log.error("suppression.unavailable", account=account, error=str(exc) or "timeout")
-            return Refusal(str(replies.STORE_UNAVAILABLE), "unavailable")
-        if entry is None:
-            return None
-        since = dt.datetime.fromtimestamp(entry.at, dt.UTC).strftime("%Y-%m-%d")
-        reply = replies.SUPPRESSED.format(
-            address=address[:100], since=since, reason=clean_line(entry.reason)[:200]
-        )
-        log.info("suppression.refused", account=account, source=entry.source)
-        return Refusal(reply, "suppressed")
 
     async def release(self, account: str, tx: str) -> None:
         """Give back what an unfinished transaction reserved. Failing, the units stay counted
@@ -486,3 +472,12 @@ class SubmissionService:
         )
         self._on_queued()
         return replies.QUEUED.format(queue_id=queue_id)
+
+
+def _suppressed(account: str, entry: Suppressed) -> Refusal:
+    since = dt.datetime.fromtimestamp(entry.at, dt.UTC).strftime("%Y-%m-%d")
+    reply = replies.SUPPRESSED.format(
+        address=entry.address[:100], since=since, reason=clean_line(entry.reason)[:200]
+    )
+    log.info("suppression.refused", account=account, source=entry.source)
+    return Refusal(reply, "suppressed")
