@@ -239,6 +239,10 @@ async def serve(
             parts["monitor"] = monitor.run(stop)
         for listener, server in zip(settings.submission.listeners, servers, strict=True):
             parts[f"listener {listener.address}"] = listening(server, stop)
+        if settings.http.enabled:
+            parts[f"http {settings.http.listen}"] = http_part(
+                redis, settings, clock, quota, stop, reuse_port=node is not None
+            )
 
         def close_listeners() -> None:
             for server in servers:
@@ -258,6 +262,29 @@ async def serve(
             for server in servers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(server.wait_closed(), 5)
+
+
+def http_part(
+    redis: aioredis.Redis,
+    settings: Settings,
+    clock: Clock,
+    quota: QuotaStore,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool,
+) -> Coroutine[Any, Any, None]:
+    """The HTTP listener (API, consoles, metrics) as one more part of this process. Every
+    process of a node serves it on the same port (SO_REUSEPORT), as the SMTP listeners:
+    sessions are signed cookies and every state is in Redis, so any process can answer."""
+    from relay.metrics import metrics_text
+    from relay.web import WebServices, create_app, http_socket, serve_http
+    from relay.web.auth import session_secret
+
+    services = WebServices.build(redis, settings, clock, quota=quota)
+    app = create_app(services, secret=session_secret(settings.http), metrics=metrics_text)
+    sock = http_socket(settings.http, reuse_port=reuse_port)
+    log.info("http.listening", address=str(settings.http.listen))
+    return serve_http(app, sock, stop)
 
 
 def node_connection_limits(

@@ -122,6 +122,10 @@ def _prepare(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
         log.info("tls.self_signed_created", cert=str(settings.tls.cert))
     for listener in settings.submission.listeners:
         _check_bindable(listener.address.host, listener.address.port, str(listener.address))
+    if settings.http.enabled:
+        from relay.web import http_socket
+
+        http_socket(settings.http, reuse_port=True).close()  # one clear line if it cannot
     embedded = None
     url = settings.redis.url
     if not url:

@@ -1,0 +1,120 @@
+"""What an operator does from the browser or the API: the same service calls as `relay
+suspension|queue|ip` (relay/cli/*), each written to the audit log with the operator's name.
+
+The suspension service audits lifts and denials itself; queue and IP actions have no audit
+of their own in the services, so they are audited here (the CLI logs them to its terminal).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from relay.abuse.audit import AuditEntry
+from relay.abuse.store import Suspension
+from relay.errors import InvalidInput
+from relay.web.auth import Principal
+from relay.web.services import WebServices
+
+__all__ = [
+    "QueueVerb",
+    "audit_csv",
+    "deny",
+    "disable_ip",
+    "enable_ip",
+    "lift",
+    "queue_action",
+]
+
+QueueVerb = Literal["hold", "release", "retry", "delete"]
+
+
+def _reason(text: str) -> str:
+    reason = " ".join(text.split())
+    if not reason:
+        raise InvalidInput("give a reason (it goes to the audit log)")
+    return reason[:500]
+
+
+async def lift(
+    services: WebServices, who: Principal, sid: str, reason: str, force: bool = False
+) -> Suspension:
+    return await services.suspensions.lift(
+        sid, actor=who.actor, reason=_reason(reason), force=force
+    )
+
+
+async def deny(services: WebServices, who: Principal, sid: str, reason: str) -> Suspension:
+    return await services.suspensions.deny(sid, actor=who.actor, reason=_reason(reason))
+
+
+async def queue_action(
+    services: WebServices, who: Principal, message_id: str, verb: QueueVerb
+) -> str:
+    """As `relay queue VERB ID`; the sentence the CLI prints."""
+    queue = services.queue
+    meta = await queue.meta(message_id)  # NotFound → 404 before anything changes
+    if verb == "hold":
+        done = f"held {message_id}" if await queue.hold(message_id) else "was already held"
+    elif verb == "release":
+        done = f"released {message_id}" if await queue.release(message_id) else "was not held"
+    elif verb == "retry":
+        done = f"{message_id}: {await queue.retry(message_id)} job(s) due now"
+    else:
+        await queue.delete(message_id)
+        done = f"deleted {message_id}"
+    await services.audit.append(
+        actor=who.actor, action=f"queue-{verb}", account=meta.account, subject=message_id
+    )
+    return done
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidInput(f"not an IP address: {text!r}") from None
+
+
+async def disable_ip(services: WebServices, who: Principal, ip: str, reason: str) -> str:
+    """As `relay ip disable IP --reason R`: only an IP of the pool, with a reason."""
+    ip = _address(ip)
+    if ip not in {e.ip for e in services.settings.delivery.egress}:
+        raise InvalidInput(f"{ip} is not in the egress pool (delivery.egress)")
+    reason = _reason(reason)
+    await services.egress.disable(ip, reason)
+    await services.audit.append(actor=who.actor, action="ip-disable", subject=ip, reason=reason)
+    return f"disabled {ip}: {reason}"
+
+
+async def enable_ip(services: WebServices, who: Principal, ip: str) -> str:
+    ip = _address(ip)
+    was_disabled = await services.egress.enable(ip)
+    await services.audit.append(actor=who.actor, action="ip-enable", subject=ip)
+    return f"enabled {ip}" if was_disabled else f"{ip} was not disabled; its cool-downs ended"
+
+
+_CSV_FIELDS = ("at", "actor", "action", "account", "subject", "reason", "evidence")
+
+
+def audit_csv(entries: Iterable[AuditEntry]) -> str:
+    """The audit log as CSV (one row per entry, evidence as JSON). A cell starting with
+    = + - @ gets a leading quote, so a spreadsheet never runs text from outside as a formula."""
+    import json
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(_CSV_FIELDS)
+    for e in entries:
+        row: dict[str, Any] = e.as_dict()
+        row["evidence"] = json.dumps(e.evidence, sort_keys=True, default=str)
+        writer.writerow([_cell(row[name]) for name in _CSV_FIELDS])
+    return out.getvalue()
+
+
+def _cell(value: object) -> str:
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
