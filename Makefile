@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/relay.toml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint format bench clean
+.PHONY: run test check lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,14 @@ run: $(STAMP)
 	trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/relay run --config $(CONFIG)
 
-test: $(STAMP)
+# Debian's chromium for the browser test (apt, when missing and root).
+browser:
+	bash scripts/install-chromium.sh
+
+test: $(STAMP) browser
 	$(BIN)/pytest -q
 
-check: $(STAMP)
+check: $(STAMP) browser
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy relay quota reputation
