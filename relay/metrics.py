@@ -15,7 +15,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["mark_dead", "metrics_text", "prepare", "record"]
+__all__ = [
+    "dnsbl_lookup",
+    "mark_dead",
+    "metrics_text",
+    "prepare",
+    "record",
+    "submission_outcome",
+]
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 _metrics: dict[str, Any] = {}
@@ -33,6 +40,8 @@ def prepare(folder: Path) -> None:
 
 
 def _define() -> None:
+    if _metrics:  # defined once per process (a second `prepare` only empties the folder)
+        return
     from prometheus_client import Counter, Gauge, Histogram
 
     _metrics.update(
@@ -70,6 +79,25 @@ def record(name: str, amount: float = 1.0, **labels: str) -> None:
         target.observe(amount)
     else:
         target.inc(amount)
+
+
+def submission_outcome(command: str, reply: str) -> None:
+    """A reply to MAIL, RCPT or DATA: a 250 to DATA is an accepted message, a 4xx/5xx a
+    refusal, labelled by command and status (`RCPT 452 4.7.1`: a bounded set of values)."""
+    if not _metrics:
+        return
+    if command == "DATA" and reply.startswith("250"):
+        _metrics["accepted"].inc()
+    elif reply[:1] in ("4", "5"):
+        parts = reply.split(" ", 2)
+        status = parts[1] if len(parts) > 1 and parts[1][:1].isdigit() and "." in parts[1] else ""
+        _metrics["refused"].labels(reason=f"{command} {parts[0]} {status}".strip()).inc()
+
+
+def dnsbl_lookup(zone: str, listed: bool) -> None:
+    record("dnsbl_lookups", zone=zone)
+    if listed:
+        record("dnsbl_listings", zone=zone)
 
 
 def mark_dead(pid: int) -> None:

@@ -17,6 +17,7 @@ import structlog
 from dns.asyncresolver import Resolver
 
 from quota import QuotaStore, QuotaUnavailable
+from relay import metrics
 from relay.clock import Clock
 from relay.config import DeliverySettings
 from relay.delivery.attempt import AttemptPlan, after_attempt
@@ -534,6 +535,8 @@ _EVENTS = {
 def _log_outcome(
     job: Job, account: str, outcome: RecipientOutcome, event: str | None = None
 ) -> None:
+    name = event or _EVENTS[outcome.disposition]
+    metrics.record("recipients", outcome=name.partition(".")[2], egress_ip=outcome.egress_ip or "")
     log.info(
         event or _EVENTS[outcome.disposition],
         message_id=job.message_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -10,7 +11,7 @@ from typing import Protocol
 import structlog
 
 from quota import QuotaStore, QuotaUnavailable
-from relay import replies
+from relay import metrics, replies
 from relay.abuse.content import from_addresses
 from relay.accounts import Account, AccountStore, unknown_login
 from relay.clock import Clock
@@ -277,8 +278,10 @@ class SubmissionService:
             return replies.TOO_MANY_RECIPIENTS.format(limit=self._settings.max_recipients)
         now = self._clock.now()
         try:
+            started = time.perf_counter()
             async with asyncio.timeout(self._store_timeout):
                 decision = await self._quota.reserve(account, tx, address, now)
+            metrics.record("quota_latency", time.perf_counter() - started)
         except (QuotaUnavailable, TimeoutError) as exc:
             log.error("quota.unavailable", account=account, error=str(exc) or "timeout")
             return str(replies.STORE_UNAVAILABLE)
