@@ -34,6 +34,7 @@ from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
 from relay.queue import QueueStore
+from relay.reports import ActivityLog
 from relay.redis_client import connect, insecure_url, redact_secret, redact_url
 from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
 from relay.sender_auth.spf import install_resolver
@@ -165,6 +166,7 @@ async def serve(
             hostname=settings.hostname,
             on_delivered=TrafficLog(redis).record_delivery,
             quota=quota,
+            on_outcomes=ActivityLog(redis).record,
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)

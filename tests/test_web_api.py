@@ -46,7 +46,8 @@ def operations(app: Any) -> list[tuple[str, str, dict[str, Any]]]:
 
 def concrete(path: str) -> str:
     """Path parameters filled in: an account that is not the customer's, any other id."""
-    return re.sub(r"\{(\w+)\}", lambda m: "bob" if m.group(1) == "login" else "x1", path)
+    values = {"login": "bob", "name": "senders"}
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), "x1"), path)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def total(values: dict, name: str, **labels: str) -> float:
     )
 
 
-async def test_metrics_count_what_the_sink_received(
+async def test_metrics_and_reports_count_what_the_sink_received(
     redis_server, redis, server_cert, sink, ca, tmp_path: Path
 ) -> None:
     the_sink, sink_port = sink
@@ -53,6 +53,7 @@ async def test_metrics_count_what_the_sink_received(
             f'metrics_dir = "{tmp_path / "metrics"}"\n'
         )
     await add_sender(redis, "alice", daily=6)
+    token = await _operator_token(redis)
     process = await start_relay(config, smtp_port, processes=2)
     try:
         context = ssl.create_default_context()
@@ -81,6 +82,9 @@ async def test_metrics_count_what_the_sink_received(
                     if total(values, "relay_recipients_total", outcome="delivered") >= accepted:
                         break
                     await asyncio.sleep(0.05)
+            headers = {"authorization": f"Bearer {token}"}
+            report = (await http.get("/api/v1/reports?period=24h", headers=headers)).json()
+            csv_text = (await http.get("/api/v1/reports/ips.csv", headers=headers)).text
     finally:
         await stop_relay(process)
     assert total(values, "relay_messages_accepted_total") == len(the_sink.messages) == 6
@@ -94,3 +98,17 @@ async def test_metrics_count_what_the_sink_received(
     assert total(values, "relay_quota_decision_seconds_count") == 8
     assert total(values, "relay_smtp_sessions_open") == 0
     assert total(values, "relay_queue_depth") == 0
+    # the activity reports count the same recipients
+    assert report["senders"] == [{"account": "alice", "recipients": 6}]
+    assert report["outcomes"] == [{"account": "alice", "delivered": 6, "deferred": 0, "bounced": 0}]
+    assert sum(r["delivered"] for r in report["ips"]) == 6
+    assert report["accounts"] == [{"account": "alice"}]
+    assert csv_text.splitlines()[0] == "ip,delivered,deferred,bounced,refused"
+
+
+async def _operator_token(redis) -> str:
+    from relay.web.auth import OperatorStore, Role
+
+    store = OperatorStore(redis)
+    await store.add("ops", "operator password 1", Role.VIEWER, 0.0)
+    return await store.new_token("ops")

@@ -65,7 +65,12 @@ class DeliveryWorker:
         hostname: str,
         on_delivered: Callable[[str, str, float, int], Awaitable[None]] | None = None,
         quota: QuotaStore | None = None,
+        on_outcomes: Callable[[str, list[tuple[str, str | None]], float], Awaitable[None]]
+        | None = None,
     ) -> None:
+        self._on_outcomes = on_outcomes
+        """(account, [(delivered|deferred|bounced, egress IP)], now) of each attempt: the
+        activity reports (relay/reports.py)."""
         self._queue = queue
         self._settings = settings
         self._resolver = resolver
@@ -281,6 +286,12 @@ class DeliveryWorker:
     async def _record_traffic(
         self, account: str, outcomes: list[RecipientOutcome], now: float
     ) -> None:
+        if self._on_outcomes is not None:
+            names = [(_EVENTS[o.disposition].partition(".")[2], o.egress_ip) for o in outcomes]
+            try:
+                await self._on_outcomes(account, names, now)
+            except RelayError as exc:  # report data, not the delivery: never fail it
+                log.warning("activity.record_failed", account=account, error=str(exc))
         if self._on_delivered is None:
             return
         sent: dict[str, int] = {}

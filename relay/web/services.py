@@ -21,6 +21,7 @@ from relay.clock import Clock
 from relay.config import Settings
 from relay.delivery.egress_state import EgressState, egress_state
 from relay.queue import QueueStore
+from relay.reports import ActivityLog
 from relay.submission.guard import AuthGuard, AuthPolicy
 from relay.web.auth import OperatorStore
 
@@ -41,6 +42,7 @@ class WebServices:
     unblocks: UnblockRequests
     operators: OperatorStore
     guard: AuthGuard
+    activity: ActivityLog
 
     @classmethod
     def build(
@@ -71,6 +73,7 @@ class WebServices:
                 clock,
                 settings.redis.timeout.seconds,
             ),
+            activity=ActivityLog(redis),
         )
 
     async def ready(self) -> dict[str, str]:

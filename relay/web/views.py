@@ -3,17 +3,29 @@ state, an account's queued mail, the dashboard. Pure shaping over what the servi
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from typing import Any
 
 from quota import Usage
 from relay.abuse.store import Suspension
 from relay.errors import NotFound
+from relay.reports import account_outcomes, active_accounts, ip_volumes, top_senders
 from relay.submission.policy import format_wait
 from relay.web.services import WebServices
 from reputation import Status
 
-__all__ = ["AccountState", "account_state", "banner", "queued_mail", "usage_view"]
+__all__ = [
+    "REPORTS",
+    "AccountState",
+    "account_state",
+    "banner",
+    "queued_mail",
+    "reports",
+    "rows_csv",
+    "usage_view",
+]
 
 
 @dataclass(frozen=True)
@@ -89,3 +101,39 @@ async def queued_mail(services: WebServices, login: str, limit: int = 20) -> lis
             continue  # delivered meanwhile
         out.append({**meta.as_dict(), "jobs": [j.as_dict() for j in jobs]})
     return sorted(out, key=lambda m: m["created_at"], reverse=True)
+
+
+REPORTS = ("senders", "accounts", "ips", "outcomes")
+
+
+async def reports(services: WebServices, period: str) -> dict[str, list[dict[str, Any]]]:
+    """The four activity reports over `period` (24h or 30d): top senders by recipients,
+    active accounts, per egress IP volumes and refusals, per account outcomes."""
+    now = services.clock.now()
+    totals = await services.activity.totals(now, "30d" if period == "30d" else "24h")
+    window: dict[str, int] = {}
+    for account in await services.accounts.list():
+        window[account.login] = (await services.quota.usage(account.login, now)).used
+    if period == "30d":
+        senders = {
+            name: row["delivered"] + row["bounced"] for name, row in totals.of("a").items()
+        }
+    else:
+        senders = window  # the quota's exact rolling window: recipients accepted
+    recent = [login for login, n in window.items() if n > 0]
+    pool = [e.ip for e in services.settings.delivery.egress]
+    return {
+        "senders": top_senders(senders, limit=50),
+        "accounts": [{"account": a} for a in active_accounts(totals, recent)],
+        "ips": ip_volumes(totals, pool),
+        "outcomes": account_outcomes(totals),
+    }
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from relay.web.api import accounts, audit, ips, queue, session, suspensions
+from relay.web.api import accounts, audit, ips, queue, reports, session, suspensions
 
 __all__ = ["ROUTERS"]
 
@@ -16,4 +16,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     audit.router,
     queue.router,
     ips.router,
+    reports.router,
 )

@@ -13,7 +13,7 @@ from relay.web import actions
 from relay.web.chart import hourly_svg
 from relay.web.deps import Admin, Operator, Services
 from relay.web.templating import render
-from relay.web.views import queued_mail, usage_view
+from relay.web.views import queued_mail, reports, usage_view
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -180,6 +180,15 @@ async def account(request: Request, services: Services, who: Operator, login: st
         "audit": await services.audit.entries(account=login, limit=50),
     }
     return render(request, "console/account.html", context)
+
+
+@router.get("/reports")
+async def reports_page(
+    request: Request, services: Services, who: Operator, period: str = "24h"
+) -> Response:
+    period = "30d" if period == "30d" else "24h"
+    context = {"period": period, **await reports(services, period)}
+    return render(request, "console/reports.html", context)
 
 
 @router.get("/audit")

@@ -1,0 +1,119 @@
+"""Activity reports (contract 000): who sent how much, from which egress IP, with what outcome.
+
+The delivery loop records each attempt's recipient outcomes per hour in Redis:
+
+    activity:HOUR   hash: "a|LOGIN|delivered" / "ip|IP|bounced" ... -> recipients (31 days)
+
+and the reports are sums over the hours of a period (24 h or 30 days), shaped by pure
+functions here; the "top senders over 24 h" report reads the quota's own exact window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+
+from relay.redis_client import store_errors, text
+
+__all__ = [
+    "OUTCOMES",
+    "PERIODS",
+    "ActivityLog",
+    "Totals",
+    "account_outcomes",
+    "active_accounts",
+    "ip_volumes",
+    "top_senders",
+]
+
+_KEEP = 31 * 86400
+OUTCOMES = ("delivered", "deferred", "bounced")
+PERIODS: dict[str, float] = {"24h": 86400.0, "30d": 30 * 86400.0}
+Period = Literal["24h", "30d"]
+
+
+def _key(hour: int) -> str:
+    return f"activity:{hour}"
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Recipients per (kind, name, outcome) over a period: kind `a` (account) or `ip`."""
+
+    counts: Mapping[tuple[str, str, str], int]
+
+    def of(self, kind: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (k, name, outcome), n in self.counts.items():
+            if k == kind:
+                out.setdefault(name, dict.fromkeys(OUTCOMES, 0))[outcome] = n
+        return out
+
+
+class ActivityLog:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def record(self, account: str, outcomes: Iterable[tuple[str, str | None]], now: float) -> None:
+        """(outcome, egress IP) of each recipient of one attempt."""
+        fields: Counter[str] = Counter()
+        for outcome, ip in outcomes:
+            fields[f"a|{account}|{outcome}"] += 1
+            if ip:
+                fields[f"ip|{ip}|{outcome}"] += 1
+        if not fields:
+            return
+        key = _key(int(now // 3600))
+        with store_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for field, n in fields.items():
+                    pipe.hincrby(key, field, n)
+                pipe.expire(key, _KEEP)
+                await pipe.execute()
+
+    async def totals(self, now: float, period: Period) -> Totals:
+        last = int(now // 3600)
+        first = int((now - PERIODS[period]) // 3600) + 1
+        counts: Counter[tuple[str, str, str]] = Counter()
+        with store_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for hour in range(first, last + 1):
+                    pipe.hgetall(_key(hour))
+                rows = await pipe.execute()
+        for raw in rows:
+            for field, n in raw.items():
+                kind, _, rest = text(field).partition("|")
+                name, _, outcome = rest.rpartition("|")
+                if outcome in OUTCOMES:
+                    counts[(kind, name, outcome)] += int(n)
+        return Totals(counts)
+
+
+def top_senders(recipients: Mapping[str, int], limit: int = 20) -> list[dict[str, Any]]:
+    """Accounts by recipients, most first (ties by login)."""
+    ranked = sorted(((n, login) for login, n in recipients.items() if n > 0), key=lambda x: (-x[0], x[1]))
+    return [{"account": login, "recipients": n} for n, login in ranked[:limit]]
+
+
+def account_outcomes(totals: Totals) -> list[dict[str, Any]]:
+    return [{"account": name, **row} for name, row in sorted(totals.of("a").items())]
+
+
+def ip_volumes(totals: Totals, pool: Iterable[str]) -> list[dict[str, Any]]:
+    """Per egress IP: recipients delivered, deferred and bounced (the remote refusals)."""
+    rows = totals.of("ip")
+    for ip in pool:
+        rows.setdefault(ip, dict.fromkeys(OUTCOMES, 0))
+    return [
+        {"ip": ip, **row, "refused": row["deferred"] + row["bounced"]}
+        for ip, row in sorted(rows.items())
+    ]
+
+
+def active_accounts(totals: Totals, recent: Iterable[str] = ()) -> list[str]:
+    """Accounts with any outcome in the period, or recipients in the quota window now."""
+    return sorted(set(totals.of("a")) | set(recent))
