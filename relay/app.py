@@ -34,8 +34,8 @@ from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
 from relay.queue import QueueStore
-from relay.reports import ActivityLog
 from relay.redis_client import connect, insecure_url, redact_secret, redact_url
+from relay.reports import ActivityLog
 from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
 from relay.sender_auth.spf import install_resolver
 from relay.spool import InflightBudget

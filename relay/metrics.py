@@ -46,9 +46,7 @@ def _define() -> None:
 
     _metrics.update(
         accepted=Counter("relay_messages_accepted", "Messages accepted (250 after DATA)"),
-        refused=Counter(
-            "relay_messages_refused", "Submissions refused, by reason", ["reason"]
-        ),
+        refused=Counter("relay_messages_refused", "Submissions refused, by reason", ["reason"]),
         recipients=Counter(
             "relay_recipients",
             "Recipient outcomes of delivery attempts, per egress IP",
@@ -60,7 +58,9 @@ def _define() -> None:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         ),
         dnsbl_lookups=Counter("relay_dnsbl_lookups", "DNSBL lookups", ["zone"]),
-        dnsbl_listings=Counter("relay_dnsbl_listings", "DNSBL lookups that found a listing", ["zone"]),
+        dnsbl_listings=Counter(
+            "relay_dnsbl_listings", "DNSBL lookups that found a listing", ["zone"]
+        ),
         sessions=Gauge(
             "relay_smtp_sessions_open", "SMTP sessions open", multiprocess_mode="livesum"
         ),
@@ -105,7 +105,7 @@ def mark_dead(pid: int) -> None:
     if os.environ.get(_ENV):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def metrics_text(extra: str = "") -> tuple[bytes, str]:
@@ -117,7 +117,7 @@ def metrics_text(extra: str = "") -> tuple[bytes, str]:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         body = generate_latest(registry)
     else:
         from prometheus_client import REGISTRY

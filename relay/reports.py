@@ -10,10 +10,11 @@ functions here; the "top senders over 24 h" report reads the quota's own exact w
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -22,7 +23,9 @@ from relay.redis_client import store_errors, text
 __all__ = [
     "OUTCOMES",
     "PERIODS",
+    "RECENT",
     "ActivityLog",
+    "Outcome",
     "Totals",
     "account_outcomes",
     "active_accounts",
@@ -34,6 +37,25 @@ _KEEP = 31 * 86400
 OUTCOMES = ("delivered", "deferred", "bounced")
 PERIODS: dict[str, float] = {"24h": 86400.0, "30d": 30 * 86400.0}
 Period = Literal["24h", "30d"]
+
+
+class Outcome(NamedTuple):
+    """One recipient's outcome of one delivery attempt."""
+
+    outcome: str
+    """delivered, deferred or bounced."""
+    egress_ip: str | None
+    recipient: str
+    reply: str
+    """The remote server's reply (or the local error), as `code status text`."""
+
+
+RECENT = 50
+"""Outcomes kept per account for its home page."""
+
+
+def _recent_key(login: str) -> str:
+    return f"recent:{{{login}}}"
 
 
 def _key(hour: int) -> str:
@@ -58,10 +80,16 @@ class ActivityLog:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
 
-    async def record(self, account: str, outcomes: Iterable[tuple[str, str | None]], now: float) -> None:
-        """(outcome, egress IP) of each recipient of one attempt."""
+    async def record(self, account: str, outcomes: Iterable[Outcome], now: float) -> None:
+        """Count each recipient's outcome of one attempt, and keep the latest ones."""
         fields: Counter[str] = Counter()
-        for outcome, ip in outcomes:
+        recent = []
+        for outcome, ip, recipient, reply in outcomes:
+            recent.append(
+                json.dumps(
+                    {"at": now, "outcome": outcome, "recipient": recipient, "reply": reply[:300]}
+                )
+            )
             fields[f"a|{account}|{outcome}"] += 1
             if ip:
                 fields[f"ip|{ip}|{outcome}"] += 1
@@ -73,7 +101,16 @@ class ActivityLog:
                 for field, n in fields.items():
                     pipe.hincrby(key, field, n)
                 pipe.expire(key, _KEEP)
+                pipe.lpush(_recent_key(account), *recent)
+                pipe.ltrim(_recent_key(account), 0, RECENT - 1)
+                pipe.expire(_recent_key(account), _KEEP)
                 await pipe.execute()
+
+    async def recent(self, login: str) -> list[dict[str, Any]]:
+        """The account's latest recipient outcomes, newest first."""
+        with store_errors():
+            raw = await self._redis.lrange(_recent_key(login), 0, RECENT - 1)
+        return [json.loads(text(item)) for item in raw]
 
     async def totals(self, now: float, period: Period) -> Totals:
         last = int(now // 3600)
@@ -95,7 +132,9 @@ class ActivityLog:
 
 def top_senders(recipients: Mapping[str, int], limit: int = 20) -> list[dict[str, Any]]:
     """Accounts by recipients, most first (ties by login)."""
-    ranked = sorted(((n, login) for login, n in recipients.items() if n > 0), key=lambda x: (-x[0], x[1]))
+    ranked = sorted(
+        ((n, login) for login, n in recipients.items() if n > 0), key=lambda x: (-x[0], x[1])
+    )
     return [{"account": login, "recipients": n} for n, login in ranked[:limit]]
 
 

@@ -7,7 +7,7 @@ import csv
 import io
 
 from relay.abuse.audit import AuditEntry
-from relay.reports import ActivityLog, account_outcomes, ip_volumes, top_senders
+from relay.reports import ActivityLog, Outcome, account_outcomes, ip_volumes, top_senders
 from relay.web.actions import audit_csv
 from relay.web.chart import hourly_svg
 
@@ -16,9 +16,16 @@ NOW = 1_800_000_000.0
 
 async def test_periods_sum_the_hours_they_cover(redis) -> None:
     log = ActivityLog(redis)
-    await log.record("alice", [("delivered", "127.0.0.2"), ("bounced", "127.0.0.2")], NOW)
-    await log.record("alice", [("delivered", "127.0.0.3")], NOW - 2 * 86400)
-    await log.record("bob", [("deferred", None)], NOW - 40 * 86400)  # past 30 days
+    await log.record(
+        "alice",
+        [
+            Outcome("delivered", "127.0.0.2", "a@x.example", "250 2.0.0 ok"),
+            Outcome("bounced", "127.0.0.2", "b@x.example", "550 5.1.1 no such user"),
+        ],
+        NOW,
+    )
+    await log.record("alice", [Outcome("delivered", "127.0.0.3", "c@y", "250 ok")], NOW - 2 * 86400)
+    await log.record("bob", [Outcome("deferred", None, "d@z", "451 later")], NOW - 40 * 86400)
     day = await log.totals(NOW, "24h")
     month = await log.totals(NOW, "30d")
     assert day.of("a") == {"alice": {"delivered": 1, "deferred": 0, "bounced": 1}}
@@ -40,13 +47,29 @@ def test_top_senders_most_first_ties_by_login() -> None:
 
 
 def test_audit_csv_never_starts_a_cell_with_a_formula() -> None:
-    entry = AuditEntry(1.0, "operator:x@web", "lift", "alice", "s1", "=HYPERLINK(\"x\")", {})
+    entry = AuditEntry(1.0, "operator:x@web", "lift", "alice", "s1", '=HYPERLINK("x")', {})
     rows = list(csv.reader(io.StringIO(audit_csv([entry]))))
     assert rows[0][:3] == ["at", "actor", "action"]
-    assert rows[1][5] == "'=HYPERLINK(\"x\")"
+    assert rows[1][5] == '\'=HYPERLINK("x")'
 
 
 def test_chart_has_a_bar_per_hour_with_its_count() -> None:
     svg = hourly_svg([(NOW + 3600 * i, i) for i in range(24)])
     assert svg.startswith("<svg") and svg.count("<rect") == 24
     assert "23</title>" in svg and "max 23/h" in svg
+
+
+async def test_recent_outcomes_newest_first_with_the_remote_reply(redis) -> None:
+    log = ActivityLog(redis)
+    for n in range(60):
+        await log.record(
+            "alice", [Outcome("bounced", "127.0.0.2", f"r{n}@x", f"550 5.1.1 n{n}")], NOW + n
+        )
+    recent = await log.recent("alice")
+    assert len(recent) == 50
+    assert recent[0] == {
+        "at": NOW + 59,
+        "outcome": "bounced",
+        "recipient": "r59@x",
+        "reply": "550 5.1.1 n59",
+    }

@@ -52,7 +52,7 @@ def concrete(path: str) -> str:
 
 @pytest.fixture
 async def web(redis, tmp_path: Path):
-    app, services = make_app(redis, web_settings(tmp_path))
+    app, _ = make_app(redis, web_settings(tmp_path))
     await add_sender(redis, "alice")
     await add_sender(redis, "bob")
     store = OperatorStore(redis)
@@ -80,7 +80,9 @@ async def test_customers_get_404_outside_their_account(web) -> None:
         for method, path, _ in operations(app):
             if path == "/api/v1/session":
                 continue
-            answer = await http.request(method, concrete(path), json=body_for(path), headers=headers)
+            answer = await http.request(
+                method, concrete(path), json=body_for(path), headers=headers
+            )
             assert answer.status_code == 404, (method, path, answer.status_code, answer.text)
 
 
@@ -89,10 +91,12 @@ async def test_viewers_read_everything_and_act_on_nothing(web) -> None:
     headers = {"authorization": f"Bearer {viewer}"}
     async with client(app) as http:
         for method, path, _ in operations(app):
-            answer = await http.request(method, concrete(path), json=body_for(path), headers=headers)
+            answer = await http.request(
+                method, concrete(path), json=body_for(path), headers=headers
+            )
             if method == "get" or path == "/api/v1/session":
                 assert answer.status_code in (200, 404), (method, path, answer.text)
-            elif "/password" in path or "/unblock-requests" in path and "close" not in path:
+            elif "/password" in path or ("/unblock-requests" in path and "close" not in path):
                 assert answer.status_code == 404, (method, path)  # customers' own actions
             else:
                 assert answer.status_code == 403, (method, path, answer.text)
@@ -144,9 +148,7 @@ def _anything() -> st.SearchStrategy[Any]:
     )
 
 
-_SEGMENT = st.text(
-    st.characters(codec="utf-8", exclude_characters="/?#%"), min_size=1, max_size=30
-)
+_SEGMENT = st.text(st.characters(codec="utf-8", exclude_characters="/?#%"), min_size=1, max_size=30)
 
 
 def test_no_input_gets_a_500(redis_server, tmp_path: Path) -> None:
@@ -158,7 +160,10 @@ def test_no_input_gets_a_500(redis_server, tmp_path: Path) -> None:
         app, _ = make_app(redis, web_settings(tmp_path))
         doc = app.openapi()
         components = doc.get("components", {}).get("schemas", {})
-        ops = [*operations(app), ("post", "/api/v1/session", doc["paths"]["/api/v1/session"]["post"])]
+        ops = [
+            *operations(app),
+            ("post", "/api/v1/session", doc["paths"]["/api/v1/session"]["post"]),
+        ]
         http = client(app)
         runner.run(redis.flushall())
         runner.run(add_sender(redis, "alice"))

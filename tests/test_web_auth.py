@@ -38,7 +38,7 @@ async def web(redis, tmp_path: Path):
 
 
 async def test_health_and_readiness(web, tmp_path: Path) -> None:
-    app, services = web
+    app, _ = web
     async with client(app) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/readyz")).json() == {"status": "ready"}
@@ -115,7 +115,9 @@ async def test_bearer_tokens_carry_the_role(web, redis) -> None:
         a = {"authorization": f"Bearer {admin}"}
         assert len((await http.get("/api/v1/ips", headers=v)).json()) == 2
         body = {"reason": "warming up"}
-        assert (await http.post("/api/v1/ips/127.0.0.2/disable", json=body, headers=v)).status_code == 403
+        assert (
+            await http.post("/api/v1/ips/127.0.0.2/disable", json=body, headers=v)
+        ).status_code == 403
         done = await http.post("/api/v1/ips/127.0.0.2/disable", json=body, headers=a)
         assert done.status_code == 200, done.text
         ips = {r["ip"]: r for r in (await http.get("/api/v1/ips", headers=v)).json()}
@@ -154,3 +156,31 @@ async def test_logins_go_through_the_auth_guard(web) -> None:
         assert api.status_code == 429
         # operators have streaks of their own
         assert (await log_in(http, "adam", OPERATOR_PASSWORD, operator=True)).status_code == 303
+
+
+async def test_customer_home_shows_recent_outcomes_and_takes_an_unblock_request(web) -> None:
+    from relay.reports import Outcome
+
+    app, services = web
+    await services.activity.record(
+        "alice", [Outcome("bounced", "127.0.0.2", "x@example.net", "550 5.1.1 no such user")], 1.0
+    )
+    s = await services.suspensions.suspend(
+        "alice", Kind.ADMIN, "unpaid invoice", {}, actor="system:test"
+    )
+    async with client(app) as http:
+        await log_in(http, "alice", PASSWORD)
+        home = await http.get("/home", headers=HTML)
+        assert "550 5.1.1 no such user" in home.text
+        assert "suspended-banner" in home.text and "only support can lift it" in home.text
+        csrf = await page_csrf(http, "/home")
+        sent = await http.post(
+            "/home/unblock", data={"message": "invoice paid", "csrf": csrf}, headers=HTML
+        )
+        assert sent.status_code == 303
+    requests = await services.unblocks.listing(open_only=True)
+    assert [(r.account, r.message, r.suspensions) for r in requests] == [
+        ("alice", "invoice paid", (s.id,))
+    ]
+    entries = await services.audit.entries(account="alice")
+    assert entries[-1].action == "unblock-request" and entries[-1].actor == "user:alice"

@@ -10,6 +10,7 @@ skips it on a workstation that cannot install it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -78,7 +79,7 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
 
     settings, base = relay_with_http
     executable = chromium()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(SCREENSHOTS.mkdir, parents=True, exist_ok=True)
     clock = SystemClock()
     service = suspension_service(redis, settings, clock, quota_store(redis, settings))
     await add_sender(redis, "alice")

@@ -34,6 +34,7 @@ from relay.delivery.smtp_client import AttemptReport, attempt_domain
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
+from relay.reports import Outcome
 from relay.spool import SpoolError
 
 __all__ = ["DeliveryWorker"]
@@ -65,12 +66,11 @@ class DeliveryWorker:
         hostname: str,
         on_delivered: Callable[[str, str, float, int], Awaitable[None]] | None = None,
         quota: QuotaStore | None = None,
-        on_outcomes: Callable[[str, list[tuple[str, str | None]], float], Awaitable[None]]
-        | None = None,
+        on_outcomes: Callable[[str, list[Outcome], float], Awaitable[None]] | None = None,
     ) -> None:
         self._on_outcomes = on_outcomes
-        """(account, [(delivered|deferred|bounced, egress IP)], now) of each attempt: the
-        activity reports (relay/reports.py)."""
+        """(account, [(delivered|deferred|bounced, egress IP, recipient, remote reply)], now)
+        of each attempt: the activity reports and recent deliveries (relay/reports.py)."""
         self._queue = queue
         self._settings = settings
         self._resolver = resolver
@@ -287,7 +287,15 @@ class DeliveryWorker:
         self, account: str, outcomes: list[RecipientOutcome], now: float
     ) -> None:
         if self._on_outcomes is not None:
-            names = [(_EVENTS[o.disposition].partition(".")[2], o.egress_ip) for o in outcomes]
+            names = [
+                Outcome(
+                    _EVENTS[o.disposition].partition(".")[2],
+                    o.egress_ip,
+                    o.recipient,
+                    f"{o.code} {o.status} {o.text}",
+                )
+                for o in outcomes
+            ]
             try:
                 await self._on_outcomes(account, names, now)
             except RelayError as exc:  # report data, not the delivery: never fail it

@@ -34,8 +34,6 @@ def hourly_svg(
             f"<title>{hour} UTC: {count}</title></rect>"
         )
         if i % 3 == 0:
-            parts.append(
-                f'<text x="{x}" y="{height - 6}" font-size="9">{hour}</text>'
-            )
+            parts.append(f'<text x="{x}" y="{height - 6}" font-size="9">{hour}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -115,9 +115,7 @@ async def reports(services: WebServices, period: str) -> dict[str, list[dict[str
     for account in await services.accounts.list():
         window[account.login] = (await services.quota.usage(account.login, now)).used
     if period == "30d":
-        senders = {
-            name: row["delivered"] + row["bounced"] for name, row in totals.of("a").items()
-        }
+        senders = {name: row["delivered"] + row["bounced"] for name, row in totals.of("a").items()}
     else:
         senders = window  # the quota's exact rolling window: recipients accepted
     recent = [login for login, n in window.items() if n > 0]

@@ -77,8 +77,8 @@ async def change_password(
 ) -> dict[str, Any]:
     """The customer's own password; a first-offence suspension is lifted by it."""
     own_account(who, login)
-    checked = await customer_login(services.guard, services.accounts, login, body.current,
-                                   client_ip(request))  # fmt: skip
+    ip = client_ip(request)
+    checked = await customer_login(services.guard, services.accounts, login, body.current, ip)
     if checked.who is None:
         raise Unauthenticated(f"current password: {checked.error}")
     await services.accounts.set_password(login, body.new)
@@ -95,8 +95,8 @@ async def ask_unblock(
     state = await account_state(services, login)
     if not state.open_suspensions and not state.denied:
         raise InvalidInput("the account is not suspended: nothing to unblock")
-    request = await services.unblocks.ask(login, body.message,
-                                          [s.id for s in state.open_suspensions])  # fmt: skip
+    ids = [s.id for s in state.open_suspensions]
+    request = await services.unblocks.ask(login, body.message, ids)
     return request.as_dict()
 
 

@@ -46,4 +46,5 @@ async def account_report(
     await services.accounts.require(login)
     totals = await services.activity.totals(services.clock.now(), period)
     row = totals.of("a").get(login, {"delivered": 0, "deferred": 0, "bounced": 0})
-    return {"account": login, "period": period, **row}
+    recent = await services.activity.recent(login)
+    return {"account": login, "period": period, **row, "recent": recent}

@@ -27,12 +27,11 @@ async def open_session(request: Request, services: Services, body: Credentials) 
     """Log in (through the same brute-force guard as SMTP AUTH). The answer's `csrf` goes in
     the `X-CSRF-Token` header of every later POST riding on the cookie."""
     ip = client_ip(request)
+    login, password = body.login, body.password
     if body.kind == "operator":
-        outcome = await operator_login(services.guard, services.operators, body.login,
-                                       body.password, ip)  # fmt: skip
+        outcome = await operator_login(services.guard, services.operators, login, password, ip)
     else:
-        outcome = await customer_login(services.guard, services.accounts, body.login,
-                                       body.password, ip)  # fmt: skip
+        outcome = await customer_login(services.guard, services.accounts, login, password, ip)
     if outcome.who is None:
         if outcome.status == 401:
             raise Unauthenticated(outcome.error)

@@ -107,7 +107,7 @@ async def queue(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     if account:
-        messages = (await queued_mail(services, account, limit))
+        messages = await queued_mail(services, account, limit)
     else:
         messages = [m.as_dict() for m in await services.queue.list_messages(limit)]
     context = {

@@ -21,16 +21,23 @@ router = APIRouter(include_in_schema=False)
 
 
 async def _home(
-    request: Request, services: Services, login: str, notice: str = "", error: str = "",
+    request: Request,
+    services: Services,
+    login: str,
+    notice: str = "",
+    error: str = "",
     status: int = 200,
-) -> Response:  # fmt: skip
+) -> Response:
     state = await account_state(services, login)
     context = {
         "usage": usage_view(state.usage, services.clock.now()),
         "banner": banner(state, services.settings.reputation.support),
         "suspensions": state.open_suspensions,
-        "requests": [r for r in await services.unblocks.listing(open_only=True) if r.account == login],
+        "requests": [
+            r for r in await services.unblocks.listing(open_only=True) if r.account == login
+        ],
         "queued": await queued_mail(services, login),
+        "recent": await services.activity.recent(login),
         "notice": notice or request.query_params.get("done", "")[:200],
         "error": error,
     }
@@ -54,14 +61,15 @@ async def change_password(
 ) -> Response:
     check_form_csrf(request, csrf)
     if new != again:
-        return await _home(request, services, who.name, error="the two new passwords differ",
-                           status=400)  # fmt: skip
+        return await _home(
+            request, services, who.name, error="the two new passwords differ", status=400
+        )
     checked = await customer_login(
         services.guard, services.accounts, who.name, current, client_ip(request)
     )
     if checked.who is None:
-        return await _home(request, services, who.name,
-                           error=f"current password: {checked.error}", status=checked.status)  # fmt: skip
+        error = f"current password: {checked.error}"
+        return await _home(request, services, who.name, error=error, status=checked.status)
     try:
         await services.accounts.set_password(who.name, new)
     except InvalidInput as exc:
