@@ -184,3 +184,28 @@ async def test_customer_home_shows_recent_outcomes_and_takes_an_unblock_request(
     ]
     entries = await services.audit.entries(account="alice")
     assert entries[-1].action == "unblock-request" and entries[-1].actor == "user:alice"
+
+
+async def test_admin_adds_and_removes_a_plan_from_the_account_page(web, redis) -> None:
+    app, services = web
+    async with client(app) as http:
+        await log_in(http, "adam", OPERATOR_PASSWORD, operator=True)
+        csrf = await page_csrf(http, "/console/accounts/alice")
+        added = await http.post(
+            "/console/accounts/alice/plans", data={"daily": "500", "csrf": csrf}, headers=HTML
+        )
+        assert added.status_code == 303
+        page = await http.get("/console/accounts/alice", headers=HTML)
+        assert "<svg" in page.text and "500" in page.text
+    usage = await services.quota.usage("alice", SystemClock().now())
+    assert usage.daily == 1500  # plans add up
+    plan_id = next(p.id for p in usage.plans if p.daily == 500)
+    entries = await services.audit.entries(account="alice")
+    assert (entries[-1].action, entries[-1].actor) == ("plan-add", "operator:adam@web")
+    token = await OperatorStore(redis).new_token("adam")
+    async with client(app) as http:
+        gone = await http.delete(
+            f"/api/v1/accounts/alice/plans/{plan_id}", headers={"authorization": f"Bearer {token}"}
+        )
+        assert gone.status_code == 200
+    assert (await services.quota.usage("alice", SystemClock().now())).daily == 1000

@@ -13,9 +13,12 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any, Literal
 
+from quota import Plan
+from quota.errors import InvalidValue
 from relay.abuse.audit import AuditEntry
 from relay.abuse.store import Suspension
-from relay.errors import InvalidInput
+from relay.accounts.provisioning import new_plan_id
+from relay.errors import InvalidInput, NotFound
 from relay.web.auth import Principal
 from relay.web.services import WebServices
 
@@ -95,6 +98,42 @@ async def enable_ip(services: WebServices, who: Principal, ip: str) -> str:
     was_disabled = await services.egress.enable(ip)
     await services.audit.append(actor=who.actor, action="ip-enable", subject=ip)
     return f"enabled {ip}" if was_disabled else f"{ip} was not disabled; its cool-downs ended"
+
+
+async def add_plan(
+    services: WebServices,
+    who: Principal,
+    login: str,
+    daily: int,
+    per_minute: int | None = None,
+    starts: float | None = None,
+    expires: float | None = None,
+) -> Plan:
+    """As `relay plan add`: it applies at once (plans add up)."""
+    await services.accounts.require(login)
+    try:
+        plan = Plan(
+            new_plan_id(), daily=daily, per_minute=per_minute, starts=starts, expires=expires
+        )
+    except InvalidValue as exc:
+        raise InvalidInput(str(exc)) from None
+    await services.quota.add_plan(login, plan)
+    evidence = {"daily": daily, "per_minute": per_minute, "starts": starts, "expires": expires}
+    await services.audit.append(
+        actor=who.actor, action="plan-add", account=login, subject=plan.id, evidence=evidence
+    )
+    return plan
+
+
+async def remove_plan(services: WebServices, who: Principal, login: str, plan_id: str) -> None:
+    await services.accounts.require(login)
+    try:
+        await services.quota.remove_plan(login, plan_id)
+    except InvalidValue as exc:
+        raise NotFound(str(exc)) from None
+    await services.audit.append(
+        actor=who.actor, action="plan-remove", account=login, subject=plan_id
+    )
 
 
 _CSV_FIELDS = ("at", "actor", "action", "account", "subject", "reason", "evidence")

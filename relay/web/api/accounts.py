@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from relay.errors import InvalidInput
-from relay.web.api.models import PasswordChange, Reason, UnblockAsk
+from relay.web import actions
+from relay.web.api.models import NewPlan, PasswordChange, Reason, UnblockAsk
 from relay.web.auth import customer_login
 from relay.web.deps import Admin, Anyone, Customer, Operator, Services, own_account
 from relay.web.errors import Unauthenticated
@@ -55,6 +56,27 @@ async def list_plans(services: Services, who: Anyone, login: str) -> list[dict[s
         }
         for p in await services.quota.plans(login)
     ]
+
+
+@router.post("/accounts/{login}/plans", status_code=201)
+async def add_plan(services: Services, who: Admin, login: str, body: NewPlan) -> dict[str, Any]:
+    """As `relay plan add`; audited."""
+    plan = await actions.add_plan(
+        services, who, login, body.daily, body.per_minute, body.starts, body.expires
+    )
+    return {
+        "id": plan.id,
+        "daily": plan.daily,
+        "per_minute": plan.per_minute,
+        "starts": plan.starts,
+        "expires": plan.expires,
+    }
+
+
+@router.delete("/accounts/{login}/plans/{plan_id}")
+async def remove_plan(services: Services, who: Admin, login: str, plan_id: str) -> dict[str, str]:
+    await actions.remove_plan(services, who, login, plan_id)
+    return {"done": f"plan {plan_id} removed from {login}"}
 
 
 @router.get("/accounts/{login}/usage")

@@ -6,7 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Credentials", "IpDisable", "Lift", "PasswordChange", "Reason", "UnblockAsk"]
+__all__ = [
+    "Credentials",
+    "IpDisable",
+    "Lift",
+    "NewPlan",
+    "PasswordChange",
+    "Reason",
+    "UnblockAsk",
+]
 
 
 class _Body(BaseModel):
@@ -29,6 +37,13 @@ class Lift(Reason):
 
 class IpDisable(Reason):
     pass
+
+
+class NewPlan(_Body):
+    daily: int = Field(gt=0, le=10**9, description="recipients per rolling 24 h")
+    per_minute: int | None = Field(None, gt=0, le=10**9, description="default: the config's")
+    starts: float | None = Field(None, ge=0, le=10**11, description="epoch seconds; now")
+    expires: float | None = Field(None, ge=0, le=10**11, description="epoch seconds; never")
 
 
 class PasswordChange(_Body):

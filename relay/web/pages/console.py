@@ -30,7 +30,10 @@ def _done(request: Request) -> str:
 async def dashboard(request: Request, services: Services, who: Operator) -> Response:
     now = services.clock.now()
     oldest = await services.queue.list_messages(1)
+    day = (await services.activity.totals(now, "24h")).of("a").values()
+    outcomes = {k: sum(row[k] for row in day) for k in ("delivered", "deferred", "bounced")}
     context = {
+        "outcomes": outcomes,
         "depth": await services.queue.count(),
         "oldest": oldest[0] if oldest else None,
         "oldest_age": round(now - oldest[0].created_at) if oldest else 0,
@@ -178,6 +181,8 @@ async def account(request: Request, services: Services, who: Operator, login: st
         "active_plans": usage.active_plans,
         "suspensions": await services.suspensions.store.of_account(login),
         "audit": await services.audit.entries(account=login, limit=50),
+        "role": who.role,
+        "done": _done(request),
     }
     return render(request, "console/account.html", context)
 
@@ -189,6 +194,25 @@ async def reports_page(
     period = "30d" if period == "30d" else "24h"
     context = {"period": period, **await reports(services, period)}
     return render(request, "console/reports.html", context)
+
+
+@router.post("/accounts/{login}/plans")
+async def add_plan(
+    services: Services,
+    who: Admin,
+    login: str,
+    daily: Annotated[int, Form(gt=0, le=10**9)],
+    per_minute: Annotated[str, Form()] = "",
+) -> Response:
+    minute = int(per_minute) if per_minute.strip().isdigit() else None
+    plan = await actions.add_plan(services, who, login, daily, minute or None)
+    return _back(f"/console/accounts/{login}", f"plan {plan.id} added: {daily}/24h")
+
+
+@router.post("/accounts/{login}/plans/{plan_id}/remove")
+async def remove_plan(services: Services, who: Admin, login: str, plan_id: str) -> Response:
+    await actions.remove_plan(services, who, login, plan_id)
+    return _back(f"/console/accounts/{login}", f"plan {plan_id} removed")
 
 
 @router.get("/audit")
