@@ -209,3 +209,13 @@ async def test_admin_adds_and_removes_a_plan_from_the_account_page(web, redis) -
         )
         assert gone.status_code == 200
     assert (await services.quota.usage("alice", SystemClock().now())).daily == 1000
+
+
+async def test_bodies_are_bounded_and_pages_cannot_be_framed(web) -> None:
+    app, _ = web
+    async with client(app) as http:
+        big = await http.post("/api/v1/session", content=b"x" * 2_000_000)
+        assert big.status_code == 413
+        page = await http.get("/login", headers=HTML)
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]

@@ -103,7 +103,9 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
             banner = customer.locator("#suspended-banner")
             assert await banner.is_visible()
             assert "dbl.example" in await banner.inner_text()
-            await customer.screenshot(path=str(SCREENSHOTS / "1-customer-suspended.png"))
+            await customer.screenshot(
+                path=str(SCREENSHOTS / "1-customer-suspended.png"), full_page=True
+            )
 
             operator = await (await browser.new_context()).new_page()
             await operator.goto(f"{base}/console/login")
@@ -111,19 +113,27 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
             await operator.fill("input[name=password]", OPERATOR_PASSWORD)
             await operator.click("button[type=submit]")
             await operator.wait_for_url(f"{base}/console")
-            await operator.screenshot(path=str(SCREENSHOTS / "2-operator-dashboard.png"))
+            await operator.screenshot(
+                path=str(SCREENSHOTS / "2-operator-dashboard.png"), full_page=True
+            )
             await operator.click(f"a[href='/console/suspensions/{first.id}']")
             evidence_table = operator.locator("#evidence")
             assert "listed for spam links" in await evidence_table.inner_text()
-            await operator.screenshot(path=str(SCREENSHOTS / "3-operator-suspension.png"))
+            await operator.screenshot(
+                path=str(SCREENSHOTS / "3-operator-suspension.png"), full_page=True
+            )
             await operator.fill("#lift-form input[name=reason]", "domain delisted, checked")
             await operator.click("#lift-form button[type=submit]")
             assert await operator.locator("#status").inner_text() == "lifted"
-            await operator.screenshot(path=str(SCREENSHOTS / "4-operator-lifted.png"))
+            await operator.screenshot(
+                path=str(SCREENSHOTS / "4-operator-lifted.png"), full_page=True
+            )
 
             await customer.reload()
             assert await customer.locator("#suspended-banner").count() == 0
-            await customer.screenshot(path=str(SCREENSHOTS / "5-customer-lifted.png"))
+            await customer.screenshot(
+                path=str(SCREENSHOTS / "5-customer-lifted.png"), full_page=True
+            )
 
             carol = await (await browser.new_context()).new_page()
             await carol.goto(f"{base}/login")
@@ -139,7 +149,9 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
             await carol.wait_for_url(f"{base}/home?*")
             assert "lifted" in await carol.locator("[role=status]").inner_text()
             assert await carol.locator("#suspended-banner").count() == 0
-            await carol.screenshot(path=str(SCREENSHOTS / "6-customer-password-changed.png"))
+            await carol.screenshot(
+                path=str(SCREENSHOTS / "6-customer-password-changed.png"), full_page=True
+            )
         finally:
             await browser.close()
 

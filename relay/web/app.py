@@ -25,6 +25,7 @@ from relay.config import HttpSettings
 from relay.errors import ConfigError, InvalidInput, NotFound, RelayError, StoreUnavailable
 from relay.web import api, pages
 from relay.web.errors import Unauthenticated, WebError
+from relay.web.middleware import Guards
 from relay.web.services import WebServices
 from relay.web.templating import render
 from reputation import NotAllowed
@@ -57,6 +58,7 @@ def create_app(services: WebServices, *, secret: bytes, metrics: Any = None) -> 
         same_site="strict",
         https_only=http.secure_cookies,
     )
+    app.add_middleware(Guards)  # outermost: bounds bodies before the session is read
     for router in api.ROUTERS:
         app.include_router(router)
     for router in pages.ROUTERS:
