@@ -219,3 +219,31 @@ async def test_bodies_are_bounded_and_pages_cannot_be_framed(web) -> None:
         page = await http.get("/login", headers=HTML)
         assert page.headers["x-frame-options"] == "DENY"
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+async def test_what_relay_suspension_add_and_queue_account_do_from_the_browser(web) -> None:
+    app, services = web
+    async with client(app) as http:
+        await log_in(http, "adam", OPERATOR_PASSWORD, operator=True)
+        csrf = await page_csrf(http, "/console/accounts/bob")
+        done = await http.post(
+            "/console/accounts/bob/suspend",
+            data={"reason": "unpaid", "kind": "admin", "csrf": csrf},
+            headers=HTML,
+        )
+        assert done.status_code == 303
+        [s] = await services.suspensions.store.of_account("bob")
+        assert (s.kind.value, s.actor, s.evidence) == (
+            "admin",
+            "operator:adam@web",
+            {"by_hand": True},
+        )
+        held = await http.post(
+            "/console/queue/account/bob/release", data={"csrf": csrf}, headers=HTML
+        )  # the suspension held bob's (empty) queue: releasing is allowed
+        assert held.status_code == 303
+        unknown = await http.post(
+            "/console/queue/account/nobody/hold", data={"csrf": csrf}, headers=HTML
+        )
+        assert unknown.status_code == 404
+    assert (await services.audit.entries(account="bob"))[-1].action == "queue-release-account"

@@ -21,6 +21,7 @@ from relay.accounts.provisioning import new_plan_id
 from relay.errors import InvalidInput, NotFound
 from relay.web.auth import Principal
 from relay.web.services import WebServices
+from reputation import Kind
 
 __all__ = [
     "QueueVerb",
@@ -29,7 +30,9 @@ __all__ = [
     "disable_ip",
     "enable_ip",
     "lift",
+    "queue_account_action",
     "queue_action",
+    "suspend",
 ]
 
 QueueVerb = Literal["hold", "release", "retry", "delete"]
@@ -73,6 +76,38 @@ async def queue_action(
         actor=who.actor, action=f"queue-{verb}", account=meta.account, subject=message_id
     )
     return done
+
+
+async def queue_account_action(
+    services: WebServices, who: Principal, login: str, verb: QueueVerb
+) -> str:
+    """As `relay queue VERB --account LOGIN`; the sentence the CLI prints."""
+    queue = services.queue
+    await services.accounts.require(login)
+    if verb == "hold":
+        done = f"held {await queue.hold_account(login)} message(s) of {login}; later mail too"
+    elif verb == "release":
+        if login not in await queue.held_accounts() and not await queue.messages_of(login):
+            raise InvalidInput(f"account {login!r} has no mail in the queue and is not held")
+        done = f"released {await queue.release_account(login)} message(s) of {login}"
+    elif verb == "retry":
+        done = f"{await queue.retry_account(login)} message(s) of {login} due now"
+    else:
+        done = f"deleted {await queue.delete_account(login)} message(s) of {login}"
+    await services.audit.append(actor=who.actor, action=f"queue-{verb}-account", account=login)
+    return done
+
+
+async def suspend(
+    services: WebServices, who: Principal, login: str, kind: str, reason: str
+) -> Suspension:
+    """As `relay suspension add LOGIN --reason R --kind K` (audited by the service)."""
+    if kind not in ("admin", "abuse", "reputation"):
+        raise InvalidInput(f"kind must be admin, abuse or reputation, not {kind!r}")
+    await services.accounts.require(login)
+    return await services.suspensions.suspend(
+        login, Kind(kind), _reason(reason), {"by_hand": True}, actor=who.actor
+    )
 
 
 def _address(text: str) -> str:

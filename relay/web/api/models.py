@@ -13,6 +13,7 @@ __all__ = [
     "NewPlan",
     "PasswordChange",
     "Reason",
+    "Suspend",
     "UnblockAsk",
 ]
 
@@ -33,6 +34,10 @@ class Reason(_Body):
 
 class Lift(Reason):
     force: bool = Field(False, description="before the minimum duration (audited)")
+
+
+class Suspend(Reason):
+    kind: Literal["admin", "abuse", "reputation"] = "admin"
 
 
 class IpDisable(Reason):

@@ -39,6 +39,14 @@ async def show_message(services: Services, who: Operator, mid: str) -> dict[str,
     }
 
 
+@router.post("/queue/account/{login}/{verb}")
+async def act_on_account(
+    services: Services, who: Admin, login: str, verb: actions.QueueVerb
+) -> dict[str, str]:
+    """As `relay queue VERB --account LOGIN` (hold: mail it queues later is held too)."""
+    return {"done": await actions.queue_account_action(services, who, login, verb)}
+
+
 @router.post("/queue/{mid}/{verb}")
 async def act(services: Services, who: Admin, mid: str, verb: actions.QueueVerb) -> dict[str, str]:
     return {"done": await actions.queue_action(services, who, mid, verb)}

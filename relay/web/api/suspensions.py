@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from relay.web import actions
-from relay.web.api.models import Lift, Reason
+from relay.web.api.models import Lift, Reason, Suspend
 from relay.web.deps import Admin, Anyone, Operator, Services
 from relay.web.errors import NotFoundError
 
@@ -19,6 +19,12 @@ async def list_suspensions(
     services: Services, who: Operator, open: bool = False
 ) -> list[dict[str, Any]]:
     return [s.as_dict() for s in await services.suspensions.store.listing(open_only=open)]
+
+
+@router.post("/accounts/{login}/suspensions", status_code=201)
+async def suspend(services: Services, who: Admin, login: str, body: Suspend) -> dict[str, Any]:
+    """As `relay suspension add`: suspend by hand (kind admin does not escalate)."""
+    return (await actions.suspend(services, who, login, body.kind, body.reason)).as_dict()
 
 
 @router.get("/suspensions/{sid}")

@@ -118,8 +118,31 @@ async def queue(
         "total": await services.queue.count(),
         "account": account,
         "done": _done(request),
+        "role": who.role,
     }
     return render(request, "console/queue.html", context)
+
+
+@router.post("/queue/account/{login}/{verb}")
+async def queue_account_action(services: Services, who: Admin, login: str, verb: str) -> Response:
+    if verb not in ("hold", "release", "retry", "delete"):
+        raise NotFound(f"no action {verb!r}")
+    done = await actions.queue_account_action(services, who, login, verb)  # type: ignore[arg-type]
+    return RedirectResponse(
+        "/console/queue?" + urlencode({"account": login, "done": done}), status_code=303
+    )
+
+
+@router.post("/accounts/{login}/suspend")
+async def suspend(
+    services: Services,
+    who: Admin,
+    login: str,
+    reason: Annotated[str, Form()],
+    kind: Annotated[str, Form()] = "admin",
+) -> Response:
+    s = await actions.suspend(services, who, login, kind, reason)
+    return _back(f"/console/suspensions/{s.id}", f"suspension {s.id}: {login} ({s.kind.value})")
 
 
 @router.get("/queue/{mid}")
