@@ -58,7 +58,9 @@ def create_app(services: WebServices, *, secret: bytes, metrics: Any = None) -> 
         same_site="strict",
         https_only=http.secure_cookies,
     )
-    app.add_middleware(Guards)  # outermost: bounds bodies before the session is read
+    # outermost: bounds bodies before the session is read
+    large = 2 * services.settings.submission.max_message_size
+    app.add_middleware(Guards, large=api.LARGE_BODIES, large_max=large)
     for router in api.ROUTERS:
         app.include_router(router)
     for router in pages.ROUTERS:

@@ -35,28 +35,41 @@ class _TooLarge(Exception):
 
 
 class Guards:
-    def __init__(self, app: App, max_body: int = MAX_BODY) -> None:
+    """`large`: path prefixes whose bodies may reach `large_max` bytes (the HTTP send API
+    carries whole messages); every other path gets `max_body`."""
+
+    def __init__(
+        self,
+        app: App,
+        max_body: int = MAX_BODY,
+        large: tuple[str, ...] = (),
+        large_max: int = MAX_BODY,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.large = large
+        self.large_max = large_max
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = self.large_max if self.large and path.startswith(self.large) else self.max_body
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_body:
+        if not declared.isdigit() or int(declared) > limit:
             await _refuse(send, 413 if declared.isdigit() else 400)
             return
         seen = 0
         started = False
-        docs = str(scope.get("path", "")).startswith("/api/docs")
+        docs = path.startswith("/api/docs")
 
         async def bounded_receive() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_body:
+            if seen > limit:
                 raise _TooLarge
             return message
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from relay.web.api import accounts, audit, ips, queue, reports, session, suspensions
 
-__all__ = ["ROUTERS"]
+__all__ = ["LARGE_BODIES", "ROUTERS"]
 
 ROUTERS: tuple[APIRouter, ...] = (
     session.router,
@@ -18,3 +18,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     ips.router,
     reports.router,
 )
+
+LARGE_BODIES: tuple[str, ...] = ()
+"""Path prefixes whose request bodies may be as large as a message (twice
+`submission.max_message_size`, for base64 in JSON); every other body is bounded to 1 MB."""
