@@ -279,8 +279,9 @@ def http_part(
     process of a node serves it on the same port (SO_REUSEPORT), as the SMTP listeners:
     sessions are signed cookies and every state is in Redis, so any process can answer."""
     from relay.metrics import metrics_text
-    from relay.web import WebServices, create_app, http_socket, serve_http
+    from relay.web.app import create_app, http_socket, serve_http
     from relay.web.auth import session_secret
+    from relay.web.services import WebServices
 
     services = WebServices.build(redis, settings, clock, quota=quota)
     app = create_app(services, secret=session_secret(settings.http), metrics=metrics_text)

@@ -128,7 +128,7 @@ def _prepare(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
     for listener in settings.submission.listeners:
         _check_bindable(listener.address.host, listener.address.port, str(listener.address))
     if settings.http.enabled:
-        from relay.web import http_socket
+        from relay.web.app import http_socket
 
         http_socket(settings.http, reuse_port=True).close()  # one clear line if it cannot
     embedded = None

@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from relay.app import quota_store
 from relay.clock import Clock, SystemClock
 from relay.config import Settings
-from relay.web import WebServices, create_app
+from relay.web.app import create_app
 from relay.web.auth import OperatorStore, Role
+from relay.web.services import WebServices
 
 OPERATOR_PASSWORD = "operator password 1"
 
