@@ -131,7 +131,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return JSONResponse({"error": message}, status_code=status, headers=headers)
         if status == 401:
-            return render(request, "login.html", {"error": "", "next": request.url.path}, 401)
+            path = request.url.path
+            context = {"error": "", "next": path, "operator": path.startswith("/console")}
+            return render(request, "login.html", context, 401)
         return render(request, "error.html", {"status": status, "message": message}, status)
 
     @app.exception_handler(RelayError)

@@ -92,6 +92,9 @@ async def ask_unblock(
 ) -> Response:
     check_form_csrf(request, csrf)
     state = await account_state(services, who.name)
+    if not state.open_suspensions and not state.denied:
+        error = "the account is not suspended: nothing to unblock"
+        return await _home(request, services, who.name, error=error, status=400)
     try:
         request_ = await services.unblocks.ask(
             who.name, message, [s.id for s in state.open_suspensions]
