@@ -157,6 +157,7 @@ async def serve(
         if reclaim and (taken := await queue.reclaim()):
             log.warning("queue.reclaimed", jobs=taken, node=queue.node)
         quota = quota_store(redis, settings)
+        activity = ActivityLog(redis, flush_every=1.0)
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
@@ -166,7 +167,7 @@ async def serve(
             hostname=settings.hostname,
             on_delivered=TrafficLog(redis).record_delivery,
             quota=quota,
-            on_outcomes=ActivityLog(redis).record,
+            on_outcomes=activity.record,
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)
@@ -237,6 +238,7 @@ async def serve(
         parts: dict[str, Coroutine[Any, Any, None]] = {}
         if settings.delivery.workers > 0:
             parts["delivery"] = worker.run(stop)
+            parts["activity"] = activity.run(stop)
         if dnsbl.zones:
             parts["monitor"] = monitor.run(stop)
         for listener, server in zip(settings.submission.listeners, servers, strict=True):
@@ -264,6 +266,8 @@ async def serve(
             for server in servers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(server.wait_closed(), 5)
+            with contextlib.suppress(Exception):  # the deliveries' last outcomes
+                await asyncio.wait_for(activity.flush(), 5)
 
 
 def http_part(

@@ -10,6 +10,8 @@ functions here; the "top senders over 24 h" report reads the quota's own exact w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as aioredis
+import structlog
 
+from relay.errors import RelayError
 from relay.redis_client import store_errors, text
 
 __all__ = [
@@ -32,6 +36,8 @@ __all__ = [
     "ip_volumes",
     "top_senders",
 ]
+
+log = structlog.get_logger("relay.reports")
 
 _KEEP = 31 * 86400
 OUTCOMES = ("delivered", "deferred", "bounced")
@@ -77,34 +83,59 @@ class Totals:
 
 
 class ActivityLog:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    """`flush_every` > 0 (the delivery loop's): outcomes are counted in memory and written
+    in one pipeline per that many seconds by `run`, so a delivery costs Redis nothing more
+    (a crash loses at most that long of report data, never mail). 0: written at once."""
+
+    def __init__(self, redis: aioredis.Redis, flush_every: float = 0.0) -> None:
         self._redis = redis
+        self._flush_every = flush_every
+        self._counts: Counter[tuple[int, str]] = Counter()
+        """(hour, field) -> recipients not yet written."""
+        self._recent: dict[str, list[str]] = {}
+        """account -> outcomes not yet written, oldest first."""
 
     async def record(self, account: str, outcomes: Iterable[Outcome], now: float) -> None:
         """Count each recipient's outcome of one attempt, and keep the latest ones."""
-        fields: Counter[str] = Counter()
-        recent = []
+        hour = int(now // 3600)
         for outcome, ip, recipient, reply in outcomes:
-            recent.append(
-                json.dumps(
-                    {"at": now, "outcome": outcome, "recipient": recipient, "reply": reply[:300]}
-                )
-            )
-            fields[f"a|{account}|{outcome}"] += 1
+            item = {"at": now, "outcome": outcome, "recipient": recipient, "reply": reply[:300]}
+            self._recent.setdefault(account, []).append(json.dumps(item))
+            self._counts[(hour, f"a|{account}|{outcome}")] += 1
             if ip:
-                fields[f"ip|{ip}|{outcome}"] += 1
-        if not fields:
+                self._counts[(hour, f"ip|{ip}|{outcome}")] += 1
+        if self._flush_every <= 0:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what was counted since the last flush (one pipeline)."""
+        counts, recent = self._counts, self._recent
+        if not counts and not recent:
             return
-        key = _key(int(now // 3600))
+        self._counts, self._recent = Counter(), {}
         with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
-                for field, n in fields.items():
-                    pipe.hincrby(key, field, n)
-                pipe.expire(key, _KEEP)
-                pipe.lpush(_recent_key(account), *recent)
-                pipe.ltrim(_recent_key(account), 0, RECENT - 1)
-                pipe.expire(_recent_key(account), _KEEP)
+                for (hour, field), n in counts.items():
+                    pipe.hincrby(_key(hour), field, n)
+                for hour in {hour for hour, _ in counts}:
+                    pipe.expire(_key(hour), _KEEP)
+                for account, items in recent.items():
+                    key = _recent_key(account)
+                    pipe.lpush(key, *items[-RECENT:])
+                    pipe.ltrim(key, 0, RECENT - 1)
+                    pipe.expire(key, _KEEP)
                 await pipe.execute()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush every `flush_every` seconds until `stop` (a failed flush is logged: report
+        data never stops the relay). The last flush is the caller's, once deliveries end."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._flush_every)
+            try:
+                await self.flush()
+            except RelayError as exc:
+                log.warning("activity.flush_failed", error=str(exc))
 
     async def recent(self, login: str) -> list[dict[str, Any]]:
         """The account's latest recipient outcomes, newest first."""

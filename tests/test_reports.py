@@ -73,3 +73,13 @@ async def test_recent_outcomes_newest_first_with_the_remote_reply(redis) -> None
         "recipient": "r59@x",
         "reply": "550 5.1.1 n59",
     }
+
+
+async def test_buffered_log_writes_once_a_flush_and_loses_nothing(redis) -> None:
+    log = ActivityLog(redis, flush_every=60.0)
+    for n in range(5):
+        await log.record("alice", [Outcome("delivered", "127.0.0.2", f"r{n}@x", "250 ok")], NOW)
+    assert (await log.totals(NOW, "24h")).counts == {}  # nothing written yet
+    await log.flush()
+    assert (await log.totals(NOW, "24h")).of("a")["alice"]["delivered"] == 5
+    assert [r["recipient"] for r in await log.recent("alice")][:2] == ["r4@x", "r3@x"]

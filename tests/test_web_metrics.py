@@ -83,7 +83,12 @@ async def test_metrics_and_reports_count_what_the_sink_received(
                         break
                     await asyncio.sleep(0.05)
             headers = {"authorization": f"Bearer {token}"}
-            report = (await http.get("/api/v1/reports?period=24h", headers=headers)).json()
+            async with asyncio.timeout(20):
+                while True:  # written by each process once a second
+                    report = (await http.get("/api/v1/reports?period=24h", headers=headers)).json()
+                    if sum(r["delivered"] for r in report["ips"]) >= accepted:
+                        break
+                    await asyncio.sleep(0.1)
             csv_text = (await http.get("/api/v1/reports/ips.csv", headers=headers)).text
     finally:
         await stop_relay(process)
