@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/relay.toml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint format bench clean
+.PHONY: run test check lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ run: $(STAMP)
 	trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/relay run --config $(CONFIG)
 
-test: $(STAMP)
+# Debian's chromium for the browser test (apt, when missing and root).
+browser:
+	bash scripts/install-chromium.sh
+
+test: $(STAMP) browser
 	$(BIN)/pytest -q
 
 # What CI gates before the tests (.ci/run): formatting, lint, strict types, and asserts that
@@ -31,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/mypy relay quota reputation
 	$(BIN)/python scripts/check_asserts.py tests
 
-check: lint
+check: lint browser
 	$(BIN)/pytest -q --cov --cov-report=term-missing:skip-covered
 
 format: $(STAMP)

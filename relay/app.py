@@ -36,6 +36,7 @@ from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
 from relay.queue import QueueStore
 from relay.redis_client import connect, insecure_url, redact_secret, redact_url
+from relay.reports import ActivityLog
 from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
 from relay.sender_auth.spf import install_resolver
 from relay.spool import InflightBudget
@@ -158,6 +159,7 @@ async def serve(
             log.warning("queue.reclaimed", jobs=taken, node=queue.node)
         quota = quota_store(redis, settings)
         events = event_recorder(redis, settings, clock)
+        activity = ActivityLog(redis, flush_every=1.0)
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
@@ -168,6 +170,7 @@ async def serve(
             on_delivered=TrafficLog.stage_delivery,
             quota=quota,
             events=events,
+            on_outcomes=activity.record,
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         if replayed := await suspensions.replay():  # follow-ups a crash left undone
@@ -241,11 +244,16 @@ async def serve(
         parts: dict[str, Coroutine[Any, Any, None]] = {}
         if settings.delivery.workers > 0:
             parts["delivery"] = worker.run(stop)
+            parts["activity"] = activity.run(stop)
         if dnsbl.zones:
             parts["monitor"] = monitor.run(stop)
         parts["webhooks"] = webhook_dispatcher(redis, settings, clock).run(stop)
         for listener, server in zip(settings.submission.listeners, servers, strict=True):
             parts[f"listener {listener.address}"] = listening(server, stop)
+        if settings.http.enabled:
+            parts[f"http {settings.http.listen}"] = http_part(
+                redis, settings, clock, quota, service, stop, reuse_port=node is not None
+            )
 
         def close_listeners() -> None:
             for server in servers:
@@ -265,6 +273,40 @@ async def serve(
             for server in servers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(server.wait_closed(), 5)
+            with contextlib.suppress(Exception):  # the deliveries' last outcomes
+                await asyncio.wait_for(activity.flush(), 5)
+
+
+def http_part(
+    redis: aioredis.Redis,
+    settings: Settings,
+    clock: Clock,
+    quota: QuotaStore,
+    service: SubmissionService,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool,
+) -> Coroutine[Any, Any, None]:
+    """The HTTP listener (API, consoles, metrics, the applications' send API) as one more
+    part of this process. Every process of a node serves it on the same port (SO_REUSEPORT),
+    as the SMTP listeners: sessions are signed cookies and every state is in Redis, so any
+    process can answer. The send API goes through `service`, the very object SMTP uses."""
+    from relay.metrics import metrics_text
+    from relay.web.api.deps_apps import app_services
+    from relay.web.app import create_app, http_socket, serve_http
+    from relay.web.auth import session_secret
+    from relay.web.services import WebServices
+
+    services = WebServices.build(redis, settings, clock, quota=quota)
+    app = create_app(
+        services,
+        secret=session_secret(settings.http),
+        apps=app_services(redis, settings, service, clock),
+        metrics=metrics_text,
+    )
+    sock = http_socket(settings.http, reuse_port=reuse_port)
+    log.info("http.listening", address=str(settings.http.listen))
+    return serve_http(app, sock, stop)
 
 
 def node_connection_limits(

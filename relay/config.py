@@ -454,6 +454,25 @@ class RunSettings(Section):
         return self.processes or os.cpu_count() or 1
 
 
+class HttpSettings(Section):
+    """The HTTP listener of `relay run`: the JSON API, the web consoles, /metrics."""
+
+    enabled: bool = False
+    listen: HostPortField = HostPort(host="127.0.0.1", port=8080)
+    secret_file: Path = Path("var/http.key")
+    """Key that signs the session cookies; created (0600, random) at the first start when
+    missing. Every process and node serving the same users must read the same key."""
+    secret_env: str = ""
+    """Name of an environment variable holding that key instead; set, `secret_file` is unused."""
+    session_max_age: DurationField = Duration(8 * 3600.0)
+    """A session cookie older than this is refused (log in again)."""
+    secure_cookies: bool = True
+    """Send the session cookie over HTTPS only (behind a TLS proxy); false for plain HTTP on
+    loopback (dev)."""
+    metrics_dir: Path = Path("var/metrics")
+    """Where the processes of one node write their Prometheus counters (emptied at start)."""
+
+
 class LogSettings(Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -482,6 +501,7 @@ class Settings(BaseSettings):
     run: RunSettings = RunSettings()
     events: EventsSettings = EventsSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    http: HttpSettings = HttpSettings()
 
     @classmethod
     def settings_customise_sources(

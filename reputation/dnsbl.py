@@ -93,8 +93,11 @@ class DnsblClient:
         cache_ttl: float = 300.0,
         timeout: float = 2.0,
         max_cache: int = 100_000,
+        on_lookup: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._resolver = resolver
+        self._on_lookup = on_lookup
+        """Called with (zone, listed) after each query sent to a list (metrics)."""
         self.zones = tuple(zones)
         self._clock = clock
         self._cache_ttl = cache_ttl
@@ -140,6 +143,8 @@ class DnsblClient:
         else:
             listing = self._listing(subject, zone, answers, now)
             listing = replace(listing, reason=await self._txt(name))
+        if self._on_lookup is not None:
+            self._on_lookup(zone.name, listing is not None)
         if len(self._cache) >= self._max_cache:
             self._cache.clear()
         self._cache[key] = (now + self._cache_ttl, listing)

@@ -7,16 +7,19 @@ import asyncio
 import base64
 
 import aiosmtplib
+import httpx
 import pytest
 
 from relay.abuse.factory import suspension_service
+from relay.accounts.api_keys import ApiKeys
 from relay.app import quota_store
 from relay.clock import SystemClock
 from relay.sink import Sink
 from reputation import Kind
-from tests.conftest import PASSWORD, add_sender, wait_until
+from tests.conftest import PASSWORD, add_sender, free_port, wait_until
 from tests.support.apps_http import app_stack, stack_settings
 from tests.support.engine import sink_on
+from tests.support.relay_process import start_relay, stop_relay, submit, write_config
 
 SENDER = "alice@example.org"
 
@@ -190,3 +193,45 @@ async def test_refusals_name_the_cause(redis, sink_address, server_cert, ca):
             assert (await http.post("/v1/messages", json=mail("x@dest.test"))).status_code == 401
         async with stack.client("rk_nothing") as http:
             assert (await http.get("/v1/events")).status_code == 401
+
+
+async def test_relay_run_serves_the_send_api_on_the_quota_smtp_uses(
+    redis, redis_server, server_cert, ca, sink, tmp_path
+):
+    """The wiring of `relay run`: the HTTP listener serves `/v1/messages` through the very
+    SubmissionService SMTP uses (one quota of 2: an SMTP message and an API message, then
+    the API is refused), and what it accepts is delivered."""
+    the_sink, sink_port = sink
+    await add_sender(redis, "alice", daily=2)
+    _, key = await ApiKeys(redis, SystemClock()).add("alice")
+    smtp_port, http_port = free_port(), free_port()
+    config = tmp_path / "relay.toml"
+    write_config(
+        config,
+        redis_url=redis_server.url,
+        server_cert=server_cert,
+        submit_port=smtp_port,
+        sink_port=sink_port,
+    )
+    with config.open("a") as extra:
+        extra.write(
+            f'\n[http]\nenabled = true\nlisten = "127.0.0.1:{http_port}"\n'
+            f'secret_file = "{tmp_path / "http.key"}"\nsecure_cookies = false\n'
+        )
+    process = await start_relay(config, smtp_port)
+    try:
+        await submit(smtp_port, ca, 1)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        ) as http:
+            sent = await http.post("/v1/messages", json=mail("app@example.com"))
+            assert sent.status_code == 202, sent.text
+            over = await http.post("/v1/messages", json=mail("more@example.com"))
+            assert over.status_code == 429, over.text
+        async with asyncio.timeout(30):
+            while len(the_sink.messages) < 2:  # noqa: ASYNC110 (another process delivers)
+                await asyncio.sleep(0.05)
+    finally:
+        await stop_relay(process)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from quota import QuotaStore
+from relay import metrics
 from relay.abuse.audit import AuditLog
 from relay.abuse.changes import AccountChanges
 from relay.abuse.complaint_desk import ComplaintDesk
@@ -72,4 +73,5 @@ def dnsbl_client(settings: Settings, clock: Clock) -> DnsblClient:
         clock=clock.now,
         cache_ttl=rep.cache_ttl.seconds,
         timeout=rep.lookup_timeout.seconds,
+        on_lookup=metrics.dnsbl_lookup,
     )

@@ -12,6 +12,7 @@ from relay.cli import (
     apps,
     domains,
     ip,
+    operators,
     plans,
     queue,
     sender_auth,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     spool.register(commands)
     ip.register(commands)
     apps.register_commands(commands)
+    operators.register(commands)
     _accept_config_anywhere(parser)
     return parser
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ import structlog
 from dns.asyncresolver import Resolver
 
 from quota import QuotaStore, QuotaUnavailable
+from relay import metrics
 from relay.address import is_null_sender
 from relay.clock import Clock
 from relay.config import DeliverySettings
@@ -33,7 +34,7 @@ from relay.delivery.outcome import Disposition, RecipientOutcome
 from relay.delivery.schedule import RetrySchedule
 from relay.delivery.sessions import SessionPool
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
-from relay.errors import NotFound, StoreUnavailable
+from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import (
     LEASE_LOST,
@@ -45,6 +46,7 @@ from relay.queue import (
     StoredMessage,
 )
 from relay.redis_client import Along
+from relay.reports import Outcome
 from relay.spool import SpoolError
 
 if TYPE_CHECKING:
@@ -80,7 +82,11 @@ class DeliveryWorker:
         on_delivered: Callable[..., None] | None = None,
         quota: QuotaStore | None = None,
         events: EventRecorder | None = None,
+        on_outcomes: Callable[[str, list[Outcome], float], Awaitable[None]] | None = None,
     ) -> None:
+        self._on_outcomes = on_outcomes
+        """(account, [(delivered|deferred|bounced, egress IP, recipient, remote reply)], now)
+        of each attempt: the activity reports and recent deliveries (relay/reports.py)."""
         self._queue = queue
         self._settings = settings
         self._resolver = resolver
@@ -256,6 +262,7 @@ class DeliveryWorker:
         for outcome in outcomes:
             _log_outcome(job, meta.account, outcome)
         traffic = self._traffic(meta.account, outcomes, now)
+        await self._report_outcomes(meta.account, outcomes, now)
         for outcome in plan.expired:
             _log_outcome(job, meta.account, outcome, event="delivery.expired")
         notice = await self._notice(job, stored, plan, now, held_for)
@@ -298,6 +305,27 @@ class DeliveryWorker:
         outcomes = _all(job, Disposition.TRANSIENT, 451, "4.3.0", f"cannot read the message: {exc}")
         stored = StoredMessage(meta, await self._queue.prefix(job.message_id))
         await self._conclude(job, stored, outcomes)
+
+    async def _report_outcomes(
+        self, account: str, outcomes: list[RecipientOutcome], now: float
+    ) -> None:
+        """The outcomes for the reports and the customer's page (counted in memory, written
+        once a second by the activity log): report data, never a failed delivery."""
+        if self._on_outcomes is None:
+            return
+        names = [
+            Outcome(
+                _EVENTS[o.disposition].partition(".")[2],
+                o.egress_ip,
+                o.recipient,
+                f"{o.code} {o.status} {o.text}",
+            )
+            for o in outcomes
+        ]
+        try:
+            await self._on_outcomes(account, names, now)
+        except RelayError as exc:
+            log.warning("activity.record_failed", account=account, error=str(exc))
 
     def _traffic(self, account: str, outcomes: list[RecipientOutcome], now: float) -> list[Along]:
         """Messages delivered per egress IP, counted for the account (attribution data for
@@ -576,6 +604,8 @@ _EVENTS = {
 def _log_outcome(
     job: Job, account: str, outcome: RecipientOutcome, event: str | None = None
 ) -> None:
+    name = event or _EVENTS[outcome.disposition]
+    metrics.record("recipients", outcome=name.partition(".")[2], egress_ip=outcome.egress_ip or "")
     log.info(
         event or _EVENTS[outcome.disposition],
         message_id=job.message_id,

@@ -44,6 +44,7 @@ import redis
 import structlog
 from redis.exceptions import RedisError
 
+from relay import metrics
 from relay.app import install_stop_signals, serve
 from relay.clock import SystemClock
 from relay.config import Settings
@@ -68,6 +69,8 @@ _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 def run_one(settings: Settings) -> None:
     """`--processes 1`: `serve` in this process until SIGTERM/SIGINT, no supervisor.
     Raises PartDied when a part died (the caller exits non-zero)."""
+    if settings.http.enabled:
+        metrics.prepare(settings.http.metrics_dir)
     run_loop(_serve_until_stopped(settings, parent_fd=None), uvloop=settings.run.uvloop)
 
 
@@ -104,6 +107,8 @@ def run_node(settings: Settings, processes: int, policy: RestartPolicy | None = 
     """The supervisor: returns after a clean stop; raises GaveUp when children keep dying,
     and RelayError (one line) when the node cannot start."""
     settings, embedded = _prepare(settings)
+    if settings.http.enabled:
+        metrics.prepare(settings.http.metrics_dir)  # before forking: one registry for all
     try:
         reclaim(settings)  # no process of this node runs yet: all its leases are stale
         Supervisor(settings, processes, policy or RestartPolicy()).run()
@@ -122,6 +127,10 @@ def _prepare(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
         log.info("tls.self_signed_created", cert=str(settings.tls.cert))
     for listener in settings.submission.listeners:
         _check_bindable(listener.address.host, listener.address.port, str(listener.address))
+    if settings.http.enabled:
+        from relay.web.app import http_socket
+
+        http_socket(settings.http, reuse_port=True).close()  # one clear line if it cannot
     embedded = None
     url = settings.redis.url
     if not url:
@@ -302,6 +311,7 @@ class Supervisor:
             if pid == 0:
                 continue
             child.pid = 0
+            metrics.mark_dead(pid)  # its open-session gauge no longer counts
             sessions, slots = self.share.reset(child.slot)
             ran_for = time.monotonic() - child.started
             if self.stopping is not None:

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from relay import replies
+from relay import metrics, replies
 from relay.clock import Clock
 from relay.config import AuthGuardSettings
 from relay.errors import AuthLocked, StoreUnavailable
@@ -320,7 +320,9 @@ class AuthGuard:
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
             return self.policy.delay(self.policy.delay_after + 1)
+        metrics.record("auth_failures")
         for subject in self.policy.locks_now(login_failures, ip_failures):
+            metrics.record("auth_locks")
             log.warning(
                 "auth.locked",
                 subject=subject,

@@ -15,7 +15,7 @@ from typing import Any, AnyStr, Protocol
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
-from relay import replies
+from relay import metrics, replies
 from relay.address import local_part
 from relay.config import Listener, SubmissionSettings
 from relay.errors import ConfigError
@@ -96,6 +96,8 @@ class SubmissionSMTP(SMTP):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._verbatim = False
         self._counted: str | None = None
+        self._counting = ""
+        """MAIL or RCPT while one runs: its 4xx/5xx replies are counted as refusals."""
         self._pre_auth: asyncio.TimerHandle | None = None
         self._last_address: tuple[str, tuple[str | None, str | None]] | None = None
         super().__init__(*args, **kwargs)
@@ -125,6 +127,7 @@ class SubmissionSMTP(SMTP):
         # From connect, not from the last command: a client that never authenticates does
         # not keep its slot by sending a NOOP now and then.
         self._pre_auth = self.loop.call_later(self.pre_auth_timeout, self._pre_auth_expired)
+        metrics.record("sessions", 1)
         super().connection_made(transport)
 
     def _pre_auth_expired(self) -> None:
@@ -193,6 +196,8 @@ class SubmissionSMTP(SMTP):
         verbatim = self._verbatim and text.startswith("250")  # EHLO keyword lines, not a 501
         if not (verbatim or text.startswith(("334 ", "354 ", f"220 {self.hostname} "))):
             text = replies.enhance(text)
+        if self._counting and text[:1] in ("4", "5"):
+            metrics.submission_outcome(self._counting, text)
         await super().push(text)
 
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -266,6 +271,7 @@ class SubmissionSMTP(SMTP):
             if envelope.spooled is None:
                 incoming.abort()
         self._set_post_data_state()
+        metrics.submission_outcome("DATA", status)
         await self.push(status)
 
     async def _read_data(self, exactly: int) -> bytes:
@@ -311,7 +317,11 @@ class SubmissionSMTP(SMTP):
         before = envelope.mail_from if envelope is not None else None
         if isinstance(envelope, DsnEnvelope) and before is None:
             envelope.dsn_ret, envelope.dsn_envid = ret, envid  # the handler decides on RET
-        await super().smtp_MAIL(arg)
+        self._counting = "MAIL"
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._counting = ""
         if isinstance(envelope, DsnEnvelope) and before is None and not envelope.mail_from:
             envelope.dsn_ret = envelope.dsn_envid = None  # refused: no transaction
 
@@ -330,7 +340,11 @@ class SubmissionSMTP(SMTP):
         before = len(envelope.rcpt_tos) if envelope is not None else 0
         if isinstance(envelope, DsnEnvelope):
             envelope.dsn_asked = wanted
-        await super().smtp_RCPT(arg)
+        self._counting = "RCPT"
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._counting = ""
         if isinstance(envelope, DsnEnvelope):
             envelope.dsn_asked = None
         if isinstance(envelope, DsnEnvelope) and len(envelope.rcpt_tos) > before and params:
@@ -381,6 +395,7 @@ class SubmissionSMTP(SMTP):
             self.connections.release(self._counted)
             self._counted = None
         self.event_handler.end_transaction(self.session)
+        metrics.record("sessions", -1)
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:

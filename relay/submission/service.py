@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import structlog
 
 from quota import QuotaStore, QuotaUnavailable, Verdict
-from relay import replies
+from relay import metrics, replies
 from relay.abuse.content import from_addresses
 from relay.accounts import Account, AccountStore, unknown_login
 from relay.address import domain_of, domain_text, is_mailbox, is_null_sender
@@ -318,8 +319,10 @@ class SubmissionService:
         blocked = None if self._events is None else SuppressionList.locate(account, address)
         now = self._clock.now()
         try:
+            started = time.perf_counter()
             async with asyncio.timeout(self._store_timeout):
                 decision = await self._quota.reserve(account, tx, address, now, blocked=blocked)
+            metrics.record("quota_latency", time.perf_counter() - started)
         except (QuotaUnavailable, TimeoutError) as exc:
             log.error("quota.unavailable", account=account, error=str(exc) or "timeout")
             return Refusal(str(replies.STORE_UNAVAILABLE), "unavailable")

@@ -1,1 +1,36 @@
-"""The HTTP API's routers (JSON, under /v1)."""
+"""The JSON API (`/api/v1/...`). Every router of it is listed in `ROUTERS`, which the app
+factory includes: a new router is one more line here."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from relay.web.api import (
+    accounts,
+    audit,
+    events,
+    ips,
+    messages,
+    queue,
+    reports,
+    session,
+    suspensions,
+)
+
+__all__ = ["LARGE_BODIES", "ROUTERS"]
+
+ROUTERS: tuple[APIRouter, ...] = (
+    session.router,
+    accounts.router,
+    suspensions.router,
+    audit.router,
+    queue.router,
+    ips.router,
+    reports.router,
+    messages.router,  # the applications' send API (API keys; /v1)
+    events.router,
+)
+
+LARGE_BODIES: tuple[str, ...] = ("/v1/messages",)
+"""Path prefixes whose request bodies may be as large as a message (twice
+`submission.max_message_size`, for base64 in JSON); every other body is bounded to 1 MB."""

@@ -1,0 +1,160 @@
+"""A real headless Chromium (Debian's, driven by Playwright) against `relay run`'s HTTP
+listener: an operator lifts a suspension after reading its evidence, the customer's banner
+is there before and gone after; a customer lifts a first-offence block by changing the
+password. Screenshots of each page go to var/screenshots/.
+
+Chromium is installed by `make test` (scripts/install-chromium.sh). Without it this test
+fails rather than skip, so CI cannot pass without running it; RELAY_BROWSER_TESTS=skip
+skips it on a workstation that cannot install it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from relay.abuse.factory import suspension_service
+from relay.app import quota_store
+from relay.clock import SystemClock
+from relay.config import load_settings
+from relay.web.auth import OperatorStore, Role
+from reputation import Kind
+from tests.conftest import PASSWORD, add_sender, free_port
+from tests.support.relay_process import start_relay, stop_relay, write_config
+from tests.support.web import OPERATOR_PASSWORD
+
+SCREENSHOTS = Path("var/screenshots")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+pytestmark = pytest.mark.timeout(180)
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("RELAY_BROWSER_TESTS") == "skip":
+            pytest.skip("RELAY_BROWSER_TESTS=skip and no chromium")
+        pytest.fail("chromium is not installed: run `make browser` (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture
+async def relay_with_http(redis_server, redis, server_cert, sink, tmp_path: Path):
+    smtp_port, http_port = free_port(), free_port()
+    config = tmp_path / "relay.toml"
+    write_config(
+        config,
+        redis_url=redis_server.url,
+        server_cert=server_cert,
+        submit_port=smtp_port,
+        sink_port=sink[1],
+    )
+    with config.open("a") as extra:
+        extra.write(
+            f'\n[http]\nenabled = true\nlisten = "127.0.0.1:{http_port}"\n'
+            f'secret_file = "{tmp_path / "http.key"}"\nsecure_cookies = false\n'
+        )
+    process = await start_relay(config, smtp_port)
+    try:
+        yield load_settings(config), f"http://127.0.0.1:{http_port}"
+    finally:
+        await stop_relay(process)
+
+
+async def test_operator_lifts_and_customer_changes_password_in_chromium(
+    relay_with_http, redis
+) -> None:
+    from playwright.async_api import async_playwright
+
+    settings, base = relay_with_http
+    executable = chromium()
+    await asyncio.to_thread(SCREENSHOTS.mkdir, parents=True, exist_ok=True)
+    clock = SystemClock()
+    service = suspension_service(redis, settings, clock, quota_store(redis, settings))
+    await add_sender(redis, "alice")
+    await add_sender(redis, "carol")
+    await OperatorStore(redis).add("adam", OPERATOR_PASSWORD, Role.ADMIN, clock.now())
+    evidence = {"zone": "dbl.example", "answer": "127.0.1.2", "txt": "listed for spam links"}
+    first = await service.suspend(
+        "alice", Kind.REPUTATION, "sender domain listed on dbl.example", evidence, "system:test"
+    )
+    await service.suspend("carol", Kind.ABUSE, "spam complaint", {"reporter": "fbl"}, "system:t")
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            customer = await browser.new_page()
+            await customer.goto(f"{base}/login")
+            await customer.fill("input[name=login]", "alice")
+            await customer.fill("input[name=password]", PASSWORD)
+            await customer.click("button[type=submit]")
+            await customer.wait_for_url(f"{base}/home")
+            banner = customer.locator("#suspended-banner")
+            assert await banner.is_visible()
+            assert "dbl.example" in await banner.inner_text()
+            await customer.screenshot(
+                path=str(SCREENSHOTS / "1-customer-suspended.png"), full_page=True
+            )
+
+            operator = await (await browser.new_context()).new_page()
+            await operator.goto(f"{base}/console/login")
+            await operator.fill("input[name=login]", "adam")
+            await operator.fill("input[name=password]", OPERATOR_PASSWORD)
+            await operator.click("button[type=submit]")
+            await operator.wait_for_url(f"{base}/console")
+            await operator.screenshot(
+                path=str(SCREENSHOTS / "2-operator-dashboard.png"), full_page=True
+            )
+            await operator.click(f"a[href='/console/suspensions/{first.id}']")
+            evidence_table = operator.locator("#evidence")
+            assert "listed for spam links" in await evidence_table.inner_text()
+            await operator.screenshot(
+                path=str(SCREENSHOTS / "3-operator-suspension.png"), full_page=True
+            )
+            await operator.fill("#lift-form input[name=reason]", "domain delisted, checked")
+            await operator.click("#lift-form button[type=submit]")
+            assert await operator.locator("#status").inner_text() == "lifted"
+            await operator.screenshot(
+                path=str(SCREENSHOTS / "4-operator-lifted.png"), full_page=True
+            )
+
+            await customer.reload()
+            assert await customer.locator("#suspended-banner").count() == 0
+            await customer.screenshot(
+                path=str(SCREENSHOTS / "5-customer-lifted.png"), full_page=True
+            )
+
+            carol = await (await browser.new_context()).new_page()
+            await carol.goto(f"{base}/login")
+            await carol.fill("input[name=login]", "carol")
+            await carol.fill("input[name=password]", PASSWORD)
+            await carol.click("button[type=submit]")
+            await carol.wait_for_url(f"{base}/home")
+            assert await carol.locator("#suspended-banner").is_visible()
+            await carol.fill("input[name=current]", PASSWORD)
+            await carol.fill("input[name=new]", "a brand new password")
+            await carol.fill("input[name=again]", "a brand new password")
+            await carol.click("form[action='/home/password'] button[type=submit]")
+            await carol.wait_for_url(f"{base}/home?*")
+            assert "lifted" in await carol.locator("[role=status]").inner_text()
+            assert await carol.locator("#suspended-banner").count() == 0
+            await carol.screenshot(
+                path=str(SCREENSHOTS / "6-customer-password-changed.png"), full_page=True
+            )
+        finally:
+            await browser.close()
+
+    assert (await service.store.get(first.id)).closed_by == "operator:adam@web"
+    history = await service.store.of_account("carol")
+    assert history[0].status.value == "lifted" and history[0].closed_by == "user:carol"
