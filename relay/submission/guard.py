@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT
 
 from relay import metrics, replies
 from relay.clock import Clock
@@ -238,6 +239,7 @@ class AuthGuard:
         self, redis: aioredis.Redis, policy: AuthPolicy, clock: Clock, store_timeout: float = 2.0
     ) -> None:
         self.policy = policy
+        self._redis = redis
         self._clock = clock
         self._timeout = store_timeout
         self._script = load_script(redis, __file__, "guard.lua")
@@ -366,10 +368,25 @@ class AuthGuard:
             log.error("auth.guard_unavailable", peer=attempt.ip, error=str(exc) or "timeout")
 
     async def state(self, login: str, ip: str, now: float) -> AuthState:
-        (login_streak, seen), (ip_streak, _) = await asyncio.gather(
-            self._call("get", _login_tag(login), now, client_key(ip)),
-            self._call("get", _ip_tag(ip), now, ""),
-        )
+        """Both streaks in one round trip (a pipeline of the two scripts: they touch the
+        login's slot and the address's)."""
+        calls = [
+            self._args("get", _login_tag(login), repr(now), client_key(ip), 0, "0"),
+            self._args("get", _ip_tag(ip), repr(now), "", 0, "0"),
+        ]
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):  # Redis restarted
+                replies = [await self._script(keys=keys, args=args) for keys, args in calls]
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise StoreUnavailable(f"redis: {reply}")
+        (login_streak, seen), (ip_streak, _) = (_streak(reply) for reply in replies)
         return AuthState(login_streak, ip_streak, seen)
 
     async def failed(self, login: str, ip: str, now: float) -> tuple[int, int]:
@@ -394,27 +411,31 @@ class AuthGuard:
         await self._raw("undo", tag, repr(now), "", stamp, before)
 
     async def _call(self, mode: str, tag: str, now: float, ip: str) -> tuple[Streak, float]:
-        failures, last, seen, _, _ = await self._raw(mode, tag, repr(now), ip, 0, "0")
-        return Streak(int(failures), float(last)), float(seen)
+        return _streak(await self._raw(mode, tag, repr(now), ip, 0, "0"))
+
+    def _args(
+        self, mode: str, tag: str, now: str, ip: str, arg7: int | str, arg8: str
+    ) -> tuple[list[str], list[EncodableT]]:
+        policy = self.policy
+        keys = [f"{tag}:streak", f"{tag}:known"]
+        args: list[EncodableT] = [
+            mode,
+            now,
+            repr(policy.forget_after),
+            ip,
+            repr(policy.known_ip_for),
+            _KNOWN_MAX,
+            arg7,
+            arg8,
+        ]
+        return keys, args
 
     async def _raw(
         self, mode: str, tag: str, now: str, ip: str, arg7: int | str, arg8: str
     ) -> list[bytes | int]:
-        policy = self.policy
+        keys, args = self._args(mode, tag, now, ip, arg7, arg8)
         try:
-            raw: list[bytes | int] = await self._script(
-                keys=[f"{tag}:streak", f"{tag}:known"],
-                args=[
-                    mode,
-                    now,
-                    repr(policy.forget_after),
-                    ip,
-                    repr(policy.known_ip_for),
-                    _KNOWN_MAX,
-                    arg7,
-                    arg8,
-                ],
-            )
+            raw: list[bytes | int] = await self._script(keys=keys, args=args)
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from None
         return raw
@@ -466,3 +487,9 @@ class ConnectionLimits:
             del self._by_client[key]
         else:
             self._by_client[key] = count - 1
+
+
+def _streak(raw: list[bytes | int]) -> tuple[Streak, float]:
+    """(the streak, when the address was last seen to succeed) from the script's reply."""
+    failures, last, seen, _, _ = raw
+    return Streak(int(failures), float(last)), float(seen)
