@@ -184,7 +184,7 @@ async def test_spam_over_quarantine_is_held_then_released_exactly_once(relay, re
     body = message(subject=f"offer {QUARANTINE_MARKER}")
     code, text = await send(settings, ca, body, rcpts=("bob@example.com", "carol@example.net"))
     assert code == 250 and "held in quarantine" in text, text
-    queue = await settled(redis, clock, settings)
+    await settled(redis, clock, settings)
     await asyncio.sleep(0.3)
     assert received.count == 0, "held, not delivered"
     quota = QuotaStore(redis, default_per_minute=1000, per_recipient=100)
@@ -230,3 +230,21 @@ async def test_malware_suspends_the_account_past_the_count(relay, redis, ca):
     assert suspension.evidence["hits_in_window"] == 2
     code, text = await send(settings, ca, CLEAN)
     assert code == 451 and "Account suspended (abuse)" in text, text
+
+
+async def test_20mb_attachment_is_scanned_to_its_end_within_the_deadline(relay, redis, clock, ca):
+    """clamd's deadline in this relay is 10 s and rspamd's 20 s: a 20 MB attachment with the
+    malware after it is found (the whole stream was scanned), and the same size clean goes
+    through."""
+    settings, received = relay
+    bulk = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    code, text = await send(
+        settings, ca, message(**{"data.bin": bulk, "tail.zip": zipped("x.com", EICAR)})
+    )
+    assert code == 554 and "Test.EICAR" in text, text
+    clean = message(**{"data.bin": bulk})
+    assert len(clean) > 20_000_000
+    code, text = await send(settings, ca, clean)
+    assert code == 250, text
+    (delivered,) = await received.wait_for(1, timeout=30)
+    assert delivered.data.endswith(clean)

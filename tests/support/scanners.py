@@ -171,7 +171,8 @@ class Rspamd:
         dead_dns = _free_port()  # nothing answers there: lookups fail at once
         files = {
             "options.inc": (
-                f'dns {{ nameserver = ["127.0.0.1:{dead_dns}"]; timeout = 0.2s; retransmits = 1; }}\n'
+                f'dns {{ nameserver = ["127.0.0.1:{dead_dns}"]; timeout = 0.2s;'
+                " retransmits = 1; }\n"
             ),
             "actions.conf": "greylist = null;\n",
             "regexp.conf": (
@@ -195,7 +196,8 @@ class Rspamd:
             "options {\n"
             '    pidfile = "$RUNDIR/rspamd.pid";\n'
             '    .include "$CONFDIR/options.inc"\n'
-            '    .include(try=true; priority=1,duplicate=merge) "$LOCAL_CONFDIR/local.d/options.inc"\n'
+            "    .include(try=true; priority=1,duplicate=merge)"
+            ' "$LOCAL_CONFDIR/local.d/options.inc"\n'
             "}\n"
             'logging { type = "file"; filename = "$LOGDIR/rspamd.log"; level = "warning"; }\n'
             'worker "normal" {\n'
