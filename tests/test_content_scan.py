@@ -18,6 +18,7 @@ from relay.abuse.factory import suspension_service
 from relay.clock import SystemClock
 from relay.config import Settings
 from relay.content.factory import quarantine_desk, quarantine_store
+from relay.content.lists import GLOBAL, ListAction, ListKind, ListStore
 from relay.content.quarantine import Held
 from relay.content.stats import ContentStats
 from relay.queue import QueueStore
@@ -80,7 +81,9 @@ async def relay(redis, redis_server, server_cert, dns, sink, clamd_server, rspam
     settings = Settings(
         **{
             **base.model_dump(mode="python", exclude={"content"}),
-            "content": content_settings(clamd_server, rspamd_server, malware_suspend_after=2),
+            "content": content_settings(
+                clamd_server, rspamd_server, malware_suspend_after=2, lists_refresh="0s"
+            ),
         }
     )
     task, stop = await run_relay(settings)
@@ -248,3 +251,51 @@ async def test_20mb_attachment_is_scanned_to_its_end_within_the_deadline(relay, 
     assert code == 250, text
     (delivered,) = await received.wait_for(1, timeout=30)
     assert delivered.data.endswith(clean)
+
+
+async def test_each_deny_kind_refuses_with_its_reason(relay, redis, ca):
+    settings, received = relay
+    lists = ListStore(redis, SystemClock())
+    await lists.add(GLOBAL, ListKind.SENDER, "alice@example.org", ListAction.DENY, "phished", "t")
+    code, text = await send(settings, ca, CLEAN)
+    assert code == 550
+    assert text == "5.7.1 Sender alice@example.org refused (global deny list): phished"
+    await lists.remove(GLOBAL, ListKind.SENDER, "alice@example.org")
+
+    await lists.add(GLOBAL, ListKind.RECIPIENT, "bob@example.com", ListAction.DENY, "asked", "t")
+    code, text = await send(settings, ca, CLEAN)
+    assert (code, text) == (
+        550,
+        "5.7.1 Recipient bob@example.com refused (global deny list): asked",
+    )
+    await lists.add("alice", ListKind.DOMAIN, "example.net", ListAction.DENY, "not ours", "t")
+    code, text = await send(settings, ca, CLEAN, rcpts=("carol@example.net",))
+    assert code == 550 and "(account alice deny list): not ours" in text
+    assert received.count == 0
+
+
+async def test_an_account_exception_overrides_a_global_deny(relay, redis, ca):
+    settings, received = relay
+    lists = ListStore(redis, SystemClock())
+    await lists.add(GLOBAL, ListKind.DOMAIN, "example.com", ListAction.DENY, "blocked", "t")
+    await lists.add("alice", ListKind.RECIPIENT, "bob@example.com", ListAction.ALLOW, "", "t")
+    code, _ = await send(settings, ca, CLEAN)
+    assert code == 250
+    await received.wait_for(1, timeout=10)
+
+
+async def test_allow_skips_the_spam_quarantine_but_never_the_malware_scan(relay, redis, ca):
+    settings, received = relay
+    lists = ListStore(redis, SystemClock())
+    await lists.add("alice", ListKind.DOMAIN, "example.com", ListAction.ALLOW, "partner", "t")
+    spammy = message(subject=f"offer {QUARANTINE_MARKER}")
+    code, text = await send(settings, ca, spammy)
+    assert code == 250 and "quarantine" not in text, text
+    (delivered,) = await received.wait_for(1, timeout=10)
+    assert delivered.data.endswith(spammy)
+    code, text = await send(settings, ca, message(**{"a.com": EICAR}))
+    assert code == 554, "allow lists never skip the malware scan"
+    code, text = await send(settings, ca, message(text=f"pills {REJECT_MARKER}"))
+    assert code == 550, "nor the spam reject (a hijacked account could list its targets)"
+    counts = await ContentStats(redis).counts()
+    assert counts["spam"]["alice"] == {"allowed": 1, "reject": 1}
