@@ -47,7 +47,7 @@ clean:
 # whole-path throughput against a direct-to-sink baseline, and quota decisions/s against a
 # bare Redis round trip, and a customer's login during an AUTH flood against no flood
 # (loopback only; JSON in var/bench/). `make test` never needs Postfix.
-bench: $(STAMP)
+bench: $(STAMP) scanners
 	bash bench/install-postfix.sh
 	$(BIN)/python -m bench.scenarios
 	$(BIN)/python -m bench.e2e
@@ -55,3 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.dkim
 	$(BIN)/python -m bench.reputation
 	$(BIN)/python -m bench.auth_flood
+	$(BIN)/python -m bench.content

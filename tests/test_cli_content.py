@@ -25,6 +25,7 @@ def relay(*args: str, cwd):
 def workdir_for(tmp_path, redis_server):
     (tmp_path / "relay.toml").write_text(
         f'[redis]\nurl = "{redis_server.url}"\n[spool]\ndir = "{tmp_path / "spool"}"\n'
+        'orphan_grace = "0s"\n'
     )
     return tmp_path
 

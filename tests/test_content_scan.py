@@ -279,8 +279,10 @@ async def test_an_account_exception_overrides_a_global_deny(relay, redis, ca):
     lists = ListStore(redis, SystemClock())
     await lists.add(GLOBAL, ListKind.DOMAIN, "example.com", ListAction.DENY, "blocked", "t")
     await lists.add("alice", ListKind.RECIPIENT, "bob@example.com", ListAction.ALLOW, "", "t")
+    code, text = await send(settings, ca, CLEAN, rcpts=("carol@example.com",))
+    assert code == 550 and text.endswith("(global deny list): blocked"), text
     code, _ = await send(settings, ca, CLEAN)
-    assert code == 250
+    assert code == 250, "the account's allow entry is its exception to the global deny"
     await received.wait_for(1, timeout=10)
 
 
