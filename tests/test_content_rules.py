@@ -11,6 +11,7 @@ from relay.content.desk import digest_lines
 from relay.content.errors import ScannerUnavailable
 from relay.content.lists import ListAction, ListEntry, ListKind, decide, keys_for, normalize
 from relay.content.quarantine import Held, Quarantined, subject_of
+from relay.content.rspamd import SpamCheck, parse_response
 from relay.content.verdict import (
     Action,
     MalwareResult,
@@ -101,6 +102,30 @@ def test_list_values():
         "domain:example.com",
     ]
     assert keys_for(ListKind.SENDER, "a@b.c") == ["sender:a@b.c"]
+
+
+def test_rspamd_answers():
+    body = b'{"score": 7.5, "action": "add header", "symbols": {"B": {}, "A": {}}}'
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    assert parse_response(plain) == SpamCheck(7.5, "add header", ("A", "B"))
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % 10
+        + body[:10]
+        + b"\r\n"
+        + b"%x\r\n" % (len(body) - 10)
+        + body[10:]
+        + b"\r\n0\r\n\r\n"
+    )
+    assert parse_response(chunked).score == 7.5
+    for bad, why in [
+        (b"HTTP/1.1 500 Internal Server Error\r\n\r\n{}", "HTTP 500"),
+        (b"HTTP/1.1 200 OK\r\n\r\nnot json", "unreadable"),
+        (b"SSH-2.0-OpenSSH\r\n", "incomplete"),
+        (b"", "incomplete"),
+    ]:
+        with pytest.raises(ScannerUnavailable, match=why):
+            parse_response(bad)
 
 
 @pytest.mark.parametrize(
