@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import LoadSpec, body_for, client_context, run
-from bench.net import free_port, save_results, wait_port
+from bench.net import children, free_port, save_results, wait_port
+from bench.scenarios import cpu_seconds
 from quota import QuotaStore
 from relay.accounts import AccountStore
 from relay.accounts.provisioning import create_account
@@ -84,6 +85,13 @@ def count_files(directory: Path) -> int:
         return 0
 
 
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds of a process and its children (relay run's supervisor, rspamd's workers)."""
+    if pid is None:
+        return 0.0
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+
+
 async def one_pass(
     name: str,
     work: Path,
@@ -122,6 +130,12 @@ async def one_pass(
             first_id=first_id,
             timeout=120,
         )
+        scanners = {
+            "clamd": clamd.process.pid if clamd.process else None,
+            "rspamd": rspamd.process.pid if rspamd.process else None,
+        }
+        before = {name: tree_cpu(pid) for name, pid in scanners.items()}
+        before["relay"] = tree_cpu(relay.pid)
         started = time.monotonic()
         result = await run(spec, client_context(str(work / "cert.pem")))
         accepted = len(result.acked)
@@ -129,7 +143,13 @@ async def one_pass(
         while count_files(received) < accepted and time.monotonic() < deadline:  # noqa: ASYNC110 (files of another process)
             await asyncio.sleep(0.02)
         done = time.monotonic()
+        cpu = {name: tree_cpu(pid) - before[name] for name, pid in scanners.items()}
+        cpu["relay"] = tree_cpu(relay.pid) - before["relay"]
         return {
+            **{
+                f"{name}_cpu_ms_per_msg": round(s * 1000 / max(1, accepted), 2)
+                for name, s in cpu.items()
+            },
             "scenario": name,
             "scanning": scan,
             "accepted": accepted,
@@ -212,7 +232,8 @@ async def main(messages: int, sessions: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="relay-bench-content-"))
     (work / "clamd").mkdir()
     (work / "rspamd").mkdir()
-    clamd, rspamd = Clamd(work / "clamd"), Rspamd(work / "rspamd")
+    # rspamd as deployed: a normal worker per core (its default), not the tests' single one.
+    clamd, rspamd = Clamd(work / "clamd"), Rspamd(work / "rspamd", workers=os.cpu_count() or 1)
     redis_server = EmbeddedRedis(work / "redis", port=free_port())
     redis_server.start()
     ensure_self_signed(work / "cert.pem", work / "key.pem", "relay.bench")
@@ -252,7 +273,9 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
         return statistics.mean(p[key] for p in results["passes"] if p["scanning"] is scan)
 
     summary = {}
-    for key in ("accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms"):
+    keys = ("accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms")
+    keys += ("relay_cpu_ms_per_msg", "clamd_cpu_ms_per_msg", "rspamd_cpu_ms_per_msg")
+    for key in keys:
         summary[key] = {"off": round(mean(False, key), 1), "on": round(mean(True, key), 1)}
     for key in ("accepted_per_s", "delivered_per_s"):
         off, on = summary[key]["off"], summary[key]["on"]

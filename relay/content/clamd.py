@@ -64,13 +64,14 @@ class ClamdClient:
         except OSError as exc:
             raise ScannerUnavailable("clamd", f"cannot connect to {self.address}: {exc}") from None
         try:
-            writer.write(b"zINSTREAM\0")
+            # One write per piece (a small message: one write in all): each send is a wake-up.
+            pending = b"zINSTREAM\0"
             with open(path, "rb") as file:  # noqa: ASYNC230 (in the page cache: see above)
                 while piece := file.read(self._chunk):
-                    writer.write(struct.pack("!I", len(piece)))
-                    writer.write(piece)
+                    writer.write(pending + struct.pack("!I", len(piece)) + piece)
+                    pending = b""
                     await writer.drain()
-            writer.write(struct.pack("!I", 0))
+            writer.write(pending + struct.pack("!I", 0))
             await writer.drain()
             raw = await reader.readuntil(b"\0")
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:

@@ -86,11 +86,14 @@ class RspamdClient:
         except OSError as exc:
             raise ScannerUnavailable("rspamd", f"cannot connect to {self.url}: {exc}") from None
         try:
-            writer.write(head.encode() + b"\r\n")
+            pending = head.encode() + b"\r\n"  # with the first piece: one send for 5 KB
             with open(path, "rb") as file:  # noqa: ASYNC230 (just written: in the page cache)
                 while piece := file.read(CHUNK):
-                    writer.write(piece)
+                    writer.write(pending + piece)
+                    pending = b""
                     await writer.drain()
+            if pending:
+                writer.write(pending)
             raw = b""
             while len(raw) <= MAX_REPLY and (piece := await reader.read(1 << 16)):
                 raw += piece

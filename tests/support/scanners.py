@@ -151,8 +151,10 @@ class Rspamd:
     hyperscan databases (13-15 s); later starts take about a second.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, workers: int = 1) -> None:
         self.folder = folder
+        self.workers = workers
+        """Normal workers (rspamd's own default: one per core; the tests need one)."""
         self.port = _free_port()
         self.controller_port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -203,7 +205,7 @@ class Rspamd:
             'worker "normal" {\n'
             f'    bind_socket = "127.0.0.1:{self.port}";\n'
             '    .include "$CONFDIR/worker-normal.inc"\n'
-            "    count = 1;\n"
+            f"    count = {self.workers};\n"
             "}\n"
             'worker "controller" {\n'
             f'    bind_socket = "127.0.0.1:{self.controller_port}";\n'
