@@ -25,6 +25,7 @@ from relay.accounts import AccountStore
 from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
 from relay.config import AuthGuardSettings, Settings
+from relay.content.factory import content_scanner, list_store, quarantine_desk
 from relay.delivery.egress_state import egress_state
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
@@ -184,6 +185,8 @@ async def serve(
             clock=clock,
             deadline=settings.reputation.data_check_deadline.seconds,
         )
+        lists = list_store(redis, settings, clock)
+        scanner = content_scanner(redis, settings, clock, queue, suspensions, lists)
         service = SubmissionService(
             accounts=AccountStore(
                 redis, clock, hashing=hashing_queue(settings.submission.auth_guard)
@@ -208,6 +211,8 @@ async def serve(
             on_queued=worker.wake,
             min_free=settings.spool.min_free,
             events=events,
+            content_scan=scanner,
+            lists=lists,
         )
         node = current()
         servers = await start_listeners(
@@ -248,6 +253,13 @@ async def serve(
         if dnsbl.zones:
             parts["monitor"] = monitor.run(stop)
         parts["webhooks"] = webhook_dispatcher(redis, settings, clock).run(stop)
+        parts["quarantine"] = quarantine_desk(redis, settings, clock, quota, suspensions).run(
+            stop,
+            redis,
+            sweep_every=settings.content.sweep_interval.seconds,
+            digest_every=settings.content.digest_interval.seconds,
+            support=settings.reputation.support,
+        )
         for listener, server in zip(settings.submission.listeners, servers, strict=True):
             parts[f"listener {listener.address}"] = listening(server, stop)
         if settings.http.enabled:
@@ -273,6 +285,8 @@ async def serve(
             for server in servers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(server.wait_closed(), 5)
+            if scanner is not None:
+                await scanner.aclose()
             with contextlib.suppress(Exception):  # the deliveries' last outcomes
                 await asyncio.wait_for(activity.flush(), 5)
 

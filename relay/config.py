@@ -443,6 +443,85 @@ class WebhookSettings(Section):
         return value
 
 
+_CLAMD_ADDRESS = re.compile(r"unix:/\S+|/\S+|\[[0-9a-fA-F:.]+\]:\d{1,5}|[^:\s\[\]/]+:\d{1,5}")
+
+
+class ClamdSettings(Section):
+    """ClamAV's clamd, asked at DATA over INSTREAM (relay/content/clamd.py)."""
+
+    address: str
+    """`unix:/run/clamav/clamd.ctl` (a bare absolute path too) or `127.0.0.1:3310`."""
+    deadline: DurationField = Duration(30.0)
+    """Time one scan may take (a 20 MB message takes well under a second locally)."""
+    on_error: Literal["tempfail", "fail_open"] = "tempfail"
+    """clamd down, slow or erroring: tempfail answers 451 4.7.0; fail_open accepts unscanned."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not _CLAMD_ADDRESS.fullmatch(value.strip()):
+            raise ValueError(f"not unix:/path or host:port: {value!r}")
+        return value.strip()
+
+
+class RspamdSettings(Section):
+    """rspamd's normal worker, asked at DATA over HTTP (`/checkv2`, relay/content/rspamd.py)."""
+
+    url: str
+    """E.g. `http://127.0.0.1:11333`."""
+    deadline: DurationField = Duration(15.0)
+    on_error: Literal["tempfail", "fail_open"] = "fail_open"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value.strip()
+
+
+class ContentSettings(Section):
+    """Malware and spam scanning at DATA, the quarantine, allow/deny lists (relay/content/)."""
+
+    clamd: ClamdSettings | None = None
+    """None (the dev default): no malware scan."""
+    rspamd: RspamdSettings | None = None
+    """None (the dev default): no spam scoring."""
+    spam_quarantine: float = 6.0
+    """rspamd score from which a message is held in the customer's quarantine (250)."""
+    spam_reject: float = 15.0
+    """rspamd score from which a message is refused (550 5.7.1), allow lists or not."""
+    malware_retention: DurationField = Duration(365 * 86400.0)
+    """How long a message carrying malware is kept (contract 004: one year)."""
+    spam_retention: DurationField = Duration(30 * 86400.0)
+    malware_suspend_after: int = Field(3, ge=0)
+    """Malware messages of one account within `malware_window` that suspend it (0: never)."""
+    malware_window: DurationField = Duration(86400.0)
+    sweep_interval: DurationField = Duration(86400.0)
+    """How often expired quarantined messages are deleted (one process of the node does it)."""
+    digest_interval: DurationField = Duration(7 * 86400.0)
+    """How often each account with quarantined mail gets its summary (0s: never)."""
+    lists_refresh: DurationField = Duration(5.0)
+    """How often a process re-reads which accounts have allow/deny lists at all: a first
+    entry of an account takes effect within it; later changes at once."""
+
+    @field_validator("spam_reject")
+    @classmethod
+    def _reject_over_quarantine(cls, value: float, info: Any) -> float:
+        quarantine = info.data.get("spam_quarantine")
+        if quarantine is not None and value < quarantine:
+            raise ValueError("must not be below spam_quarantine")
+        return value
+
+    @field_validator("sweep_interval")
+    @classmethod
+    def _positive(cls, value: Duration) -> Duration:
+        if value.seconds <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+
 class RunSettings(Section):
     processes: int = Field(0, ge=0)
     """Processes of `relay run`, each with the listeners (shared ports) and delivery workers;
@@ -497,6 +576,7 @@ class Settings(BaseSettings):
     quota: QuotaSettings = QuotaSettings()
     reputation: ReputationSettings = ReputationSettings()
     sender_auth: SenderAuthSettings = SenderAuthSettings()
+    content: ContentSettings = ContentSettings()
     log: LogSettings = LogSettings()
     run: RunSettings = RunSettings()
     events: EventsSettings = EventsSettings()

@@ -79,6 +79,14 @@ SUPPRESSED = Reply(550, "5.1.1", "{address} is on your suppression list since {s
 CONTENT_LISTED = Reply(
     554, "5.7.1", "Refused: {what} is on the blocklist {zone}; the account is suspended"
 )
+MALWARE_FOUND = Reply(
+    554, "5.7.1", "Refused: malware found ({signature}); the message is kept for review as {id}"
+)
+SPAM_REJECTED = Reply(550, "5.7.1", "Refused: the message looks like spam (score {score})")
+SCAN_UNAVAILABLE = Reply(451, "4.7.0", "Content scan unavailable; try again later")
+QUARANTINED = Reply(250, "2.0.0", "Accepted as {queue_id}, held in quarantine")
+DENIED_SENDER = Reply(550, "5.7.1", "Sender {address} refused ({scope} deny list): {reason}")
+DENIED_RECIPIENT = Reply(550, "5.7.1", "Recipient {address} refused ({scope} deny list): {reason}")
 STORE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary failure, please try again later")
 SPOOL_BUSY = Reply(452, "4.3.1", "Too much mail in transfer right now; try again shortly")
 SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage; try again later")

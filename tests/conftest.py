@@ -125,3 +125,26 @@ async def add_sender(
     identities = IdentityStore(redis, SystemClock())
     for name in (f"{login}@example.org",) if sends_from is None else sends_from:
         await identities.mark_verified(login, name, "operator")
+
+
+@pytest.fixture(scope="session")
+def clamd_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real clamd (tests/support/scanners.py) for the whole session: EICAR and one custom
+    signature, on a unix socket and a loopback port."""
+    from tests.support.scanners import Clamd
+
+    server = Clamd(tmp_path_factory.mktemp("clamd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rspamd_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real rspamd for the whole session (its first start compiles regexps: ~10 s)."""
+    from tests.support.scanners import Rspamd
+
+    server = Rspamd(tmp_path_factory.mktemp("rspamd"))
+    server.start()
+    yield server
+    server.stop()

@@ -10,6 +10,7 @@ from relay.cli import (
     abuse,
     accounts,
     apps,
+    content,
     domains,
     ip,
     operators,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     ip.register(commands)
     apps.register_commands(commands)
     operators.register(commands)
+    content.register(commands)
     _accept_config_anywhere(parser)
     return parser
 

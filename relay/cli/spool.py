@@ -8,6 +8,7 @@ import time
 from relay.app import open_redis
 from relay.cli.common import Failure, load, print_json
 from relay.clock import SystemClock
+from relay.content.factory import quarantine_store
 from relay.errors import NotFound
 from relay.queue import QueueStore
 from relay.spool.check import compare
@@ -32,11 +33,13 @@ async def _check(args: argparse.Namespace) -> int:
     async with open_redis(settings) as redis:
         queue = QueueStore.from_settings(redis, SystemClock(), settings)
         queued = await queue.message_ids()
+        quarantined = await quarantine_store(redis, settings, SystemClock(), queue).on_node()
         report = compare(
             queue.spool.entries(),
             queued,
             now=time.time(),
             grace=settings.spool.orphan_grace.seconds,
+            kept=quarantined,
         )
         missing = []
         for message_id in report.missing:  # ended while we looked: not missing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["SpoolReport", "compare"]
@@ -22,17 +22,23 @@ class SpoolReport:
 
 
 def compare(
-    files: Iterable[tuple[str, float, int]], queued: set[str], *, now: float, grace: float
+    files: Iterable[tuple[str, float, int]],
+    queued: set[str],
+    *,
+    now: float,
+    grace: float,
+    kept: Collection[str] = frozenset(),
 ) -> SpoolReport:
     """`files`: (id, mtime, size) in the spool; `queued`: the ids of queued messages. A file
-    younger than `grace` may be a transfer in progress, not an orphan."""
+    younger than `grace` may be a transfer in progress, not an orphan. `kept`: ids of bodies
+    held on purpose outside the queue (the quarantine, relay/content/), never orphans."""
     report = SpoolReport(queued=len(queued))
     seen: set[str] = set()
     count = 0
     for message_id, mtime, size in files:
         count += 1
         seen.add(message_id)
-        if message_id not in queued and now - mtime >= grace:
+        if message_id not in queued and message_id not in kept and now - mtime >= grace:
             report.orphans.append((message_id, now - mtime, size))
     report.missing.extend(sorted(queued - seen))
     return SpoolReport(report.orphans, report.missing, count, len(queued))

@@ -40,6 +40,18 @@ log = structlog.get_logger("relay.submission")
 ContentCheck = Callable[[str, str, bytes], Awaitable[str | None]]
 """(account, mail_from, body) → a refusal reply, or None to accept."""
 
+ContentScan = Callable[["Submitted", bytes], Awaitable[str | None]]
+"""(message, header lines to add) → the final reply (refused, or held in quarantine), or
+None to queue it: relay.content.ContentScanner."""
+
+
+class ListCheck(Protocol):
+    """Deny lists at MAIL and RCPT: relay.content.lists.ListStore."""
+
+    async def sender_refusal(self, account: str, address: str) -> str | None: ...
+
+    async def recipient_refusal(self, account: str, address: str) -> str | None: ...
+
 
 class DkimSign(Protocol):
     """The DKIM signer as acceptance uses it (relay.sender_auth.DkimSigner)."""
@@ -74,7 +86,9 @@ class Submitted:
     """As the `Received:` line names the door it came in by (RFC 3848; "HTTPSA": the API)."""
 
 
-RefusalKind = Literal["address", "dsn", "too_many", "suppressed", "unavailable", "limit", "account"]
+RefusalKind = Literal[
+    "address", "dsn", "too_many", "suppressed", "denied", "unavailable", "limit", "account"
+]
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,8 @@ class SubmissionService:
         identities_mode: IdentityMode = "off",
         min_free: int = 0,
         events: EventRecorder | None = None,
+        content_scan: ContentScan | None = None,
+        lists: ListCheck | None = None,
     ) -> None:
         self._accounts = accounts
         self._queue = queue
@@ -169,6 +185,8 @@ class SubmissionService:
         self._identities_mode = identities_mode
         """Sender identities (sender_auth.identities); without a cache, or "off", nothing is
         checked and every sender is treated as verified (the behaviour before identities)."""
+        self._content_scan = content_scan
+        self._lists = lists
         self._headers: dict[str, bytes] = {}
         """Transaction → header lines to add at acceptance (the SPF warning)."""
         self._senders: dict[str, tuple[str, bool]] = {}
@@ -216,6 +234,10 @@ class SubmissionService:
             return None
         if not is_mailbox(address):
             return str(replies.BAD_SENDER)
+        if self._lists is not None and (
+            denied := await self._lists.sender_refusal(account, address)
+        ):
+            return denied
         domain = domain_of(address)
         verified = True  # identities off: every sender is treated as before
         if self._identities is not None:
@@ -305,6 +327,10 @@ class SubmissionService:
         it costs nothing. SMTP (RCPT) and the HTTP send API both come here."""
         if not is_mailbox(address):
             return Refusal(replies.BAD_RECIPIENT.format(address=address[:100]), "address")
+        if self._lists is not None and (
+            denied := await self._lists.recipient_refusal(account, address)
+        ):
+            return Refusal(denied, "unavailable" if denied.startswith("4") else "denied")
         if dsn is not None and dsn.notify and "SUCCESS" in dsn.notify:
             domain, verified = self._senders.get(tx, ("<>", False))
             if not verified:
@@ -428,6 +454,11 @@ class SubmissionService:
             + signature
             + added
         )
+        if self._content_scan is not None:  # malware and spam (relay/content): refuse or hold
+            reply = await self._content_scan(message, prefix)
+            if reply is not None:
+                await self.release(message.account, tx)
+                return reply
         envelope = Envelope(
             mail_from=message.mail_from,
             recipients=message.recipients,

@@ -1,0 +1,232 @@
+"""Real clamd and rspamd for the tests, on loopback, with signatures and rules made here.
+
+Never the official databases: clamd loads only an EICAR signature (whole-file MD5 and byte
+pattern) and one custom byte-pattern signature; rspamd loads its stock modules with the DNS
+ones off, plus a body regexp worth 100 points (reject) and a Subject map worth 8 points
+(between the relay's test thresholds). `scripts/install-scanners.sh` (run by `make test`)
+installs both from Debian.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = [
+    "CUSTOM_MARKER",
+    "CUSTOM_SIGNATURE",
+    "EICAR",
+    "QUARANTINE_MARKER",
+    "REJECT_MARKER",
+    "Clamd",
+    "Rspamd",
+]
+
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+CUSTOM_MARKER = b"RELAY-TEST-MALWARE-7f3a9c-DO-NOT-DELIVER"
+CUSTOM_SIGNATURE = "Relay.Test.Custom"
+REJECT_MARKER = "XTEST-REJECT-MARKER"
+"""In a body: rspamd scores it 100 (over any reject threshold)."""
+QUARANTINE_MARKER = "XTEST-QUARANTINE-MARKER"
+"""In the Subject: rspamd scores it 8 (the tests quarantine from 5, reject from 15)."""
+
+
+def _binary(name: str, *where: str) -> str:
+    found = shutil.which(name) or next((p for p in where if os.path.exists(p)), None)
+    if found is None:
+        raise RuntimeError(
+            f"{name} is not installed: run `make test` (scripts/install-scanners.sh installs it)"
+        )
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_tcp(port: int, process: subprocess.Popen[bytes], within: float, log: Path) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}: {_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"not listening on {port} after {within}s: {_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-2000:]
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+class Clamd:
+    """`/usr/sbin/clamd` in the foreground, on a unix socket and a loopback TCP port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.socket = folder / "clamd.sock"
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = folder / "clamd.out"
+
+    @property
+    def unix_address(self) -> str:
+        return f"unix:{self.socket}"
+
+    @property
+    def tcp_address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def write_config(self) -> Path:
+        db = self.folder / "db"
+        db.mkdir(parents=True, exist_ok=True)
+        (db / "test.hdb").write_text(
+            f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Test.EICAR.HDB\n"
+        )
+        (db / "test.ndb").write_text(
+            f"Test.EICAR.NDB:0:*:{EICAR.hex()}\n{CUSTOM_SIGNATURE}:0:*:{CUSTOM_MARKER.hex()}\n"
+        )
+        conf = self.folder / "clamd.conf"
+        conf.write_text(
+            "Foreground yes\n"
+            f"LocalSocket {self.socket}\n"
+            f"TCPSocket {self.port}\n"
+            "TCPAddr 127.0.0.1\n"
+            f"DatabaseDirectory {db}\n"
+            f"TemporaryDirectory {self.folder}\n"
+            "StreamMaxLength 60M\n"
+            "MaxScanSize 200M\n"
+            "MaxFileSize 60M\n"
+            "AlertExceedsMax yes\n"
+            "LogTime no\n"
+        )
+        return conf
+
+    def start(self) -> None:
+        conf = self.write_config()
+        with open(self._log, "ab") as out:
+            self.process = subprocess.Popen(
+                [_binary("clamd", "/usr/sbin/clamd"), "-c", str(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_tcp(self.port, self.process, 60.0, self._log)
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Rspamd:
+    """A private rspamd: the stock modules from /etc/rspamd, our local.d, loopback ports.
+
+    Its DBDIR is kept in `folder`, so only the first start of a session compiles the
+    hyperscan databases (13-15 s); later starts take about a second.
+    """
+
+    def __init__(self, folder: Path, workers: int = 1) -> None:
+        self.folder = folder
+        self.workers = workers
+        """Normal workers (rspamd's own default: one per core; the tests need one)."""
+        self.port = _free_port()
+        self.controller_port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = folder / "rspamd.out"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self) -> Path:
+        etc = self.folder / "etc"
+        local = etc / "local.d"
+        (local / "maps.d").mkdir(parents=True, exist_ok=True)
+        for sub in ("run", "db", "log"):
+            (self.folder / sub).mkdir(exist_ok=True)
+        dead_dns = _free_port()  # nothing answers there: lookups fail at once
+        files = {
+            "options.inc": (
+                f'dns {{ nameserver = ["127.0.0.1:{dead_dns}"]; timeout = 0.2s;'
+                " retransmits = 1; }\n"
+            ),
+            "actions.conf": "greylist = null;\n",
+            "regexp.conf": (
+                f"TEST_REJECT_MARKER {{ re = '/{REJECT_MARKER}/{{sa_body}}'; score = 100.0;"
+                ' description = "test"; group = "test"; }\n'
+            ),
+            "multimap.conf": (
+                'TEST_QUARANTINE_MARKER { type = "header"; header = "Subject"; regexp = true;'
+                ' map = "${LOCAL_CONFDIR}/local.d/maps.d/quarantine.map"; score = 8.0;'
+                ' description = "test"; }\n'
+            ),
+            "maps.d/quarantine.map": f"/{QUARANTINE_MARKER}/\n",
+        }
+        for module in ("rbl", "asn", "fuzzy_check", "spf", "dkim", "dmarc", "hfilter"):
+            files[f"{module}.conf"] = "enabled = false;\n"
+        for name, text in files.items():
+            (local / name).write_text(text)
+        conf = self.folder / "rspamd.conf"
+        conf.write_text(
+            '.include "$CONFDIR/common.conf"\n'
+            "options {\n"
+            '    pidfile = "$RUNDIR/rspamd.pid";\n'
+            '    .include "$CONFDIR/options.inc"\n'
+            "    .include(try=true; priority=1,duplicate=merge)"
+            ' "$LOCAL_CONFDIR/local.d/options.inc"\n'
+            "}\n"
+            'logging { type = "file"; filename = "$LOGDIR/rspamd.log"; level = "warning"; }\n'
+            'worker "normal" {\n'
+            f'    bind_socket = "127.0.0.1:{self.port}";\n'
+            '    .include "$CONFDIR/worker-normal.inc"\n'
+            f"    count = {self.workers};\n"
+            "}\n"
+            'worker "controller" {\n'
+            f'    bind_socket = "127.0.0.1:{self.controller_port}";\n'
+            '    .include "$CONFDIR/worker-controller.inc"\n'
+            "    count = 1;\n"
+            "}\n"
+        )
+        return conf
+
+    def start(self) -> None:
+        conf = self.write_config()
+        command = [_binary("rspamd", "/usr/bin/rspamd"), "-f", "-c", str(conf)]
+        if os.geteuid() == 0:
+            command[2:2] = ["-i", "-u", "root", "-g", "root"]
+        for name in ("LOCAL_CONFDIR", "RUNDIR", "DBDIR", "LOGDIR"):
+            sub = {"LOCAL_CONFDIR": "etc", "RUNDIR": "run", "DBDIR": "db", "LOGDIR": "log"}[name]
+            command.append(f"--var={name}={self.folder / sub}")
+        with open(self._log, "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        _wait_tcp(self.port, self.process, 90.0, self.folder / "log" / "rspamd.log")
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None
