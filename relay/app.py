@@ -26,6 +26,7 @@ from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
 from relay.config import AuthGuardSettings, Settings
 from relay.delivery.egress_state import egress_state
+from relay.delivery.dns_cache import DnsCache
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
@@ -101,6 +102,11 @@ def _checks_content(settings: Settings) -> bool:
     return rep.data_check and any(zone.kind == "domain" for zone in rep.zones)
 
 
+def delivery_dns_cache(settings: Settings, clock: Clock) -> DnsCache | None:
+    """The process's delivery answer cache (`dns.cache_size`; 0: none)."""
+    return DnsCache(clock, settings.dns.cache_size) if settings.dns.cache_size else None
+
+
 def warn_if_insecure(url: str) -> None:
     """One `redis.insecure` line at start for a remote Redis without TLS or without a password:
     the relay still starts (a private network may make it acceptable), but not silently."""
@@ -159,7 +165,7 @@ async def serve(
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
-            resolver=make_resolver(settings.dns),
+            resolver=make_resolver(settings.dns, cache=delivery_dns_cache(settings, clock)),
             clock=clock,
             egress_state=egress_state(redis, clock, settings.delivery),
             hostname=settings.hostname,

@@ -296,6 +296,9 @@ class DnsSettings(Section):
     servers: list[HostPortField] = Field(default_factory=list)
     """Resolvers as `"ip:port"`; empty: the system resolvers."""
     timeout: DurationField = Duration(5.0)
+    cache_size: int = Field(10_000, ge=0)
+    """Answers delivery keeps (MX, A, AAAA, TLSA, MTA-STS TXT) for their TTL, negative
+    answers included (RFC 2308); 0: no cache."""
 
     @field_validator("servers", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from dns.nameserver import Do53Nameserver
 from dns.resolver import NoResolverConfiguration
 
 from relay.config import DnsSettings, HostPort
+from relay.delivery.dns_cache import DnsCache
 from relay.delivery.errors import PermanentRouteError, TransientRouteError
 from relay.delivery.public_ip import is_public_address
 from relay.errors import ConfigError
@@ -112,9 +113,14 @@ async def resolve_hops(
     raise TransientRouteError(f"{name}: no MX host has an address ({hosts})", status="4.4.4")
 
 
-def make_resolver(dns: DnsSettings, kind: type[R] = AsyncResolver) -> R:  # type: ignore[assignment]
+def make_resolver(
+    dns: DnsSettings,
+    kind: type[R] = AsyncResolver,  # type: ignore[assignment]
+    cache: DnsCache | None = None,
+) -> R:
     """A resolver for `dns.servers`, or the system's when the list is empty. `kind`: the
-    async resolver of the service, or the blocking one a blocking library needs (pyspf)."""
+    async resolver of the service, or the blocking one a blocking library needs (pyspf).
+    `cache`: the process's answer cache (delivery shares one; DNSBL lookups keep their own)."""
     if dns.servers:
         resolver = kind(configure=False)
         for server in dns.servers:
@@ -129,6 +135,7 @@ def make_resolver(dns: DnsSettings, kind: type[R] = AsyncResolver) -> R:  # type
         except NoResolverConfiguration:
             raise ConfigError("dns.servers: empty, and the system has no resolvers") from None
     resolver.lifetime = dns.timeout.seconds
+    resolver.cache = cache
     resolver.timeout = min(resolver.timeout, dns.timeout.seconds)
     return resolver
 

@@ -20,6 +20,7 @@ from quota import QuotaStore, QuotaUnavailable
 from relay.clock import Clock
 from relay.config import DeliverySettings
 from relay.delivery.attempt import AttemptPlan, after_attempt
+from relay.delivery.dns_cache import CacheCounts, DnsCache
 from relay.delivery.egress import EgressPool, EgressStatus
 from relay.delivery.egress_state import EgressState
 from relay.delivery.errors import RouteError
@@ -87,6 +88,11 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], Job] = {}
         """Deliveries running, with the job each holds a lease on."""
+
+    def dns_counts(self) -> CacheCounts | None:
+        """Hits and misses of the process's DNS answer cache (None: no cache), for metrics."""
+        cache = self._resolver.cache
+        return cache.counts() if isinstance(cache, DnsCache) else None
 
     def wake(self) -> None:
         """New mail was queued: look for work now instead of at the next poll."""

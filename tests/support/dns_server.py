@@ -94,7 +94,19 @@ class DnsServer:
             elif not any(owner.is_subdomain(name) for owner, _ in self._records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
             break
+        if not response.answer or response.answer[-1].rdtype == dns.rdatatype.CNAME:
+            if (soa := self._soa_above(name)) is not None:  # negative caching (RFC 2308)
+                response.authority.append(soa)
         return response
+
+    def _soa_above(self, name: dns.name.Name) -> dns.rrset.RRset | None:
+        while True:
+            if (soa := self._records.get((name, dns.rdatatype.SOA))) is not None:
+                return soa
+            try:
+                name = name.parent()
+            except dns.name.NoParent:
+                return None
 
     async def __aenter__(self) -> DnsServer:
         loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from quota import QuotaStore
 from relay.clock import FakeClock
 from relay.config import DeliverySettings, DnsSettings
+from relay.delivery.dns_cache import DnsCache
 from relay.delivery.egress_state import EgressState, egress_state
 from relay.delivery.mx import make_resolver
 from relay.delivery.worker import DeliveryWorker
@@ -83,6 +84,7 @@ async def engine(
     dns: DnsSettings | None = None,
     queue: QueueStore | None = None,
     quota: QuotaStore | None = None,
+    dns_cache: DnsCache | None = None,
     **overrides: object,
 ) -> AsyncIterator[Engine]:
     """`queue`: another engine's, for two workers (as two processes) on one queue;
@@ -93,7 +95,7 @@ async def engine(
     worker = DeliveryWorker(
         queue=queue,
         settings=settings,
-        resolver=make_resolver(dns or DnsSettings(servers=["127.0.0.1:9"])),
+        resolver=make_resolver(dns or DnsSettings(servers=["127.0.0.1:9"]), cache=dns_cache),
         clock=clock,
         egress_state=state,
         hostname="relay.test",
