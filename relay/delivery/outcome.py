@@ -52,6 +52,8 @@ class RecipientOutcome:
     """Name of the hop (MX host) that gave the outcome; None when none was reached."""
     egress_ip: str | None
     tls: bool
+    dsn_passed: bool = False
+    """The next hop took the sender's DSN parameters (RFC 3461): it reports success, not us."""
 
 
 def classify_reply(code: int, message: str) -> Disposition:

@@ -23,6 +23,7 @@ import structlog
 from aiosmtplib.email import parse_address
 
 from relay.config import DeliveryTimeouts, Egress
+from relay.delivery.dsn_forward import mail_options, rcpt_options
 from relay.delivery.mx import Hop
 from relay.delivery.outcome import (
     LOCAL_TRANSIENT_CODE,
@@ -35,6 +36,7 @@ from relay.delivery.outcome import (
 )
 from relay.delivery.sessions import PooledSession, SessionPool
 from relay.delivery.wire import send_data
+from relay.queue.model import DsnRequest
 
 __all__ = ["AttemptReport", "IpProblem", "attempt_domain"]
 
@@ -68,6 +70,7 @@ async def attempt_domain(
     timeouts: DeliveryTimeouts,
     helo: str | None = None,
     sessions: SessionPool | None = None,
+    dsn: DsnRequest | None = None,
 ) -> AttemptReport:
     """One attempt from one egress IP over the hops in order.
 
@@ -84,6 +87,7 @@ async def attempt_domain(
         timeouts=timeouts,
         helo=egress.helo if egress is not None else helo,
         sessions=sessions,
+        dsn=dsn,
     )
     attempt.check_addresses()
     if not attempt.open_recipients():
@@ -152,6 +156,7 @@ class _Attempt:
     timeouts: DeliveryTimeouts
     helo: str | None
     sessions: SessionPool | None = None
+    dsn: DsnRequest | None = None
     outcomes: dict[int, RecipientOutcome] = field(default_factory=dict)
     remote: str | None = None
     tls: bool = False
@@ -175,6 +180,7 @@ class _Attempt:
         text: str,
         *,
         remote: str | None = None,
+        dsn_passed: bool = False,
     ) -> None:
         self.outcomes[index] = RecipientOutcome(
             recipient=self.recipients[index],
@@ -185,11 +191,15 @@ class _Attempt:
             remote=remote if remote is not None else self.remote,
             egress_ip=self.egress_ip,
             tls=self.tls,
+            dsn_passed=dsn_passed,
         )
 
-    def settle_reply(self, index: int, code: int, message: str) -> None:
+    def settle_reply(
+        self, index: int, code: int, message: str, *, dsn_passed: bool = False
+    ) -> None:
         status, text = split_status(code, message)
-        self.settle(index, classify_reply(code, message), code, status, text)
+        disposition = classify_reply(code, message)
+        self.settle(index, disposition, code, status, text, dsn_passed=dsn_passed)
 
     def fail_open(
         self,
@@ -304,12 +314,17 @@ class _Attempt:
                 pending = self.open_recipients()
                 if not pending:
                     return True
+        dsn = self.dsn if self.dsn is not None and smtp.supports_extension("dsn") else None
+        if dsn is not None:
+            options += mail_options(dsn)
         try:
             await self._mail(smtp, options, encoding, reused=reused)
             accepted = []
             for index in pending:
+                recipient = self.recipients[index]
+                extra = rcpt_options(dsn, recipient) if dsn is not None else None
                 try:
-                    await smtp.rcpt(self.recipients[index], encoding=encoding)
+                    await smtp.rcpt(recipient, options=extra, encoding=encoding)
                 except aiosmtplib.SMTPRecipientRefused as refusal:
                     if refusal.code == 421:  # the server is closing: the rest share the reply
                         raise
@@ -319,7 +334,7 @@ class _Attempt:
             if accepted:
                 reply = await send_data(smtp, self.body, timeout=self.timeouts.data.seconds)
                 for index in accepted:
-                    self.settle_reply(index, reply.code, reply.message)
+                    self.settle_reply(index, reply.code, reply.message, dsn_passed=dsn is not None)
             else:
                 await smtp.rset()  # MAIL is open: close the transaction before the next one
             clean = smtp.is_connected

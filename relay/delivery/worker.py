@@ -33,7 +33,15 @@ from relay.delivery.sessions import SessionPool
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
-from relay.queue import LEASE_LOST, NOTICE_QUEUED, Job, Notice, QueueStore, StoredMessage
+from relay.queue import (
+    LEASE_LOST,
+    NOTICE_QUEUED,
+    Job,
+    Notice,
+    QueuedMessage,
+    QueueStore,
+    StoredMessage,
+)
 from relay.spool import SpoolError
 
 __all__ = ["DeliveryWorker"]
@@ -222,7 +230,7 @@ class DeliveryWorker:
             disposition = Disposition.PERMANENT if exc.code >= 500 else Disposition.TRANSIENT
             outcomes = _all(job, disposition, exc.code, exc.status, str(exc))
         else:
-            outcomes = await self._attempt(job, meta.account, stored.body, meta.mail_from, hops)
+            outcomes = await self._attempt(job, meta, stored.body, hops)
         await self._conclude(job, stored, outcomes)
 
     async def _conclude(
@@ -299,9 +307,10 @@ class DeliveryWorker:
                 log.warning("traffic.record_failed", ip=ip, account=account, error=str(exc))
 
     async def _attempt(
-        self, job: Job, account: str, body: bytes, mail_from: str, hops: list[Hop]
+        self, job: Job, meta: QueuedMessage, body: bytes, hops: list[Hop]
     ) -> list[RecipientOutcome]:
         """Deliver from one IP, failing over to others when the IP is at fault."""
+        account = meta.account
         status = await self._status(job.domain)
         now = self._clock.now()
         tried: set[str] = set()
@@ -319,12 +328,13 @@ class DeliveryWorker:
                 report = await attempt_domain(
                     hops=hops,
                     egress=egress,
-                    mail_from=mail_from,
+                    mail_from=meta.mail_from,
                     recipients=list(job.recipients),
                     body=body,
                     timeouts=self._settings.timeouts,
                     helo=self._hostname,
                     sessions=self.sessions,
+                    dsn=meta.dsn,
                 )
                 if egress is None or report.ip_problem is None:
                     if egress is not None and report.connected:
