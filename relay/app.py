@@ -25,9 +25,11 @@ from relay.accounts import AccountStore
 from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
 from relay.config import AuthGuardSettings, Settings
-from relay.delivery.egress_state import egress_state
 from relay.delivery.dns_cache import DnsCache
+from relay.delivery.egress_state import egress_state
 from relay.delivery.mx import make_resolver
+from relay.delivery.rates import FleetGate
+from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
@@ -107,6 +109,13 @@ def delivery_dns_cache(settings: Settings, clock: Clock) -> DnsCache | None:
     return DnsCache(clock, settings.dns.cache_size) if settings.dns.cache_size else None
 
 
+def shaping_lease(settings: Settings) -> float:
+    """How long a shaping connection slot is held at most: one message's connection and
+    DATA. A process that dies while sending frees its slots after this long."""
+    timeouts = settings.delivery.timeouts
+    return timeouts.connect.seconds + timeouts.data.seconds
+
+
 def warn_if_insecure(url: str) -> None:
     """One `redis.insecure` line at start for a remote Redis without TLS or without a password:
     the relay still starts (a private network may make it acceptable), but not silently."""
@@ -171,6 +180,8 @@ async def serve(
             hostname=settings.hostname,
             on_delivered=TrafficLog(redis).record_delivery,
             quota=quota,
+            shaping=ShapingSource(settings.delivery, redis),
+            gate=FleetGate(redis, lease=shaping_lease(settings)),
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)
@@ -257,9 +268,12 @@ async def serve(
             egress=[e.ip for e in settings.delivery.egress],
             event_loop=type(asyncio.get_running_loop()).__module__,
         )
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, worker.shaping.reload)
         try:
             await run_parts(parts, stop, close_listeners=close_listeners)
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             close_listeners()
             for server in servers:
                 with contextlib.suppress(Exception):

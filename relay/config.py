@@ -278,6 +278,14 @@ class DeliverySettings(Section):
     """An idle session to a destination stays open this long for the next message."""
     session_max_messages: int = Field(100, ge=1)
     """Messages sent over one session before it is closed and a new one opened."""
+    shaping: Path | None = None
+    """Per-destination shaping rules (TOML, e.g. config/shaping.toml), reloaded on SIGHUP
+    and `relay reload`; unset: one built-in rule from the settings above."""
+    shaping_max_wait: DurationField = Duration(10.0)
+    """Longest a delivery waits for its rule's rate; past it the job goes back to the queue
+    for that time (no attempt counted), and the worker takes other mail."""
+    tls_ca_file: Path | None = None
+    """Extra trust anchors (PEM) for `tls = "verify"` and MTA-STS, besides the system's."""
 
     @field_validator("retry_interval", "max_age")
     @classmethod

@@ -12,10 +12,7 @@ from relay.sink import Sink
 from tests.support.dns_server import DnsServer
 from tests.support.engine import engine, sink_on
 
-ZONE = (
-    "dest.test. 300 MX 10 mx.dest.test.\n"
-    "mx.dest.test. 120 A 127.0.0.10\n"
-)
+ZONE = "dest.test. 300 MX 10 mx.dest.test.\nmx.dest.test. 120 A 127.0.0.10\n"
 
 
 def server(zone: str = ZONE) -> DnsServer:

@@ -14,7 +14,10 @@ ASKED = DsnRequest(
     ret="HDRS",
     envid="env=1 +x",
     recipients=(
-        ("bob@dest.test", RecipientDsn(frozenset({"SUCCESS", "FAILURE"}), "rfc822;Bob+1@orig.test")),
+        (
+            "bob@dest.test",
+            RecipientDsn(frozenset({"SUCCESS", "FAILURE"}), "rfc822;Bob+1@orig.test"),
+        ),
         ("carol@dest.test", RecipientDsn(frozenset(), None)),
     ),
 )

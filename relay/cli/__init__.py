@@ -6,7 +6,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from relay.cli import abuse, accounts, domains, ip, plans, queue, sender_auth, service, spool
+from relay.cli import (
+    abuse,
+    accounts,
+    domains,
+    ip,
+    plans,
+    queue,
+    sender_auth,
+    service,
+    shaping,
+    spool,
+)
 from relay.cli.common import Failure, run_command
 from relay.config import LogSettings
 from relay.logging import configure_logging
@@ -34,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.register(commands)
     spool.register(commands)
     ip.register(commands)
+    shaping.register(commands)
     _accept_config_anywhere(parser)
     return parser
 

@@ -14,7 +14,7 @@ from enum import Enum
 
 import aiosmtplib
 
-from relay.delivery.errors import PermanentRouteError, RouteError
+from relay.delivery.errors import PermanentRouteError, RouteError, TlsPolicyFailure
 
 __all__ = [
     "LOCAL_TRANSIENT_CODE",
@@ -54,6 +54,9 @@ class RecipientOutcome:
     tls: bool
     dsn_passed: bool = False
     """The next hop took the sender's DSN parameters (RFC 3461): it reports success, not us."""
+    tls_policy: str = ""
+    """The TLS policy that applied ("opportunistic", "rule gmail: required", "mta-sts
+    enforce"...); "" when no server was tried."""
 
 
 def classify_reply(code: int, message: str) -> Disposition:
@@ -96,6 +99,8 @@ def classify_exception(exc: BaseException) -> tuple[Disposition, int, str, str]:
             Disposition.PERMANENT if isinstance(exc, PermanentRouteError) else Disposition.TRANSIENT
         )
         return disposition, exc.code, exc.status, str(exc)
+    if isinstance(exc, TlsPolicyFailure):
+        return _local(exc.status, str(exc))
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         refusals = exc.recipients
         if not refusals:

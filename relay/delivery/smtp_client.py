@@ -11,7 +11,6 @@ the egress IP looks at fault (a block) or nothing answered, so the caller can tr
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import ssl
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,7 @@ from aiosmtplib.email import parse_address
 
 from relay.config import DeliveryTimeouts, Egress
 from relay.delivery.dsn_forward import mail_options, rcpt_options
+from relay.delivery.errors import TlsPolicyFailure
 from relay.delivery.mx import Hop
 from relay.delivery.outcome import (
     LOCAL_TRANSIENT_CODE,
@@ -35,6 +35,7 @@ from relay.delivery.outcome import (
     split_status,
 )
 from relay.delivery.sessions import PooledSession, SessionPool
+from relay.delivery.tls_policy import TlsRequirement
 from relay.delivery.wire import send_data
 from relay.queue.model import DsnRequest
 
@@ -71,13 +72,18 @@ async def attempt_domain(
     helo: str | None = None,
     sessions: SessionPool | None = None,
     dsn: DsnRequest | None = None,
+    tls: TlsRequirement | None = None,
+    max_messages: int | None = None,
+    idle: float | None = None,
 ) -> AttemptReport:
     """One attempt from one egress IP over the hops in order.
 
     `mail_from` "" or "<>" is the null sender. `helo` is used when there is no egress
     (default: the machine's FQDN). With `sessions`, an open session to the same server from
     the same IP is reused, and the session is kept for the next message. Never raises for a
-    delivery problem.
+    delivery problem. `dsn`: the sender's DSN parameters, passed on when the hop offers DSN.
+    `tls`: what TLS the destination must have (default: opportunistic). `max_messages`,
+    `idle`: the destination's session limits (default: the pool's).
     """
     attempt = _Attempt(
         egress=egress,
@@ -88,6 +94,9 @@ async def attempt_domain(
         helo=egress.helo if egress is not None else helo,
         sessions=sessions,
         dsn=dsn,
+        requirement=tls or TlsRequirement(),
+        max_messages=max_messages,
+        idle=idle,
     )
     attempt.check_addresses()
     if not attempt.open_recipients():
@@ -124,7 +133,10 @@ async def attempt_domain(
 
 
 def _ip_problem(errors: list[BaseException]) -> IpProblem | None:
-    """A block-like reply anywhere blames the IP; only silence (refused, timeouts) may."""
+    """A block-like reply anywhere blames the IP; only silence (refused, timeouts) may.
+    A TLS policy not met is the destination's doing: another IP would fare no better."""
+    if any(isinstance(e, TlsPolicyFailure) for e in errors):
+        return None
     replies = [e for e in errors if isinstance(e, aiosmtplib.SMTPResponseException)]
     if any(is_block_like(e.code, e.message) for e in replies):
         return "block"
@@ -157,9 +169,13 @@ class _Attempt:
     helo: str | None
     sessions: SessionPool | None = None
     dsn: DsnRequest | None = None
+    requirement: TlsRequirement = field(default_factory=TlsRequirement)
+    max_messages: int | None = None
+    idle: float | None = None
     outcomes: dict[int, RecipientOutcome] = field(default_factory=dict)
     remote: str | None = None
     tls: bool = False
+    verified: bool = False
 
     @property
     def egress_ip(self) -> str | None:
@@ -192,6 +208,7 @@ class _Attempt:
             egress_ip=self.egress_ip,
             tls=self.tls,
             dsn_passed=dsn_passed,
+            tls_policy=self.requirement.policy,
         )
 
     def settle_reply(
@@ -225,10 +242,21 @@ class _Attempt:
 
     async def via(self, hop: Hop, address: str) -> None:
         """Deliver through one server; raise _SessionFailed before the transaction starts."""
+        if not self.requirement.allows_mx(hop.host):
+            raise _SessionFailed(
+                TlsPolicyFailure(
+                    f"{hop.host} is not an MX host of the domain's policy"
+                    f" ({self.requirement.policy})",
+                    status="4.7.5",
+                )
+            )
         key = (self.egress_ip or "", address, hop.port)
         pooled = self.sessions.take(key) if self.sessions is not None else None
+        if pooled is not None and not self._meets(pooled):
+            pooled.smtp.close()
+            pooled = None
         if pooled is not None:
-            self.remote, self.tls = pooled.remote, pooled.tls
+            self.remote, self.tls, self.verified = pooled.remote, pooled.tls, pooled.verified
             try:
                 await self._use(pooled, key, reused=True)
                 return
@@ -239,7 +267,14 @@ class _Attempt:
         except _TlsFailed as failed:
             log.info("delivery.tls_failed", host=hop.host, address=address, error=str(failed))
             smtp = await self._session(hop, address, tls=False)  # plain text, new connection
-        await self._use(PooledSession(smtp, self.tls, hop.host), key, reused=False)
+        session = PooledSession(smtp, self.tls, hop.host, self.verified, self.requirement.policy)
+        await self._use(session, key, reused=False)
+
+    def _meets(self, pooled: PooledSession) -> bool:
+        """A kept session serves a destination whose TLS requirement it met when opened."""
+        if self.requirement.mode == "verify":
+            return pooled.verified
+        return pooled.tls or not self.requirement.encrypt
 
     async def _use(self, session: PooledSession, key: tuple[str, str, int], reused: bool) -> None:
         keep = False
@@ -247,7 +282,7 @@ class _Attempt:
             keep = await self._transaction(session.smtp, reused=reused)
         finally:
             if keep and self.sessions is not None:
-                self.sessions.give(key, session)
+                self.sessions.give(key, session, max_messages=self.max_messages, idle=self.idle)
             elif keep:
                 await _quit(session.smtp, self.timeouts.command.seconds)
             else:
@@ -255,7 +290,8 @@ class _Attempt:
 
     async def _session(self, hop: Hop, address: str, *, tls: bool) -> aiosmtplib.SMTP:
         """Connected, greeted, EHLO done, and STARTTLS done when offered and `tls`."""
-        self.remote, self.tls = hop.host, False
+        self.remote, self.tls, self.verified = hop.host, False, False
+        required = self.requirement
         smtp = aiosmtplib.SMTP(
             hostname=address,
             port=hop.port,
@@ -272,15 +308,28 @@ class _Attempt:
             if tls and smtp.supports_extension("starttls"):
                 in_tls = True
                 try:
-                    await smtp.starttls(server_hostname=hop.host, tls_context=_tls_context())
-                except aiosmtplib.SMTPResponseException:
+                    await smtp.starttls(server_hostname=hop.host, tls_context=required.context())
+                except aiosmtplib.SMTPResponseException as refused:
+                    if required.encrypt:
+                        raise _needs_tls(hop.host, required, refused.message) from refused
                     in_tls = False  # e.g. "454 TLS not available": go on in plain text
                 else:
-                    self.tls = True
+                    self.tls, self.verified = True, required.mode == "verify"
                     await _hello(smtp)
+            elif required.encrypt:
+                raise _needs_tls(hop.host, required, "STARTTLS not offered")
+        except TlsPolicyFailure as exc:
+            smtp.close()
+            raise _SessionFailed(exc) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:  # ssl.SSLError is an OSError
             smtp.close()
-            if in_tls and not isinstance(exc, aiosmtplib.SMTPResponseException):
+            tls_error = in_tls and not isinstance(exc, aiosmtplib.SMTPResponseException)
+            if tls_error and required.encrypt:
+                failure = TlsPolicyFailure(
+                    f"TLS with {hop.host} failed ({required.policy}): {_tls_reason(exc)}"
+                )
+                raise _SessionFailed(failure) from exc
+            if tls_error:
                 raise _TlsFailed(str(exc) or type(exc).__name__) from exc
             raise _SessionFailed(exc) from exc
         except BaseException:
@@ -346,6 +395,7 @@ class _Attempt:
             host=self.remote,
             egress=self.egress_ip,
             tls=self.tls,
+            tls_policy=self.requirement.policy,
             reused=reused,
             **_counts(self.outcomes.values()),
         )
@@ -420,10 +470,14 @@ def _counts(outcomes: Iterable[RecipientOutcome]) -> dict[str, int]:
     return counts
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """Opportunistic TLS: encrypt, do not authenticate (MX certificates are often self-signed)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+def _needs_tls(host: str, required: TlsRequirement, why: str) -> TlsPolicyFailure:
+    return TlsPolicyFailure(
+        f"{host}: {why.strip() or 'STARTTLS refused'}; TLS is required ({required.policy})",
+        status="4.7.10",
+    )
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not valid: {exc.verify_message or exc.reason}"
+    return str(exc) or type(exc).__name__

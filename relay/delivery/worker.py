@@ -28,9 +28,13 @@ from relay.delivery.limits import DestinationLimiter, site_of
 from relay.delivery.memory import ByteBudget
 from relay.delivery.mx import Hop, resolve_hops
 from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
+from relay.delivery.rates import FleetGate, Shaper
 from relay.delivery.schedule import RetrySchedule
 from relay.delivery.sessions import SessionPool
+from relay.delivery.shaping import Action, ShapingRule
+from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
+from relay.delivery.tls_policy import TlsRequirement
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import (
@@ -73,6 +77,8 @@ class DeliveryWorker:
         hostname: str,
         on_delivered: Callable[[str, str, float, int], Awaitable[None]] | None = None,
         quota: QuotaStore | None = None,
+        shaping: ShapingSource | None = None,
+        gate: FleetGate | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -87,6 +93,9 @@ class DeliveryWorker:
         """Notices are charged to the sender's account here (None: not charged, in tests
         of other things)."""
         self._schedule = RetrySchedule.from_settings(settings)
+        self.shaping = shaping or ShapingSource(settings)
+        """The destinations' shaping rules in force (reloaded by SIGHUP or `relay reload`)."""
+        self._shaper = Shaper(gate, clock, settings.shaping_max_wait.seconds)
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
         self._memory = ByteBudget(settings.max_inflight_bytes)
@@ -111,6 +120,7 @@ class DeliveryWorker:
         grace = 0.0  # dying: let the error out at once (the process stops taking mail);
         try:  #         the jobs cut short come back by lease, or by the supervisor at once
             while not stop.is_set():
+                await self.shaping.check()
                 await self.run_due(stop)
                 if stop.is_set():
                     break
@@ -218,6 +228,7 @@ class DeliveryWorker:
 
     async def _deliver(self, job: Job, stored: StoredMessage) -> None:
         meta = stored.meta
+        rule = self.shaping.current.rule_for(job.domain)
         try:
             hops = await resolve_hops(
                 job.domain,
@@ -230,11 +241,35 @@ class DeliveryWorker:
             disposition = Disposition.PERMANENT if exc.code >= 500 else Disposition.TRANSIENT
             outcomes = _all(job, disposition, exc.code, exc.status, str(exc))
         else:
-            outcomes = await self._attempt(job, meta, stored.body, hops)
-        await self._conclude(job, stored, outcomes)
+            rule = self.shaping.current.rule_for(job.domain, [hop.host for hop in hops])
+            try:
+                outcomes = await self._attempt(job, meta, stored.body, hops, rule)
+            except _Postponed as wait:
+                await self._postpone(job, rule, wait)
+                return
+        await self._conclude(job, stored, outcomes, rule)
+
+    async def _postpone(self, job: Job, rule: ShapingRule, wait: _Postponed) -> None:
+        """The rule holds every usable IP back (rate, connections, suspension): the job goes
+        back to the queue for that long, no attempt counted, and this worker takes other mail."""
+        log.info(
+            "delivery.postponed",
+            message_id=job.message_id,
+            job=job.id,
+            domain=job.domain,
+            rule=rule.name,
+            until=wait.until,
+            reason=wait.reason,
+        )
+        if await self._queue.postpone(job, wait.until) == LEASE_LOST:
+            log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
 
     async def _conclude(
-        self, job: Job, stored: StoredMessage, outcomes: list[RecipientOutcome]
+        self,
+        job: Job,
+        stored: StoredMessage,
+        outcomes: list[RecipientOutcome],
+        rule: ShapingRule | None = None,
     ) -> None:
         """Apply the retry schedule to the outcomes; end or reschedule the job, with its notice."""
         meta = stored.meta
@@ -244,9 +279,10 @@ class DeliveryWorker:
             outcomes,
             now=now,
             created_at=meta.created_at,
-            schedule=self._schedule,
+            schedule=self._schedule.with_curve(rule.retry) if rule else self._schedule,
             held_for=held_for,
             delay_notified=meta.delay_notified,
+            attempt=job.attempts + 1,
         )
         for outcome in outcomes:
             _log_outcome(job, meta.account, outcome)
@@ -307,10 +343,14 @@ class DeliveryWorker:
                 log.warning("traffic.record_failed", ip=ip, account=account, error=str(exc))
 
     async def _attempt(
-        self, job: Job, meta: QueuedMessage, body: bytes, hops: list[Hop]
+        self, job: Job, meta: QueuedMessage, body: bytes, hops: list[Hop], rule: ShapingRule
     ) -> list[RecipientOutcome]:
-        """Deliver from one IP, failing over to others when the IP is at fault."""
+        """Deliver from one IP, failing over to others when the IP is at fault (or when the
+        destination's rule holds it back, or a reaction to its reply moves the mail on).
+        Raises _Postponed when the rule holds back every IP it could use."""
         account = meta.account
+        tls = self._tls_for(rule)
+        held: list[tuple[float, str]] = []
         status = await self._status(job.domain)
         now = self._clock.now()
         tried: set[str] = set()
@@ -325,17 +365,30 @@ class DeliveryWorker:
                     break
                 if egress is not None:
                     tried.add(egress.ip)
-                report = await attempt_domain(
-                    hops=hops,
-                    egress=egress,
-                    mail_from=meta.mail_from,
-                    recipients=list(job.recipients),
-                    body=body,
-                    timeouts=self._settings.timeouts,
-                    helo=self._hostname,
-                    sessions=self.sessions,
-                    dsn=meta.dsn,
-                )
+                ip = egress.ip if egress is not None else ""
+                admission = await self._shaper.admit(rule, ip)
+                if admission is not None and admission.verdict != "admitted":
+                    held.append((admission.at, f"{ip or 'default'} {admission.verdict}"))
+                    continue
+                try:
+                    report = await attempt_domain(
+                        hops=hops,
+                        egress=egress,
+                        mail_from=meta.mail_from,
+                        recipients=list(job.recipients),
+                        body=body,
+                        timeouts=self._settings.timeouts,
+                        helo=self._hostname,
+                        sessions=self.sessions,
+                        dsn=meta.dsn,
+                        tls=tls,
+                        max_messages=rule.max_messages_per_connection,
+                        idle=rule.idle_timeout.seconds,
+                    )
+                finally:
+                    await self._shaper.release(rule, ip, admission)
+                if await self._react(rule, ip, report) == "move" and egress is not None:
+                    continue  # this IP is suspended for the rule: the next one takes the mail
                 if egress is None or report.ip_problem is None:
                     if egress is not None and report.connected:
                         await self._got_through(egress.ip, job.domain, unreachable, status)
@@ -345,6 +398,9 @@ class DeliveryWorker:
                     await self._cool(egress.ip, job.domain, block=True)
                 else:
                     unreachable.append(egress.ip)
+        if report is None and held:
+            until, _ = min(held)
+            raise _Postponed(max(until, now), "; ".join(reason for _, reason in held))
         if report is None:
             reasons = "; ".join(f"{e.ip} {status.why_not(e.ip, now)}" for e in self._pool.addresses)
             log.warning("delivery.no_egress", message_id=job.message_id, domain=job.domain)
@@ -356,6 +412,25 @@ class DeliveryWorker:
                 f"no egress IP usable for {job.domain} ({reasons})",
             )
         return report.outcomes
+
+    def _tls_for(self, rule: ShapingRule) -> TlsRequirement:
+        policy = "opportunistic" if rule.tls == "opportunistic" else f"rule {rule.name}: {rule.tls}"
+        return TlsRequirement(rule.tls, policy=policy, ca_file=self._settings.tls_ca_file)
+
+    async def _react(self, rule: ShapingRule, ip: str, report: AttemptReport) -> Action | None:
+        """The rule's reaction to the server's reply, applied for the whole fleet; "move"
+        only when nothing was delivered (the mail can then go again from another IP)."""
+        if not rule.reactions:
+            return None
+        for outcome in report.outcomes:
+            if outcome.disposition is Disposition.DELIVERED or outcome.remote is None:
+                continue
+            reaction = rule.reaction_to(outcome.code, outcome.status, outcome.text)
+            if reaction is not None:
+                await self._shaper.react(rule, ip, reaction)
+                delivered = any(o.disposition is Disposition.DELIVERED for o in report.outcomes)
+                return "suspend" if reaction.action == "move" and delivered else reaction.action
+        return None
 
     async def _status(self, domain: str) -> EgressStatus:
         try:
@@ -508,6 +583,15 @@ class DeliveryWorker:
         return outcomes
 
 
+class _Postponed(Exception):
+    """The destination's rule holds back every usable IP until `until`."""
+
+    def __init__(self, until: float, reason: str) -> None:
+        super().__init__(reason)
+        self.until = until
+        self.reason = reason
+
+
 def _all(
     job: Job, disposition: Disposition, code: int, status: str, text: str
 ) -> list[RecipientOutcome]:
@@ -560,5 +644,6 @@ def _log_outcome(
         egress_ip=outcome.egress_ip,
         mx=outcome.remote,
         tls=outcome.tls,
+        tls_policy=outcome.tls_policy,
         reply=f"{outcome.code} {outcome.status} {outcome.text}",
     )

@@ -10,7 +10,8 @@
 -- KEYS[7]  notice: job hash
 -- KEYS[8]  the node's leased jobs (set)
 -- ARGV[1]  lease token the caller holds
--- ARGV[2]  'done' or 'retry'
+-- ARGV[2]  'done', 'retry', or 'postpone' (a retry that was no attempt: the destination's
+--          shaping made the job wait; attempts and last error stay as they were)
 -- ARGV[3]  job id
 -- ARGV[4]  message id
 -- ARGV[5]  retry: next due time
@@ -69,8 +70,12 @@ if ARGV[2] == 'done' then
     end
   end
 else
-  redis.call('HSET', KEYS[2], 'recipients', ARGV[6], 'last_error', ARGV[7], 'due_at', ARGV[5])
-  redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+  if ARGV[2] == 'postpone' then
+    redis.call('HSET', KEYS[2], 'due_at', ARGV[5])
+  else
+    redis.call('HSET', KEYS[2], 'recipients', ARGV[6], 'last_error', ARGV[7], 'due_at', ARGV[5])
+    redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+  end
   redis.call('HDEL', KEYS[2], 'token')
   if redis.call('HEXISTS', KEYS[3], 'held_at') == 1 then
     redis.call('ZREM', KEYS[1], ARGV[3])

@@ -94,9 +94,9 @@ class DnsServer:
             elif not any(owner.is_subdomain(name) for owner, _ in self._records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
             break
-        if not response.answer or response.answer[-1].rdtype == dns.rdatatype.CNAME:
-            if (soa := self._soa_above(name)) is not None:  # negative caching (RFC 2308)
-                response.authority.append(soa)
+        negative = not response.answer or response.answer[-1].rdtype == dns.rdatatype.CNAME
+        if negative and (soa := self._soa_above(name)) is not None:  # RFC 2308 caching
+            response.authority.append(soa)
         return response
 
     def _soa_above(self, name: dns.name.Name) -> dns.rrset.RRset | None:
