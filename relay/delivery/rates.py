@@ -55,9 +55,12 @@ class FleetGate:
         self._lease_ms = max(1, int(lease * 1000))
         self._script = load_script(redis, __file__, "shaping_gate.lua")
 
-    async def admit(self, rule: ShapingRule, ip: str, now: float, max_wait: float) -> Admission:
+    async def admit(
+        self, rule: ShapingRule, scope: str, ip: str, now: float, max_wait: float
+    ) -> Admission:
+        """`scope`: what the limits count (`rule.scope(domain)`)."""
         token = secrets.token_hex(8)
-        base = _base(rule.name)
+        base = _base(scope)
         keys = [
             f"{base}:conns",
             f"{base}:conns:{ip}",
@@ -80,19 +83,19 @@ class FleetGate:
         held = token if rule.max_connections or rule.max_connections_per_ip else ""
         return Admission(_VERDICTS[int(verdict)], int(at) / 1000, held)
 
-    async def release(self, rule: ShapingRule, ip: str, token: str) -> None:
+    async def release(self, scope: str, ip: str, token: str) -> None:
         if not token:
             return
-        base = _base(rule.name)
+        base = _base(scope)
         with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(f"{base}:conns", token)
                 pipe.zrem(f"{base}:conns:{ip}", token)
                 await pipe.execute()
 
-    async def react(self, rule: ShapingRule, ip: str, reaction: Reaction, now: float) -> float:
+    async def react(self, scope: str, ip: str, reaction: Reaction, now: float) -> float:
         """Apply a reaction for the whole fleet; returns when it ends."""
-        base = _base(rule.name)
+        base = _base(scope)
         ms = max(1, int(reaction.duration.seconds * 1000))
         until = now + reaction.duration.seconds
         with store_errors():
@@ -104,11 +107,11 @@ class FleetGate:
                 await self._redis.set(f"{base}:suspend:{ip}", int(until * 1000), px=ms)
         return until
 
-    async def suspended(self, rule: ShapingRule, ips: list[str], now: float) -> dict[str, float]:
-        """The IPs suspended for the rule, with when each suspension ends."""
+    async def suspended(self, scope: str, ips: list[str], now: float) -> dict[str, float]:
+        """The IPs suspended for the scope, with when each suspension ends."""
         if not ips:
             return {}
-        base = _base(rule.name)
+        base = _base(scope)
         with store_errors():
             values = await self._redis.mget([f"{base}:suspend:{ip}" for ip in ips])
         found = {}
@@ -139,7 +142,7 @@ class Shaper:
         self._clock = clock
         self._max_wait = max_wait
 
-    async def admit(self, rule: ShapingRule, ip: str) -> Admission | None:
+    async def admit(self, rule: ShapingRule, scope: str, ip: str) -> Admission | None:
         """None or "admitted": send now (the wait is over); else the job should wait."""
         if self._gate is None or not rule.gated:
             return None
@@ -149,7 +152,8 @@ class Shaper:
         while True:
             now = self._clock.now()
             try:
-                admission = await self._gate.admit(rule, ip, now, max(0.0, deadline - loop.time()))
+                wait = max(0.0, deadline - loop.time())
+                admission = await self._gate.admit(rule, scope, ip, now, wait)
             except StoreUnavailable as exc:
                 log.error("shaping.unavailable", rule=rule.name, error=str(exc))
                 return None
@@ -163,25 +167,25 @@ class Shaper:
                 await asyncio.sleep(admission.at - now)
             return admission
 
-    async def release(self, rule: ShapingRule, ip: str, admission: Admission | None) -> None:
+    async def release(self, scope: str, ip: str, admission: Admission | None) -> None:
         if self._gate is None or admission is None or not admission.token:
             return
         try:
-            await self._gate.release(rule, ip, admission.token)
+            await self._gate.release(scope, ip, admission.token)
         except StoreUnavailable as exc:  # the lease ends by itself
-            log.warning("shaping.release_failed", rule=rule.name, error=str(exc))
+            log.warning("shaping.release_failed", rule=scope, error=str(exc))
 
-    async def react(self, rule: ShapingRule, ip: str, reaction: Reaction) -> None:
+    async def react(self, scope: str, ip: str, reaction: Reaction) -> None:
         if self._gate is None:
             return
         try:
-            until = await self._gate.react(rule, ip, reaction, self._clock.now())
+            until = await self._gate.react(scope, ip, reaction, self._clock.now())
         except StoreUnavailable as exc:
-            log.error("shaping.unavailable", rule=rule.name, error=str(exc))
+            log.error("shaping.unavailable", rule=scope, error=str(exc))
             return
         log.warning(
             "shaping.reaction",
-            rule=rule.name,
+            rule=scope,
             egress_ip=ip,
             action=reaction.action,
             until=until,

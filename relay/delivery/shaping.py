@@ -216,6 +216,13 @@ class ShapingRule:
     idle_timeout: Duration
     tls: TlsMode
     reactions: tuple[Reaction, ...]
+    shared: bool = True
+    """Its limits hold for all its destinations together (a provider's rule); False for
+    the `*` rule, whose limits and reactions hold for each destination domain apart."""
+
+    def scope(self, domain: str) -> str:
+        """What its fleet-wide limits count: the rule, or one domain under the `*` rule."""
+        return self.name if self.shared else f"{self.name}/{domain.lower().rstrip('.')}"
 
     @property
     def gated(self) -> bool:
@@ -300,6 +307,7 @@ def _resolve(specs: Sequence[RuleSpec], delivery: DeliverySettings, source: str)
         idle_timeout=delivery.session_idle,
         tls="opportunistic",
         reactions=(),
+        shared=False,
     )
     default = _merge(builtin, star) if star is not None else builtin
     by_domain: dict[str, ShapingRule] = {}
@@ -341,7 +349,8 @@ def _merge(base: ShapingRule, spec: RuleSpec) -> ShapingRule:
         retry=tuple(spec.retry) if spec.retry is not None else base.retry,
         idle_timeout=pick(spec.idle_timeout, base.idle_timeout),
         tls=pick(spec.tls, base.tls),
-        reactions=reactions + (base.reactions if base.name == "*" else ()),
+        reactions=reactions + base.reactions,
+        shared="*" not in spec.domains,
     )
 
 

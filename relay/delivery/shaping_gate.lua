@@ -23,9 +23,9 @@
 --         {2, 0}: the connection limits are reached (try again soon);
 --         {3, at}: the next free time is too far (`at`): nothing reserved.
 local now = tonumber(ARGV[1])
-local until = tonumber(redis.call('GET', KEYS[3]) or '0')
-if until > now then
-  return {1, until}
+local suspended_until = tonumber(redis.call('GET', KEYS[3]) or '0')
+if suspended_until > now then
+  return {1, suspended_until}
 end
 local max_total, max_ip = tonumber(ARGV[4]), tonumber(ARGV[5])
 if max_total > 0 then

@@ -350,6 +350,7 @@ class DeliveryWorker:
         Raises _Postponed when the rule holds back every IP it could use."""
         account = meta.account
         tls = self._tls_for(rule)
+        scope = rule.scope(job.domain)
         held: list[tuple[float, str]] = []
         status = await self._status(job.domain)
         now = self._clock.now()
@@ -366,7 +367,7 @@ class DeliveryWorker:
                 if egress is not None:
                     tried.add(egress.ip)
                 ip = egress.ip if egress is not None else ""
-                admission = await self._shaper.admit(rule, ip)
+                admission = await self._shaper.admit(rule, scope, ip)
                 if admission is not None and admission.verdict != "admitted":
                     held.append((admission.at, f"{ip or 'default'} {admission.verdict}"))
                     continue
@@ -386,8 +387,8 @@ class DeliveryWorker:
                         idle=rule.idle_timeout.seconds,
                     )
                 finally:
-                    await self._shaper.release(rule, ip, admission)
-                if await self._react(rule, ip, report) == "move" and egress is not None:
+                    await self._shaper.release(scope, ip, admission)
+                if await self._react(rule, scope, ip, report) == "move" and egress is not None:
                     continue  # this IP is suspended for the rule: the next one takes the mail
                 if egress is None or report.ip_problem is None:
                     if egress is not None and report.connected:
@@ -417,7 +418,9 @@ class DeliveryWorker:
         policy = "opportunistic" if rule.tls == "opportunistic" else f"rule {rule.name}: {rule.tls}"
         return TlsRequirement(rule.tls, policy=policy, ca_file=self._settings.tls_ca_file)
 
-    async def _react(self, rule: ShapingRule, ip: str, report: AttemptReport) -> Action | None:
+    async def _react(
+        self, rule: ShapingRule, scope: str, ip: str, report: AttemptReport
+    ) -> Action | None:
         """The rule's reaction to the server's reply, applied for the whole fleet; "move"
         only when nothing was delivered (the mail can then go again from another IP)."""
         if not rule.reactions:
@@ -427,7 +430,7 @@ class DeliveryWorker:
                 continue
             reaction = rule.reaction_to(outcome.code, outcome.status, outcome.text)
             if reaction is not None:
-                await self._shaper.react(rule, ip, reaction)
+                await self._shaper.react(scope, ip, reaction)
                 delivered = any(o.disposition is Disposition.DELIVERED for o in report.outcomes)
                 return "suspend" if reaction.action == "move" and delivered else reaction.action
         return None
