@@ -17,6 +17,8 @@ from relay.config import DeliverySettings, DnsSettings
 from relay.delivery.dns_cache import DnsCache
 from relay.delivery.egress_state import EgressState, egress_state
 from relay.delivery.mx import make_resolver
+from relay.delivery.rates import FleetGate
+from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.worker import DeliveryWorker
 from relay.queue import DsnRequest, Envelope, QueueStore
 from relay.sink import Received, Sink
@@ -100,6 +102,8 @@ async def engine(
         egress_state=state,
         hostname="relay.test",
         quota=quota,
+        shaping=ShapingSource(settings, redis),
+        gate=FleetGate(redis, lease=60),
     )
     try:
         yield Engine(queue, worker, state, clock, settings)
