@@ -13,6 +13,7 @@ from typing import Any
 import dns.resolver
 import redis.asyncio as aioredis
 import structlog
+from dns.asyncresolver import Resolver as AsyncResolver
 from redis.exceptions import RedisError
 
 from quota import QuotaStore
@@ -27,9 +28,11 @@ from relay.clock import Clock, SystemClock
 from relay.config import AuthGuardSettings, Settings
 from relay.delivery.dns_cache import DnsCache
 from relay.delivery.egress_state import egress_state
+from relay.delivery.mta_sts import MtaStsPolicies
 from relay.delivery.mx import make_resolver
 from relay.delivery.rates import FleetGate
 from relay.delivery.shaping_source import ShapingSource
+from relay.delivery.tls_policy import verifying_context
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
@@ -109,6 +112,21 @@ def delivery_dns_cache(settings: Settings, clock: Clock) -> DnsCache | None:
     return DnsCache(clock, settings.dns.cache_size) if settings.dns.cache_size else None
 
 
+def mta_sts_policies(
+    settings: Settings, resolver: AsyncResolver, clock: Clock
+) -> MtaStsPolicies | None:
+    """MTA-STS policies fetched through the delivery resolver (None: `delivery.mta_sts` off)."""
+    if not settings.delivery.mta_sts:
+        return None
+    ca_file = settings.delivery.tls_ca_file
+    return MtaStsPolicies(
+        resolver,
+        clock,
+        context=verifying_context(str(ca_file) if ca_file else ""),
+        port=settings.delivery.mta_sts_port,
+    )
+
+
 def shaping_lease(settings: Settings) -> float:
     """How long a shaping connection slot is held at most: one message's connection and
     DATA. A process that dies while sending frees its slots after this long."""
@@ -171,10 +189,13 @@ async def serve(
         if reclaim and (taken := await queue.reclaim()):
             log.warning("queue.reclaimed", jobs=taken, node=queue.node)
         quota = quota_store(redis, settings)
+        resolver: AsyncResolver = make_resolver(
+            settings.dns, cache=delivery_dns_cache(settings, clock)
+        )
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
-            resolver=make_resolver(settings.dns, cache=delivery_dns_cache(settings, clock)),
+            resolver=resolver,
             clock=clock,
             egress_state=egress_state(redis, clock, settings.delivery),
             hostname=settings.hostname,
@@ -182,6 +203,7 @@ async def serve(
             quota=quota,
             shaping=ShapingSource(settings.delivery, redis),
             gate=FleetGate(redis, lease=shaping_lease(settings)),
+            mta_sts=mta_sts_policies(settings, resolver, clock),
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)

@@ -286,6 +286,11 @@ class DeliverySettings(Section):
     for that time (no attempt counted), and the worker takes other mail."""
     tls_ca_file: Path | None = None
     """Extra trust anchors (PEM) for `tls = "verify"` and MTA-STS, besides the system's."""
+    mta_sts: bool = True
+    """Honour the MTA-STS policies of destination domains (RFC 8461) on the MX path (not
+    for static routes)."""
+    mta_sts_port: int = Field(443, gt=0, lt=65536)
+    """HTTPS port of the policy hosts (443; tests serve policies on another)."""
 
     @field_validator("retry_interval", "max_age")
     @classmethod

@@ -15,9 +15,16 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.delivery.shaping import TlsMode
+from relay.delivery.mta_sts import MtaStsPolicy
+from relay.delivery.shaping import ShapingRule, TlsMode
 
-__all__ = ["TlsRequirement", "mx_matches", "opportunistic_context", "verifying_context"]
+__all__ = [
+    "TlsRequirement",
+    "mx_matches",
+    "opportunistic_context",
+    "tls_requirement",
+    "verifying_context",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,20 @@ class TlsRequirement:
         if self.mode == "verify":
             return verifying_context(str(self.ca_file) if self.ca_file else "")
         return opportunistic_context()
+
+
+def tls_requirement(
+    rule: ShapingRule, sts: MtaStsPolicy | None, ca_file: Path | None = None
+) -> TlsRequirement:
+    """The stricter of the rule's TLS mode and the domain's MTA-STS policy: `enforce` means
+    verify the certificate and send only to a listed MX; `testing` changes nothing but the
+    label (failures are reported, mail still goes)."""
+    if sts is not None and sts.mode == "enforce":
+        return TlsRequirement("verify", sts.mx, "mta-sts enforce", ca_file)
+    label = "opportunistic" if rule.tls == "opportunistic" else f"rule {rule.name}: {rule.tls}"
+    if sts is not None and sts.mode == "testing":
+        label = f"{label} (mta-sts testing)"
+    return TlsRequirement(rule.tls, (), label, ca_file)
 
 
 def mx_matches(pattern: str, host: str) -> bool:

@@ -26,6 +26,7 @@ from relay.delivery.egress_state import EgressState
 from relay.delivery.errors import RouteError
 from relay.delivery.limits import DestinationLimiter, site_of
 from relay.delivery.memory import ByteBudget
+from relay.delivery.mta_sts import MtaStsPolicies
 from relay.delivery.mx import Hop, resolve_hops
 from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
 from relay.delivery.rates import FleetGate, Shaper
@@ -34,7 +35,7 @@ from relay.delivery.sessions import SessionPool
 from relay.delivery.shaping import Action, ShapingRule
 from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
-from relay.delivery.tls_policy import TlsRequirement
+from relay.delivery.tls_policy import TlsRequirement, tls_requirement
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import (
@@ -79,6 +80,7 @@ class DeliveryWorker:
         quota: QuotaStore | None = None,
         shaping: ShapingSource | None = None,
         gate: FleetGate | None = None,
+        mta_sts: MtaStsPolicies | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -96,6 +98,8 @@ class DeliveryWorker:
         self.shaping = shaping or ShapingSource(settings)
         """The destinations' shaping rules in force (reloaded by SIGHUP or `relay reload`)."""
         self._shaper = Shaper(gate, clock, settings.shaping_max_wait.seconds)
+        self._mta_sts = mta_sts
+        """Destination domains' MTA-STS policies (None: not honoured)."""
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
         self._memory = ByteBudget(settings.max_inflight_bytes)
@@ -349,7 +353,7 @@ class DeliveryWorker:
         destination's rule holds it back, or a reaction to its reply moves the mail on).
         Raises _Postponed when the rule holds back every IP it could use."""
         account = meta.account
-        tls = self._tls_for(rule)
+        tls = await self._tls_for(rule, job.domain)
         scope = rule.scope(job.domain)
         held: list[tuple[float, str]] = []
         status = await self._status(job.domain)
@@ -414,9 +418,17 @@ class DeliveryWorker:
             )
         return report.outcomes
 
-    def _tls_for(self, rule: ShapingRule) -> TlsRequirement:
-        policy = "opportunistic" if rule.tls == "opportunistic" else f"rule {rule.name}: {rule.tls}"
-        return TlsRequirement(rule.tls, policy=policy, ca_file=self._settings.tls_ca_file)
+    async def _tls_for(self, rule: ShapingRule, domain: str) -> TlsRequirement:
+        """The rule's TLS mode, raised by the domain's MTA-STS policy (MX path only: a
+        static route is the operator's choice of server)."""
+        sts = None
+        if self._mta_sts is not None and not self._routed(domain):
+            sts = await self._mta_sts.policy(domain)
+        return tls_requirement(rule, sts, self._settings.tls_ca_file)
+
+    def _routed(self, domain: str) -> bool:
+        routes = self._settings.routes
+        return bool(routes.get(domain.lower().rstrip(".")) or routes.get("*"))
 
     async def _react(
         self, rule: ShapingRule, scope: str, ip: str, report: AttemptReport
