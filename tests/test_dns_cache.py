@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from relay.delivery.dns_cache import DnsCache
@@ -90,3 +92,30 @@ async def test_steady_delivery_asks_dns_once_per_ttl(redis, clock) -> None:
         ("mx.dest.test.", "AAAA"),
     ]
     assert cache.counts().hits >= 19 * 4
+
+
+async def test_callers_asking_the_same_at_once_share_one_query(clock) -> None:
+    cache = DnsCache(clock)
+    async with server() as dns:
+        resolver = make_resolver(dns.settings(), cache=cache)
+        found = await asyncio.gather(
+            *(
+                resolve_hops("dest.test", routes={}, mx_port=25, resolver=resolver)
+                for _ in range(20)
+            )
+        )
+        assert all(hops == found[0] for hops in found)
+        assert sorted(dns.queries) == [
+            ("dest.test.", "MX"),
+            ("mx.dest.test.", "A"),
+            ("mx.dest.test.", "AAAA"),
+        ]
+        assert resolver.coalesced >= 19
+        with pytest.raises(PermanentRouteError):  # an error reaches every caller too
+            await asyncio.gather(
+                *(
+                    resolve_hops("nowhere.test", routes={}, mx_port=25, resolver=resolver)
+                    for _ in range(5)
+                )
+            )
+        assert dns.queries.count(("nowhere.test.", "MX")) == 1

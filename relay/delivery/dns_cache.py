@@ -11,15 +11,18 @@ that long, on the injected clock (so tests move time instead of sleeping), bound
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import dns.asyncresolver
+import dns.rdatatype
 import dns.resolver
 
 from relay.clock import Clock
 
-__all__ = ["CacheCounts", "DnsCache"]
+__all__ = ["CacheCounts", "CoalescingResolver", "DnsCache"]
 
 _Key = tuple[Any, Any, Any]
 """(dns.name.Name, rdatatype, rdataclass), as dnspython's resolver asks."""
@@ -79,3 +82,31 @@ class DnsCache:
             self._entries.clear()
         else:
             self._entries.pop(key, None)
+
+
+class CoalescingResolver(dns.asyncresolver.Resolver):
+    """An async resolver that sends one query for many callers asking the same at once.
+
+    A cache alone does not help at the start, or when an answer expires under load: the 32
+    deliveries that find it missing all ask before the first answer is stored. Here the
+    first asks and the others wait for its answer (or its error).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[dns.resolver.Answer]] = {}
+        self.coalesced = 0
+        """Callers served by another caller's query (for tests and metrics)."""
+
+    async def resolve(
+        self, qname: Any, rdtype: Any = dns.rdatatype.A, *args: Any, **kwargs: Any
+    ) -> dns.resolver.Answer:
+        key = (str(qname).lower().rstrip("."), str(rdtype), repr((args, sorted(kwargs.items()))))
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            self.coalesced += 1
+            return await asyncio.shield(waiting)
+        query = asyncio.ensure_future(super().resolve(qname, rdtype, *args, **kwargs))
+        self._inflight[key] = query
+        query.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(query)

@@ -21,7 +21,7 @@ from dns.nameserver import Do53Nameserver
 from dns.resolver import NoResolverConfiguration
 
 from relay.config import DnsSettings, HostPort
-from relay.delivery.dns_cache import DnsCache
+from relay.delivery.dns_cache import CoalescingResolver, DnsCache
 from relay.delivery.errors import PermanentRouteError, TransientRouteError
 from relay.delivery.public_ip import is_public_address
 from relay.errors import ConfigError
@@ -121,6 +121,8 @@ def make_resolver(
     """A resolver for `dns.servers`, or the system's when the list is empty. `kind`: the
     async resolver of the service, or the blocking one a blocking library needs (pyspf).
     `cache`: the process's answer cache (delivery shares one; DNSBL lookups keep their own)."""
+    if cache is not None and kind is AsyncResolver:
+        kind = CoalescingResolver  # type: ignore[assignment]  # one query for many callers
     if dns.servers:
         resolver = kind(configure=False)
         for server in dns.servers:

@@ -1,17 +1,25 @@
-"""The fleet-wide gate of the shaping rules, in Redis: one script call per message.
+"""The fleet-wide gate of the shaping rules, in Redis, and what a worker asks of it.
 
 Every process of every node asks the same keys, so two processes never exceed one rule
 together: a rule's rate per egress IP is paced (GCRA without burst) and a reservation is a
 time to send at, which the worker sleeps until; its connection limits are leases that end
 by themselves when a process dies; a reaction to a provider's reply suspends an IP for the
 rule, or slows it down, for every process at once.
+
+Redis is asked as little as the guarantees allow, because with `appendfsync always` each
+write costs a disk flush: a process reserves up to 100 ms of consecutive send times at
+once and hands them out itself (a send time not used within its step is dropped, so sends
+stay as spaced as the rule says), and it keeps a connection lease while its sessions to
+the destination are in use or idle (a lease per connection, not per message), renewing it
+while it lasts. Suspensions set by other processes are seen within `FRESH` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -22,7 +30,18 @@ from relay.delivery.shaping import Reaction, ShapingRule
 from relay.errors import StoreUnavailable
 from relay.redis_client import load_script, store_errors
 
+__all__ = ["Admission", "FleetGate", "Reservation", "Shaper"]
+
 log = structlog.get_logger("relay.delivery")
+
+_PREFIX = "shape:{"
+
+BATCH_SPAN = 0.1
+"""Seconds of consecutive send times one Redis call may reserve for a process."""
+MAX_BATCH = 100
+FRESH = 0.5
+"""A process asks Redis at least this often per destination and IP (suspensions, slow-downs
+set elsewhere are seen within it)."""
 
 _BUSY_FIRST = 0.02
 _BUSY_MAX = 0.5
@@ -30,36 +49,57 @@ _BUSY_MAX = 0.5
 _BUSY_RETRY = 1.0
 """A job whose rule stayed at its connection limit for the whole wait comes back this soon."""
 
-__all__ = ["Admission", "FleetGate", "Shaper"]
-
-_PREFIX = "shape:{"
-
 Verdict = Literal["admitted", "suspended", "busy", "later"]
 _VERDICTS: tuple[Verdict, ...] = ("admitted", "suspended", "busy", "later")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one call of the gate script gave."""
+
+    verdict: Verdict
+    at: float
+    """admitted: the first send time; suspended: until when; later: the next free time."""
+    step: float = 0.0
+    """Seconds between the send times reserved (0: no rate applies)."""
+    count: int = 0
+    """Send times reserved: at, at + step, ..."""
+    token: str = ""
+    """The connection lease taken ("" when none was asked)."""
 
 
 @dataclass(frozen=True)
 class Admission:
     verdict: Verdict
     at: float
-    """admitted: when to send; suspended: until when; later: the next free time."""
-    token: str = ""
-    """Names the connection lease to give back (admitted with connection limits)."""
+    """admitted: when it was sent on its way; otherwise when to try again."""
 
 
 class FleetGate:
+    """The Redis side: one script call per reservation, a pipeline per renewal/release."""
+
     def __init__(self, redis: aioredis.Redis, *, lease: float) -> None:
-        """`lease`: how long a connection slot is held at most (a process that dies while
-        sending frees its slots after this long)."""
+        """`lease`: how long a connection lease lasts unless renewed (a process that dies
+        frees its connections after this long)."""
         self._redis = redis
+        self.lease = lease
         self._lease_ms = max(1, int(lease * 1000))
         self._script = load_script(redis, __file__, "shaping_gate.lua")
 
-    async def admit(
-        self, rule: ShapingRule, scope: str, ip: str, now: float, max_wait: float
-    ) -> Admission:
-        """`scope`: what the limits count (`rule.scope(domain)`)."""
-        token = secrets.token_hex(8)
+    async def reserve(
+        self,
+        rule: ShapingRule,
+        scope: str,
+        ip: str,
+        now: float,
+        max_wait: float,
+        *,
+        times: int = 1,
+        connection: bool = False,
+    ) -> Reservation:
+        """Up to `times` send times (at most BATCH_SPAN of them) and, with `connection`, a
+        connection lease. `scope`: what the limits count (`rule.scope(domain)`)."""
+        token = secrets.token_hex(8) if connection else ""
         base = _base(scope)
         keys = [
             f"{base}:conns",
@@ -76,21 +116,39 @@ class FleetGate:
             rule.max_connections or 0,
             rule.max_connections_per_ip or 0,
             int(max_wait * 1000),
+            times,
+            int(BATCH_SPAN * 1000),
             *(_interval_ms(rate.count, rate.period.seconds) for rate in rule.rates),
         ]
         with store_errors():
-            verdict, at = await self._script(keys=keys, args=args)
-        held = token if rule.max_connections or rule.max_connections_per_ip else ""
-        return Admission(_VERDICTS[int(verdict)], int(at) / 1000, held)
+            reply = await self._script(keys=keys, args=args)
+        verdict = _VERDICTS[int(reply[0])]
+        if verdict != "admitted":
+            return Reservation(verdict, int(reply[1]) / 1000)
+        step, count = int(reply[2]) / 1000, int(reply[3])
+        return Reservation(verdict, int(reply[1]) / 1000, step, count, token)
 
-    async def release(self, scope: str, ip: str, token: str) -> None:
-        if not token:
+    async def release(self, scope: str, ip: str, tokens: list[str]) -> None:
+        if not tokens:
             return
         base = _base(scope)
         with store_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(f"{base}:conns", token)
-                pipe.zrem(f"{base}:conns:{ip}", token)
+                pipe.zrem(f"{base}:conns", *tokens)
+                pipe.zrem(f"{base}:conns:{ip}", *tokens)
+                await pipe.execute()
+
+    async def renew(self, scope: str, ip: str, tokens: list[str], now: float) -> None:
+        """Extend leases still held (only those: a lease that ended is not revived)."""
+        if not tokens:
+            return
+        base = _base(scope)
+        end = int(now * 1000) + self._lease_ms
+        with store_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in (f"{base}:conns", f"{base}:conns:{ip}"):
+                    pipe.zadd(key, dict.fromkeys(tokens, end), xx=True)
+                    pipe.pexpire(key, self._lease_ms)
                 await pipe.execute()
 
     async def react(self, scope: str, ip: str, reaction: Reaction, now: float) -> float:
@@ -121,19 +179,27 @@ class FleetGate:
         return found
 
 
-def _base(rule: str) -> str:
-    return f"{_PREFIX}{rule}}}"
+@dataclass
+class _Local:
+    """This process's share of one scope × egress IP."""
 
-
-def _interval_ms(count: int, seconds: float) -> int:
-    return max(1, round(seconds * 1000 / count))
+    times: deque[float] = field(default_factory=deque)
+    step: float = 0.0
+    paced: bool = True
+    """A rate applied at the last reservation (the rule's, or a slow-down's)."""
+    tokens: list[str] = field(default_factory=list)
+    in_use: int = 0
+    checked: float = float("-inf")
+    renewed: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    idle: asyncio.TimerHandle | None = None
 
 
 class Shaper:
     """What a delivery worker asks before each message: the fleet gate, waited on.
 
-    A rate reservation is slept until (the workers of one destination go in the order
-    they asked); a connection limit is polled with backoff for at most `max_wait`. Redis
+    A send time is slept until (the workers of one destination go in the order they got
+    their times); a connection limit is polled with backoff for at most `max_wait`. Redis
     unreachable: the message goes (shaping is advice; the queue's state is the gate).
     """
 
@@ -141,43 +207,153 @@ class Shaper:
         self._gate = gate
         self._clock = clock
         self._max_wait = max_wait
+        self._local: dict[tuple[str, str], _Local] = {}
+        self._returning: set[asyncio.Task[None]] = set()
 
     async def admit(self, rule: ShapingRule, scope: str, ip: str) -> Admission | None:
-        """None or "admitted": send now (the wait is over); else the job should wait."""
+        """None or "admitted": send now (any wait is over; then call `release`); otherwise
+        the job should wait until `at`."""
         if self._gate is None or not rule.gated:
             return None
         loop = asyncio.get_running_loop()
+        local = self._local.setdefault((scope, ip), _Local())
+        limited = bool(rule.max_connections or rule.max_connections_per_ip)
         deadline = loop.time() + self._max_wait
         delay = _BUSY_FIRST
         while True:
             now = self._clock.now()
-            try:
-                wait = max(0.0, deadline - loop.time())
-                admission = await self._gate.admit(rule, scope, ip, now, wait)
-            except StoreUnavailable as exc:
-                log.error("shaping.unavailable", rule=rule.name, error=str(exc))
-                return None
-            if admission.verdict == "busy":
-                if loop.time() + delay < deadline:
-                    await asyncio.sleep(delay)
-                    delay = min(_BUSY_MAX, delay * 2)
-                    continue
+            async with local.lock:
+                result = await self._refill(rule, scope, ip, local, limited, now, deadline)
+                if result is None:  # Redis unreachable: go
+                    return None
+                if result.verdict == "admitted":
+                    if limited:
+                        local.in_use += 1
+                        if local.idle is not None:
+                            local.idle.cancel()
+                            local.idle = None
+                    at = local.times.popleft() if local.paced and local.times else now
+                    break
+            if result.verdict == "busy" and loop.time() + delay < deadline:
+                await asyncio.sleep(delay)
+                delay = min(_BUSY_MAX, delay * 2)
+                continue
+            if result.verdict == "busy":
                 return Admission("busy", now + _BUSY_RETRY)
-            if admission.verdict == "admitted" and admission.at > now:
-                await asyncio.sleep(admission.at - now)
-            return admission
+            return Admission(result.verdict, result.at)
+        if at > now:
+            await asyncio.sleep(at - now)
+        return Admission("admitted", at)
 
-    async def release(self, scope: str, ip: str, admission: Admission | None) -> None:
-        if self._gate is None or admission is None or not admission.token:
-            return
+    async def _refill(
+        self,
+        rule: ShapingRule,
+        scope: str,
+        ip: str,
+        local: _Local,
+        limited: bool,
+        now: float,
+        deadline: float,
+    ) -> Reservation | None:
+        """Ask Redis when this process has no send time or connection left for the message,
+        or has not asked for FRESH seconds; else admit from what it holds."""
+        assert self._gate is not None
+        loop = asyncio.get_running_loop()
+        while local.times and local.times[0] + max(local.step, 0.001) <= now:
+            local.times.popleft()  # its moment passed unused: never sent late in a bunch
+        need_connection = limited and local.in_use >= len(local.tokens)
+        need_times = local.paced and not local.times
+        stale = loop.time() - local.checked > FRESH
+        if not (need_connection or need_times or stale):
+            await self._renew(scope, ip, local, now)
+            return Reservation("admitted", now)
+        wanted = _batch(rule) if (need_times or stale) else 0
         try:
-            await self._gate.release(scope, ip, admission.token)
-        except StoreUnavailable as exc:  # the lease ends by itself
+            got = await self._gate.reserve(
+                rule,
+                scope,
+                ip,
+                now,
+                max(0.0, deadline - loop.time()),
+                times=wanted,
+                connection=need_connection,
+            )
+        except StoreUnavailable as exc:
+            log.error("shaping.unavailable", rule=scope, error=str(exc))
+            return None
+        local.checked = loop.time()
+        if got.verdict == "suspended":
+            local.times.clear()
+        if got.verdict != "admitted":
+            return got
+        if got.token:
+            local.tokens.append(got.token)
+            local.renewed = loop.time()
+        if wanted:
+            local.paced, local.step = got.count > 0, got.step
+            local.times.extend(got.at + n * got.step for n in range(got.count))
+        await self._renew(scope, ip, local, now)
+        return got
+
+    async def _renew(self, scope: str, ip: str, local: _Local, now: float) -> None:
+        assert self._gate is not None
+        loop = asyncio.get_running_loop()
+        if local.tokens and loop.time() - local.renewed > self._gate.lease / 3:
+            local.renewed = loop.time()
+            try:
+                await self._gate.renew(scope, ip, list(local.tokens), now)
+            except StoreUnavailable as exc:
+                log.warning("shaping.renew_failed", rule=scope, error=str(exc))
+
+    def release(self, rule: ShapingRule, scope: str, ip: str, admission: Admission | None) -> None:
+        """The message is sent: its connection is idle. Leases with no session in use are
+        given back after the rule's idle timeout (as idle sessions are closed)."""
+        if admission is None or not (rule.max_connections or rule.max_connections_per_ip):
+            return
+        local = self._local.get((scope, ip))
+        if local is None or local.in_use <= 0:
+            return
+        local.in_use -= 1
+        if local.in_use == 0 and local.tokens:
+            loop = asyncio.get_running_loop()
+            local.idle = loop.call_later(
+                max(0.0, rule.idle_timeout.seconds), self._give_back, scope, ip
+            )
+
+    def _give_back(self, scope: str, ip: str) -> None:
+        local = self._local.get((scope, ip))
+        if local is None or local.in_use or not local.tokens or self._gate is None:
+            return
+        tokens, local.tokens, local.idle = local.tokens, [], None
+        task = asyncio.get_running_loop().create_task(self._release(scope, ip, tokens))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
+
+    async def _release(self, scope: str, ip: str, tokens: list[str]) -> None:
+        assert self._gate is not None
+        try:
+            await self._gate.release(scope, ip, tokens)
+        except StoreUnavailable as exc:  # the leases end by themselves
             log.warning("shaping.release_failed", rule=scope, error=str(exc))
+
+    async def close(self) -> None:
+        """Give every connection lease back (on stop)."""
+        for (scope, ip), local in self._local.items():
+            if local.idle is not None:
+                local.idle.cancel()
+            if local.tokens and self._gate is not None:
+                tokens, local.tokens = local.tokens, []
+                await self._release(scope, ip, tokens)
+        if self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
 
     async def react(self, scope: str, ip: str, reaction: Reaction) -> None:
         if self._gate is None:
             return
+        local = self._local.get((scope, ip))
+        if local is not None:  # its next message asks Redis (and finds the reaction)
+            local.times.clear()
+            local.checked = float("-inf")
         try:
             until = await self._gate.react(scope, ip, reaction, self._clock.now())
         except StoreUnavailable as exc:
@@ -191,3 +367,19 @@ class Shaper:
             until=until,
             reaction=str(reaction),
         )
+
+
+def _batch(rule: ShapingRule) -> int:
+    """Send times to reserve at once: BATCH_SPAN of the rule's strictest rate, at least 1."""
+    if not rule.rates:
+        return 1
+    step = max(rate.period.seconds / rate.count for rate in rule.rates)
+    return max(1, min(MAX_BATCH, int(BATCH_SPAN / step)))
+
+
+def _base(scope: str) -> str:
+    return f"{_PREFIX}{scope}}}"
+
+
+def _interval_ms(count: int, seconds: float) -> int:
+    return max(1, round(seconds * 1000 / count))

@@ -144,6 +144,7 @@ class DeliveryWorker:
             heartbeat.cancel()
             await self._drain(grace)
             await self.sessions.close()
+            await self._shaper.close()
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Renew the leases of the jobs being attempted every third of a lease, so leases are
@@ -193,6 +194,7 @@ class DeliveryWorker:
         """Finish running deliveries and close idle sessions (for callers of `run_due`)."""
         await self._drain()
         await self.sessions.close()
+        await self._shaper.close()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
@@ -391,7 +393,7 @@ class DeliveryWorker:
                         idle=rule.idle_timeout.seconds,
                     )
                 finally:
-                    await self._shaper.release(scope, ip, admission)
+                    self._shaper.release(rule, scope, ip, admission)
                 if await self._react(rule, scope, ip, report) == "move" and egress is not None:
                     continue  # this IP is suspended for the rule: the next one takes the mail
                 if egress is None or report.ip_problem is None:
