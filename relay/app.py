@@ -33,6 +33,7 @@ from relay.delivery.mx import make_resolver
 from relay.delivery.rates import FleetGate
 from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.tls_policy import verifying_context
+from relay.delivery.tls_report import TlsReports
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import StoreUnavailable
@@ -204,6 +205,7 @@ async def serve(
             shaping=ShapingSource(settings.delivery, redis),
             gate=FleetGate(redis, lease=shaping_lease(settings)),
             mta_sts=mta_sts_policies(settings, resolver, clock),
+            tls_reports=TlsReports(redis),
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)

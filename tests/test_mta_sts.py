@@ -3,6 +3,8 @@ a policy served over HTTPS with a trustme certificate, and a sink that does STAR
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,11 +17,13 @@ from relay.config import DeliverySettings
 from relay.delivery.mta_sts import MtaStsPolicy, PolicyError, parse_policy, parse_txt
 from relay.delivery.shaping import parse_shaping
 from relay.delivery.tls_policy import mx_matches, tls_requirement
+from relay.delivery.tls_report import TlsReports, build_report, day_of, parse_rua, report_name
 from relay.errors import NotFound
 from relay.sink import Sink
 from tests.support.dns_server import DnsServer
 from tests.support.engine import engine, sink_on
 from tests.support.https_server import PolicyServer
+from tests.test_cli import relay
 
 MIN = 60.0
 ZONE = """
@@ -196,7 +200,7 @@ async def test_enforce_with_a_certificate_for_another_name_defers(
     redis, clock, dns, ca, ca_file
 ) -> None:
     sink = Sink(tls_context=server_context(ca, "wrong.test"))
-    logs, job, _ = await deliver(redis, clock, dns, ca, ca_file, sink=sink, text=policy())
+    _, job, _ = await deliver(redis, clock, dns, ca, ca_file, sink=sink, text=policy())
     assert sink.count == 0 and job is not None
     assert job.last_error.startswith("451 4.7.5 TLS with mx.dest.test failed (mta-sts enforce)")
     assert "certificate" in job.last_error
@@ -204,7 +208,7 @@ async def test_enforce_with_a_certificate_for_another_name_defers(
 
 async def test_enforce_never_falls_back_to_plain_text(redis, clock, dns, ca, ca_file) -> None:
     sink = Sink()  # no STARTTLS
-    logs, job, _ = await deliver(redis, clock, dns, ca, ca_file, sink=sink, text=policy())
+    _, job, _ = await deliver(redis, clock, dns, ca, ca_file, sink=sink, text=policy())
     assert sink.count == 0 and job is not None
     assert job.last_error.startswith("451 4.7.10 mx.dest.test: STARTTLS not offered")
 
@@ -278,3 +282,63 @@ async def test_rule_tls_modes(
     if not delivered:
         [job] = jobs
         assert job.last_error.startswith(error) and f"rule dest: {mode}" in job.last_error
+
+
+# --- TLS reporting (RFC 8460) -------------------------------------------------------------
+
+
+def test_rua_and_report_name() -> None:
+    assert parse_rua(["v=TLSRPTv1; rua=mailto:tls@dest.test,https://r.dest.test/v1"]) == [
+        "mailto:tls@dest.test",
+        "https://r.dest.test/v1",
+    ]
+    assert parse_rua(["v=spf1 -all"]) == []
+    assert report_name("relay.test", "dest.test", "2027-01-15") == (
+        "relay.test!dest.test!1799971200!1800057599.json"
+    )
+
+
+async def test_sessions_under_an_enforced_policy_are_reported_per_day(
+    redis, clock, dns, ca, ca_file, tmp_path, redis_server
+) -> None:
+    dns.load('_smtp._tls.dest.test. TXT "v=TLSRPTv1; rua=mailto:tlsrpt@dest.test"\n')
+    good = Sink(tls_context=server_context(ca, "mx.dest.test"))
+    await deliver(redis, clock, dns, ca, ca_file, sink=good, text=policy())
+    bad = Sink(tls_context=server_context(ca, "wrong.test"))
+    await deliver(redis, clock, dns, ca, ca_file, sink=bad, text=policy())
+    plain = Sink()
+    await deliver(redis, clock, dns, ca, ca_file, sink=plain, text=policy())
+    day = day_of(clock.now())
+    [(domain, counts)] = (await TlsReports(redis).day(day)).items()
+    report = build_report(
+        domain, counts, day=day, organization="relay.test", contact="pm@relay.test", report_id="1"
+    )
+    [entry] = report["policies"]
+    assert entry["policy"]["policy-domain"] == "dest.test"
+    assert entry["policy"]["mx-host"] == ["mx.dest.test"]
+    assert entry["summary"] == {
+        "total-successful-session-count": 1,
+        "total-failure-session-count": 2,
+    }
+    assert sorted(
+        (d["result-type"], d["receiving-mx-hostname"]) for d in entry["failure-details"]
+    ) == [
+        ("certificate-host-mismatch", "mx.dest.test"),
+        ("starttls-not-supported", "mx.dest.test"),
+    ]
+    assert report["date-range"]["start-datetime"] == f"{day}T00:00:00Z"
+
+    # the operator's command writes the files and says where each goes
+    (tmp_path / "relay.toml").write_text(
+        f'hostname = "relay.test"\n[redis]\nurl = "{redis_server.url}"\n'
+        f'[dns]\nservers = ["127.0.0.1:{dns.port}"]\n'
+    )
+    # (in a thread: the test DNS server answers from this event loop)
+    done = await asyncio.to_thread(
+        relay, "--config", "relay.toml", "tls-report", "--day", day, "--dir", "out", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    [written] = list((tmp_path / "out").iterdir())
+    assert written.name.startswith("relay.test!dest.test!")
+    assert json.loads(written.read_text())["policies"][0]["summary"] == entry["summary"]
+    assert done.stdout.strip().endswith("\tmailto:tlsrpt@dest.test")

@@ -37,6 +37,10 @@ class TlsPolicyFailure(DeliveryError):
     certificate or MX name that does not check out): the mail waits rather than going in
     clear or to the wrong server. `status`: 4.7.10 (encryption needed) or 4.7.5."""
 
-    def __init__(self, message: str, *, status: str = "4.7.5") -> None:
+    def __init__(
+        self, message: str, *, status: str = "4.7.5", result_type: str = "validation-failure"
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.result_type = result_type
+        """What a TLS report (RFC 8460 section 4.3) calls it, e.g. "certificate-host-mismatch"."""

@@ -59,6 +59,8 @@ class AttemptReport:
     """Set when no hop accepted a transaction from this egress IP."""
     connected: bool = False
     """A server accepted MAIL FROM from this IP (whatever it then said of the recipients)."""
+    tls_failures: tuple[tuple[str, str], ...] = ()
+    """(RFC 8460 result type, MX host) of each session the TLS policy stopped."""
 
 
 async def attempt_domain(
@@ -104,6 +106,7 @@ async def attempt_domain(
 
     failure: tuple[BaseException, Hop] | None = None
     errors: list[BaseException] = []
+    tls_failures: list[tuple[str, str]] = []
     for hop, address in _targets(hops, egress):
         try:
             await attempt.via(hop, address)
@@ -117,19 +120,21 @@ async def attempt_domain(
                 error=" ".join(str(part) for part in classify_exception(failed.error)[1:]),
             )
             errors.append(failed.error)
+            if isinstance(failed.error, TlsPolicyFailure):
+                tls_failures.append((failed.error.result_type, hop.host))
             # A reply from a server tells more (a block, say) than a later refused connection.
             if failure is None or not _has_reply(failure[0]) or _has_reply(failed.error):
                 failure = (failed.error, hop)
             continue
-        return AttemptReport(attempt.results(), connected=True)
+        return AttemptReport(attempt.results(), connected=True, tls_failures=tuple(tls_failures))
 
     if failure is None:
         attempt.fail_open(Disposition.TRANSIENT, LOCAL_TRANSIENT_CODE, "4.4.4", _no_route(hops))
-        return AttemptReport(attempt.results())
+        return AttemptReport(attempt.results(), tls_failures=tuple(tls_failures))
     error, hop = failure
     _, code, status, text = classify_exception(error)
     attempt.fail_open(Disposition.TRANSIENT, code, status, text, remote=hop.host)
-    return AttemptReport(attempt.results(), _ip_problem(errors))
+    return AttemptReport(attempt.results(), _ip_problem(errors), tls_failures=tuple(tls_failures))
 
 
 def _ip_problem(errors: list[BaseException]) -> IpProblem | None:
@@ -248,6 +253,7 @@ class _Attempt:
                     f"{hop.host} is not an MX host of the domain's policy"
                     f" ({self.requirement.policy})",
                     status="4.7.5",
+                    result_type="validation-failure",
                 )
             )
         key = (self.egress_ip or "", address, hop.port)
@@ -326,7 +332,8 @@ class _Attempt:
             tls_error = in_tls and not isinstance(exc, aiosmtplib.SMTPResponseException)
             if tls_error and required.encrypt:
                 failure = TlsPolicyFailure(
-                    f"TLS with {hop.host} failed ({required.policy}): {_tls_reason(exc)}"
+                    f"TLS with {hop.host} failed ({required.policy}): {_tls_reason(exc)}",
+                    result_type=_result_type(exc),
                 )
                 raise _SessionFailed(failure) from exc
             if tls_error:
@@ -474,7 +481,26 @@ def _needs_tls(host: str, required: TlsRequirement, why: str) -> TlsPolicyFailur
     return TlsPolicyFailure(
         f"{host}: {why.strip() or 'STARTTLS refused'}; TLS is required ({required.policy})",
         status="4.7.10",
+        result_type="starttls-not-supported",
     )
+
+
+_VERIFY_RESULTS = {
+    62: "certificate-host-mismatch",  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: "certificate-host-mismatch",  # X509_V_ERR_IP_ADDRESS_MISMATCH
+    10: "certificate-expired",  # X509_V_ERR_CERT_HAS_EXPIRED
+    18: "certificate-not-trusted",  # self-signed leaf
+    19: "certificate-not-trusted",  # self-signed in the chain
+    20: "certificate-not-trusted",  # issuer unknown
+    21: "certificate-not-trusted",  # cannot verify the first certificate
+}
+
+
+def _result_type(exc: BaseException) -> str:
+    """RFC 8460 section 4.3 result type of a failed handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_RESULTS.get(exc.verify_code, "validation-failure")
+    return "validation-failure"
 
 
 def _tls_reason(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from relay.delivery.egress_state import EgressState
 from relay.delivery.errors import RouteError
 from relay.delivery.limits import DestinationLimiter, site_of
 from relay.delivery.memory import ByteBudget
-from relay.delivery.mta_sts import MtaStsPolicies
+from relay.delivery.mta_sts import MtaStsPolicies, MtaStsPolicy
 from relay.delivery.mx import Hop, resolve_hops
 from relay.delivery.outcome import Disposition, RecipientOutcome, split_status
 from relay.delivery.rates import FleetGate, Shaper
@@ -35,7 +35,8 @@ from relay.delivery.sessions import SessionPool
 from relay.delivery.shaping import Action, ShapingRule
 from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
-from relay.delivery.tls_policy import TlsRequirement, tls_requirement
+from relay.delivery.tls_policy import tls_requirement
+from relay.delivery.tls_report import TlsReports
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import (
@@ -81,6 +82,7 @@ class DeliveryWorker:
         shaping: ShapingSource | None = None,
         gate: FleetGate | None = None,
         mta_sts: MtaStsPolicies | None = None,
+        tls_reports: TlsReports | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -100,6 +102,8 @@ class DeliveryWorker:
         self._shaper = Shaper(gate, clock, settings.shaping_max_wait.seconds)
         self._mta_sts = mta_sts
         """Destination domains' MTA-STS policies (None: not honoured)."""
+        self._tls_reports = tls_reports
+        """Where sessions under an enforced MTA-STS policy are counted (RFC 8460)."""
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
         self._memory = ByteBudget(settings.max_inflight_bytes)
@@ -355,7 +359,8 @@ class DeliveryWorker:
         destination's rule holds it back, or a reaction to its reply moves the mail on).
         Raises _Postponed when the rule holds back every IP it could use."""
         account = meta.account
-        tls = await self._tls_for(rule, job.domain)
+        sts = await self._sts_for(job.domain)
+        tls = tls_requirement(rule, sts, self._settings.tls_ca_file)
         scope = rule.scope(job.domain)
         held: list[tuple[float, str]] = []
         status = await self._status(job.domain)
@@ -394,6 +399,7 @@ class DeliveryWorker:
                     )
                 finally:
                     self._shaper.release(rule, scope, ip, admission)
+                await self._report_tls(job.domain, sts, ip, report)
                 if await self._react(rule, scope, ip, report) == "move" and egress is not None:
                     continue  # this IP is suspended for the rule: the next one takes the mail
                 if egress is None or report.ip_problem is None:
@@ -420,13 +426,29 @@ class DeliveryWorker:
             )
         return report.outcomes
 
-    async def _tls_for(self, rule: ShapingRule, domain: str) -> TlsRequirement:
-        """The rule's TLS mode, raised by the domain's MTA-STS policy (MX path only: a
-        static route is the operator's choice of server)."""
-        sts = None
-        if self._mta_sts is not None and not self._routed(domain):
-            sts = await self._mta_sts.policy(domain)
-        return tls_requirement(rule, sts, self._settings.tls_ca_file)
+    async def _sts_for(self, domain: str) -> MtaStsPolicy | None:
+        """The domain's MTA-STS policy in force (MX path only: a static route is the
+        operator's choice of server); it raises the rule's TLS mode."""
+        if self._mta_sts is None or self._routed(domain):
+            return None
+        return await self._mta_sts.policy(domain)
+
+    async def _report_tls(
+        self, domain: str, sts: MtaStsPolicy | None, ip: str, report: AttemptReport
+    ) -> None:
+        if self._tls_reports is None or sts is None or sts.mode != "enforce":
+            return
+        failures = tuple((result, ip, mx) for result, mx in report.tls_failures)
+        try:
+            await self._tls_reports.record(
+                domain,
+                sts,
+                self._clock.now(),
+                successes=1 if report.connected else 0,
+                failures=failures,
+            )
+        except StoreUnavailable as exc:  # a report, not the delivery
+            log.warning("tls_report.record_failed", domain=domain, error=str(exc))
 
     def _routed(self, domain: str) -> bool:
         routes = self._settings.routes

@@ -21,6 +21,7 @@ from relay.delivery.mx import make_resolver
 from relay.delivery.rates import FleetGate
 from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.tls_policy import verifying_context
+from relay.delivery.tls_report import TlsReports
 from relay.delivery.worker import DeliveryWorker
 from relay.queue import DsnRequest, Envelope, QueueStore
 from relay.sink import Received, Sink
@@ -113,6 +114,7 @@ async def engine(
         )
         if settings.mta_sts
         else None,
+        tls_reports=TlsReports(redis),
     )
     try:
         yield Engine(queue, worker, state, clock, settings)
