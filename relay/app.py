@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import dns.exception
 import dns.resolver
 import redis.asyncio as aioredis
 import structlog
@@ -26,6 +27,7 @@ from relay.accounts import AccountStore
 from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
 from relay.config import AuthGuardSettings, Settings
+from relay.delivery.dane import DaneValidator, parse_anchors
 from relay.delivery.dns_cache import DnsCache
 from relay.delivery.egress_state import egress_state
 from relay.delivery.mta_sts import MtaStsPolicies
@@ -36,7 +38,7 @@ from relay.delivery.tls_policy import verifying_context
 from relay.delivery.tls_report import TlsReports
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
-from relay.errors import StoreUnavailable
+from relay.errors import ConfigError, StoreUnavailable
 from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
@@ -128,6 +130,20 @@ def mta_sts_policies(
     )
 
 
+def dane_validator(settings: Settings, clock: Clock) -> DaneValidator | None:
+    """DANE when trust anchors are configured: its own resolver (asking with the DO bit)
+    and answer cache."""
+    if not settings.dns.trust_anchors:
+        return None
+    try:
+        anchors = parse_anchors(settings.dns.trust_anchors)
+    except (ValueError, dns.exception.DNSException) as exc:
+        raise ConfigError(f"dns.trust_anchors: {exc}") from None
+    cache = delivery_dns_cache(settings, clock)
+    resolver: AsyncResolver = make_resolver(settings.dns, cache=cache)
+    return DaneValidator(resolver, clock, anchors)
+
+
 def shaping_lease(settings: Settings) -> float:
     """How long a shaping connection slot is held at most: one message's connection and
     DATA. A process that dies while sending frees its slots after this long."""
@@ -206,6 +222,7 @@ async def serve(
             gate=FleetGate(redis, lease=shaping_lease(settings)),
             mta_sts=mta_sts_policies(settings, resolver, clock),
             tls_reports=TlsReports(redis),
+            dane=dane_validator(settings, clock),
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         dnsbl = dnsbl_client(settings, clock)

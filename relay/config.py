@@ -309,6 +309,9 @@ class DnsSettings(Section):
     servers: list[HostPortField] = Field(default_factory=list)
     """Resolvers as `"ip:port"`; empty: the system resolvers."""
     timeout: DurationField = Duration(5.0)
+    trust_anchors: list[str] = Field(default_factory=list)
+    """DNSSEC trust anchors as zone-file lines (the root's DS, say); set, DANE (RFC 7672)
+    applies to MX hosts with validated TLSA records. Empty: no DANE."""
     cache_size: int = Field(10_000, ge=0)
     """Answers delivery keeps (MX, A, AAAA, TLSA, MTA-STS TXT) for their TTL, negative
     answers included (RFC 2308); 0: no cache."""

@@ -22,6 +22,7 @@ import structlog
 from aiosmtplib.email import parse_address
 
 from relay.config import DeliveryTimeouts, Egress
+from relay.delivery.dane import TlsaRecord, certificate_matches
 from relay.delivery.dsn_forward import mail_options, rcpt_options
 from relay.delivery.errors import TlsPolicyFailure
 from relay.delivery.mx import Hop
@@ -35,7 +36,7 @@ from relay.delivery.outcome import (
     split_status,
 )
 from relay.delivery.sessions import PooledSession, SessionPool
-from relay.delivery.tls_policy import TlsRequirement
+from relay.delivery.tls_policy import TlsRequirement, opportunistic_context
 from relay.delivery.wire import send_data
 from relay.queue.model import DsnRequest
 
@@ -258,7 +259,7 @@ class _Attempt:
             )
         key = (self.egress_ip or "", address, hop.port)
         pooled = self.sessions.take(key) if self.sessions is not None else None
-        if pooled is not None and not self._meets(pooled):
+        if pooled is not None and not self._meets(pooled, hop.host):
             pooled.smtp.close()
             pooled = None
         if pooled is not None:
@@ -276,9 +277,9 @@ class _Attempt:
         session = PooledSession(smtp, self.tls, hop.host, self.verified, self.requirement.policy)
         await self._use(session, key, reused=False)
 
-    def _meets(self, pooled: PooledSession) -> bool:
+    def _meets(self, pooled: PooledSession, host: str) -> bool:
         """A kept session serves a destination whose TLS requirement it met when opened."""
-        if self.requirement.mode == "verify":
+        if self.requirement.mode == "verify" or self.requirement.dane_for(host) is not None:
             return pooled.verified
         return pooled.tls or not self.requirement.encrypt
 
@@ -298,6 +299,9 @@ class _Attempt:
         """Connected, greeted, EHLO done, and STARTTLS done when offered and `tls`."""
         self.remote, self.tls, self.verified = hop.host, False, False
         required = self.requirement
+        dane = required.dane_for(hop.host)
+        must_encrypt = required.encrypt or dane is not None
+        context = required.context() if dane is None else opportunistic_context()
         smtp = aiosmtplib.SMTP(
             hostname=address,
             port=hop.port,
@@ -314,15 +318,17 @@ class _Attempt:
             if tls and smtp.supports_extension("starttls"):
                 in_tls = True
                 try:
-                    await smtp.starttls(server_hostname=hop.host, tls_context=required.context())
+                    await smtp.starttls(server_hostname=hop.host, tls_context=context)
                 except aiosmtplib.SMTPResponseException as refused:
-                    if required.encrypt:
+                    if must_encrypt:
                         raise _needs_tls(hop.host, required, refused.message) from refused
                     in_tls = False  # e.g. "454 TLS not available": go on in plain text
                 else:
                     self.tls, self.verified = True, required.mode == "verify"
+                    if dane is not None:
+                        self.verified = _dane_check(smtp, hop.host, dane)
                     await _hello(smtp)
-            elif required.encrypt:
+            elif must_encrypt:
                 raise _needs_tls(hop.host, required, "STARTTLS not offered")
         except TlsPolicyFailure as exc:
             smtp.close()
@@ -330,7 +336,7 @@ class _Attempt:
         except (aiosmtplib.SMTPException, OSError) as exc:  # ssl.SSLError is an OSError
             smtp.close()
             tls_error = in_tls and not isinstance(exc, aiosmtplib.SMTPResponseException)
-            if tls_error and required.encrypt:
+            if tls_error and must_encrypt:
                 failure = TlsPolicyFailure(
                     f"TLS with {hop.host} failed ({required.policy}): {_tls_reason(exc)}",
                     result_type=_result_type(exc),
@@ -475,6 +481,22 @@ def _counts(outcomes: Iterable[RecipientOutcome]) -> dict[str, int]:
     for outcome in outcomes:
         counts[outcome.disposition.value] += 1
     return counts
+
+
+def _dane_check(smtp: aiosmtplib.SMTP, host: str, records: tuple[TlsaRecord, ...]) -> bool:
+    """The certificate must match a usable TLSA record (RFC 7672); True when one matched,
+    False when the records hold none this relay can use (encrypted, not authenticated)."""
+    if not any(record.usable for record in records):
+        return False
+    ssl_object = smtp.get_transport_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der or not certificate_matches(der, records):
+        raise TlsPolicyFailure(
+            f"{host}: the certificate matches no TLSA record (dane)",
+            status="4.7.5",
+            result_type="tlsa-invalid",
+        )
+    return True
 
 
 def _needs_tls(host: str, required: TlsRequirement, why: str) -> TlsPolicyFailure:

@@ -15,6 +15,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relay.delivery.dane import TlsaRecord
 from relay.delivery.mta_sts import MtaStsPolicy
 from relay.delivery.shaping import ShapingRule, TlsMode
 
@@ -37,12 +38,24 @@ class TlsRequirement:
     required", "mta-sts enforce", "mta-sts testing"..."""
     ca_file: Path | None = field(default=None, compare=False)
     """Extra trust anchors (a private CA) besides the system's, for `verify`."""
+    tlsa: tuple[tuple[str, tuple[TlsaRecord, ...]], ...] = ()
+    """(MX host, its DNSSEC-validated TLSA records): DANE applies to those hosts (RFC 7672),
+    before MTA-STS and the rule's mode (RFC 8461 section 2)."""
+
+    def dane_for(self, host: str) -> tuple[TlsaRecord, ...] | None:
+        for name, records in self.tlsa:
+            if name == host:
+                return records
+        return None
 
     @property
     def encrypt(self) -> bool:
         return self.mode != "opportunistic"
 
     def allows_mx(self, host: str) -> bool:
+        """MTA-STS's MX list; a host that DANE authenticates is the domain's by DNSSEC."""
+        if self.dane_for(host) is not None:
+            return True
         return not self.mx_patterns or any(mx_matches(p, host) for p in self.mx_patterns)
 
     def context(self) -> ssl.SSLContext:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
+import dns.exception
 import structlog
 from dns.asyncresolver import Resolver
 
@@ -20,6 +22,7 @@ from quota import QuotaStore, QuotaUnavailable
 from relay.clock import Clock
 from relay.config import DeliverySettings
 from relay.delivery.attempt import AttemptPlan, after_attempt
+from relay.delivery.dane import DaneBogus, DaneValidator, tlsa_of_hops
 from relay.delivery.dns_cache import CacheCounts, DnsCache
 from relay.delivery.egress import EgressPool, EgressStatus
 from relay.delivery.egress_state import EgressState
@@ -83,6 +86,7 @@ class DeliveryWorker:
         gate: FleetGate | None = None,
         mta_sts: MtaStsPolicies | None = None,
         tls_reports: TlsReports | None = None,
+        dane: DaneValidator | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -103,6 +107,8 @@ class DeliveryWorker:
         self._mta_sts = mta_sts
         """Destination domains' MTA-STS policies (None: not honoured)."""
         self._tls_reports = tls_reports
+        self._dane = dane
+        """Validates MX hosts' TLSA records (None: no DANE, no trust anchor configured)."""
         """Where sessions under an enforced MTA-STS policy are counted (RFC 8460)."""
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
@@ -361,6 +367,13 @@ class DeliveryWorker:
         account = meta.account
         sts = await self._sts_for(job.domain)
         tls = tls_requirement(rule, sts, self._settings.tls_ca_file)
+        if self._dane is not None and not self._routed(job.domain):
+            try:
+                tlsa = await tlsa_of_hops(self._dane, [(hop.host, hop.port) for hop in hops])
+            except (DaneBogus, dns.exception.DNSException) as exc:  # never less than asked
+                return _all(job, Disposition.TRANSIENT, 451, "4.7.5", f"DANE: {exc}")
+            if tlsa:
+                tls = replace(tls, tlsa=tlsa, policy="dane")
         scope = rule.scope(job.domain)
         held: list[tuple[float, str]] = []
         status = await self._status(job.domain)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from quota import QuotaStore
 from relay.clock import FakeClock
 from relay.config import DeliverySettings, DnsSettings
+from relay.delivery.dane import DaneValidator, parse_anchors
 from relay.delivery.dns_cache import DnsCache
 from relay.delivery.egress_state import EgressState, egress_state
 from relay.delivery.mta_sts import MtaStsPolicies
@@ -115,6 +116,11 @@ async def engine(
         if settings.mta_sts
         else None,
         tls_reports=TlsReports(redis),
+        dane=DaneValidator(
+            make_resolver(dns, cache=DnsCache(clock)), clock, parse_anchors(dns.trust_anchors)
+        )
+        if dns is not None and dns.trust_anchors
+        else None,
     )
     try:
         yield Engine(queue, worker, state, clock, settings)
