@@ -38,7 +38,7 @@ from relay.delivery.sessions import SessionPool
 from relay.delivery.shaping import Action, ShapingRule
 from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
-from relay.delivery.tls_policy import tls_requirement
+from relay.delivery.tls_policy import TlsRequirement, tls_requirement
 from relay.delivery.tls_report import TlsReports
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
@@ -107,9 +107,9 @@ class DeliveryWorker:
         self._mta_sts = mta_sts
         """Destination domains' MTA-STS policies (None: not honoured)."""
         self._tls_reports = tls_reports
+        """Where sessions under an enforced MTA-STS policy are counted (RFC 8460)."""
         self._dane = dane
         """Validates MX hosts' TLSA records (None: no DANE, no trust anchor configured)."""
-        """Where sessions under an enforced MTA-STS policy are counted (RFC 8460)."""
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
         self._memory = ByteBudget(settings.max_inflight_bytes)
@@ -367,13 +367,10 @@ class DeliveryWorker:
         account = meta.account
         sts = await self._sts_for(job.domain)
         tls = tls_requirement(rule, sts, self._settings.tls_ca_file)
-        if self._dane is not None and not self._routed(job.domain):
-            try:
-                tlsa = await tlsa_of_hops(self._dane, [(hop.host, hop.port) for hop in hops])
-            except (DaneBogus, dns.exception.DNSException) as exc:  # never less than asked
-                return _all(job, Disposition.TRANSIENT, 451, "4.7.5", f"DANE: {exc}")
-            if tlsa:
-                tls = replace(tls, tlsa=tlsa, policy="dane")
+        try:
+            tls = await self._with_dane(tls, job.domain, hops)
+        except (DaneBogus, dns.exception.DNSException) as exc:  # never less than asked
+            return _all(job, Disposition.TRANSIENT, 451, "4.7.5", f"DANE: {exc}")
         scope = rule.scope(job.domain)
         held: list[tuple[float, str]] = []
         status = await self._status(job.domain)
@@ -445,6 +442,14 @@ class DeliveryWorker:
         if self._mta_sts is None or self._routed(domain):
             return None
         return await self._mta_sts.policy(domain)
+
+    async def _with_dane(self, tls: TlsRequirement, domain: str, hops: list[Hop]) -> TlsRequirement:
+        """DANE for the MX hosts with DNSSEC-validated TLSA records (before MTA-STS and the
+        rule, RFC 8461 section 2). Raises DaneBogus, or DNSException when a lookup fails."""
+        if self._dane is None or self._routed(domain):
+            return tls
+        tlsa = await tlsa_of_hops(self._dane, [(hop.host, hop.port) for hop in hops])
+        return replace(tls, tlsa=tlsa, policy="dane") if tlsa else tls
 
     async def _report_tls(
         self, domain: str, sts: MtaStsPolicy | None, ip: str, report: AttemptReport
