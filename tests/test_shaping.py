@@ -11,6 +11,7 @@ from quota import Duration, RateSpec
 from relay.config import DeliverySettings
 from relay.delivery.schedule import RetrySchedule
 from relay.delivery.shaping import load_shaping, parse_shaping
+from relay.delivery.shaping_source import ShapingSource, request_reload
 from relay.errors import ConfigError
 
 DELIVERY = DeliverySettings()
@@ -191,3 +192,26 @@ def test_the_retry_curve_repeats_its_last_step_until_the_max_age() -> None:
     assert "after 5m, 10m, 20m (the last repeated)" in str(schedule)
     plain = RetrySchedule.parse()
     assert plain.with_curve((Duration(900),)) is plain
+
+
+async def test_a_reload_replaces_the_rules_whole_or_keeps_them(tmp_path: Path, redis) -> None:
+    path = tmp_path / "shaping.toml"
+    path.write_text('[[rule]]\nname = "a"\ndomains = ["a.test"]\nmax_connections = 2\n')
+    source = ShapingSource(DeliverySettings(shaping=path), redis)
+    assert source.current.rule_for("a.test").max_connections == 2
+    path.write_text('[[rule]]\nname = "a"\ndomains = ["a.test"]\nmax_connections = 0\n')
+    assert source.reload() is False  # refused: the rules in force stay
+    assert source.current.rule_for("a.test").max_connections == 2
+    path.write_text('[[rule]]\nname = "a"\ndomains = ["a.test"]\nmax_connections = 5\n')
+    await source.check()  # nothing asked yet: no reload
+    assert source.current.rule_for("a.test").max_connections == 2
+    await request_reload(redis)  # what `relay reload` does, for every process
+    await source.check()
+    assert source.current.rule_for("a.test").max_connections == 5
+
+
+def test_a_relay_does_not_start_with_rules_that_do_not_validate(tmp_path: Path) -> None:
+    path = tmp_path / "shaping.toml"
+    path.write_text('[[rule]]\nname = "a"\ndomains = ["a.test"]\ntls = "maybe"\n')
+    with pytest.raises(ConfigError, match="rule 'a': tls: "):
+        ShapingSource(DeliverySettings(shaping=path))
