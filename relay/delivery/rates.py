@@ -7,11 +7,13 @@ by themselves when a process dies; a reaction to a provider's reply suspends an 
 rule, or slows it down, for every process at once.
 
 Redis is asked as little as the guarantees allow, because with `appendfsync always` each
-write costs a disk flush: a process reserves up to 100 ms of consecutive send times at
-once and hands them out itself (a send time not used within its step is dropped, so sends
-stay as spaced as the rule says), and it keeps a connection lease while its sessions to
-the destination are in use or idle (a lease per connection, not per message), renewing it
-while it lasts. Suspensions set by other processes are seen within `FRESH` seconds.
+write costs a disk flush: a process busy with a destination reserves a run of consecutive
+send times at once (as many as it used in the last 100 ms, plus one, at most 100 ms of
+them) and hands them out itself; a send time not used within its step is dropped, so
+sends stay as spaced as the rule says (a process with sparse traffic thus asks about once
+per message). It keeps a connection lease while its sessions to the destination are in use
+or idle (a lease per connection, not per message), renewing it while it lasts. Suspensions
+and slow-downs set by other processes are seen within `FRESH` seconds.
 """
 
 from __future__ import annotations
@@ -193,6 +195,8 @@ class _Local:
     renewed: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     idle: asyncio.TimerHandle | None = None
+    recent: deque[float] = field(default_factory=deque)
+    """Loop times of this process's last messages (how many send times to reserve)."""
 
 
 class Shaper:
@@ -227,6 +231,9 @@ class Shaper:
                 if result is None:  # Redis unreachable: go
                     return None
                 if result.verdict == "admitted":
+                    local.recent.append(loop.time())
+                    if len(local.recent) > MAX_BATCH:
+                        local.recent.popleft()
                     if limited:
                         local.in_use += 1
                         if local.idle is not None:
@@ -267,7 +274,7 @@ class Shaper:
         if not (need_connection or need_times or stale):
             await self._renew(scope, ip, local, now)
             return Reservation("admitted", now)
-        wanted = _batch(rule) if (need_times or stale) else 0
+        wanted = _batch(rule, local, loop.time()) if (need_times or stale) else 0
         try:
             got = await self._gate.reserve(
                 rule,
@@ -369,12 +376,17 @@ class Shaper:
         )
 
 
-def _batch(rule: ShapingRule) -> int:
-    """Send times to reserve at once: BATCH_SPAN of the rule's strictest rate, at least 1."""
+def _batch(rule: ShapingRule, local: _Local, now: float) -> int:
+    """Send times to reserve at once: as many as this process sent in the last BATCH_SPAN,
+    plus one (times it would not use are capacity the other processes lose), at most
+    BATCH_SPAN of the rule's strictest rate."""
+    recent = local.recent
+    while recent and recent[0] < now - BATCH_SPAN:
+        recent.popleft()
     if not rule.rates:
         return 1
     step = max(rate.period.seconds / rate.count for rate in rule.rates)
-    return max(1, min(MAX_BATCH, int(BATCH_SPAN / step)))
+    return max(1, min(MAX_BATCH, int(BATCH_SPAN / step), len(recent) + 1))
 
 
 def _base(scope: str) -> str:
