@@ -9,11 +9,11 @@ rule, or slows it down, for every process at once.
 Redis is asked as little as the guarantees allow, because with `appendfsync always` each
 write costs a disk flush: a process busy with a destination reserves a run of consecutive
 send times at once (as many as it used in the last 100 ms, plus one, at most 100 ms of
-them) and hands them out itself; a send time not used within its step is dropped, so
-sends stay as spaced as the rule says (a process with sparse traffic thus asks about once
-per message). It keeps a connection lease while its sessions to the destination are in use
-or idle (a lease per connection, not per message), renewing it while it lasts. Suspensions
-and slow-downs set by other processes are seen within `FRESH` seconds.
+them) and hands them out itself; a send time not used within its step (or `LATE`) is
+dropped, so sends stay as spaced as the rule says (a process with sparse traffic thus asks
+about once per message). It keeps a connection lease while its sessions to the destination
+are in use or idle (a lease per connection, not per message), renewing it while it lasts.
+Suspensions and slow-downs set by other processes are seen within `FRESH` seconds.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ _PREFIX = "shape:{"
 BATCH_SPAN = 0.1
 """Seconds of consecutive send times one Redis call may reserve for a process."""
 MAX_BATCH = 100
+LATE = 0.01
+"""A send time may be used this late at most (or one step, when longer): below that, the
+event loop's own jitter. Rates up to 100/s per IP stay exact; above, a window of one period
+may hold up to 10 ms worth of messages more (1 % of a per-second rate)."""
 FRESH = 0.5
 """A process asks Redis at least this often per destination and IP (suspensions, slow-downs
 set elsewhere are seen within it)."""
@@ -266,7 +270,7 @@ class Shaper:
         or has not asked for FRESH seconds; else admit from what it holds."""
         assert self._gate is not None
         loop = asyncio.get_running_loop()
-        while local.times and local.times[0] + max(local.step, 0.001) <= now:
+        while local.times and local.times[0] + max(local.step, LATE) <= now:
             local.times.popleft()  # its moment passed unused: never sent late in a bunch
         need_connection = limited and local.in_use >= len(local.tokens)
         need_times = local.paced and not local.times
