@@ -141,3 +141,12 @@ async def test_a_connection_lease_serves_many_messages_and_goes_back_when_idle(r
     assert taken is not None and taken.verdict == "admitted"
     await other.close()
     assert await redis.zcard("shape:{r}:conns:ip") == 0
+
+
+async def test_the_worker_side_stays_bounded_over_many_destinations(redis) -> None:
+    r = rule('[[rule.reactions]]\ncode = 421\naction = "move"\nduration = "1h"\n')
+    shaper = Shaper(FleetGate(redis, lease=60), SystemClock(), 1, max_local=10)
+    for n in range(50):
+        admission = await shaper.admit(r, f"default/d{n}.test", "ip")
+        shaper.release(r, f"default/d{n}.test", "ip", admission)
+    assert len(shaper._local) <= 10

@@ -45,6 +45,7 @@ LATE = 0.01
 """A send time may be used this late at most (or one step, when longer): below that, the
 event loop's own jitter. Rates up to 100/s per IP stay exact; above, a window of one period
 may hold up to 10 ms worth of messages more (1 % of a per-second rate)."""
+MAX_LOCAL = 10_000
 FRESH = 0.5
 """A process asks Redis at least this often per destination and IP (suspensions, slow-downs
 set elsewhere are seen within it)."""
@@ -211,8 +212,11 @@ class Shaper:
     unreachable: the message goes (shaping is advice; the queue's state is the gate).
     """
 
-    def __init__(self, gate: FleetGate | None, clock: Clock, max_wait: float) -> None:
+    def __init__(
+        self, gate: FleetGate | None, clock: Clock, max_wait: float, max_local: int = MAX_LOCAL
+    ) -> None:
         self._gate = gate
+        self._max_local = max_local
         self._clock = clock
         self._max_wait = max_wait
         self._local: dict[tuple[str, str], _Local] = {}
@@ -224,7 +228,10 @@ class Shaper:
         if self._gate is None or not rule.gated:
             return None
         loop = asyncio.get_running_loop()
-        local = self._local.setdefault((scope, ip), _Local())
+        local = self._local.get((scope, ip))
+        if local is None:
+            self._forget_idle()
+            local = self._local[(scope, ip)] = _Local()
         limited = bool(rule.max_connections or rule.max_connections_per_ip)
         deadline = loop.time() + self._max_wait
         delay = _BUSY_FIRST
@@ -255,6 +262,16 @@ class Shaper:
         if at > now:
             await asyncio.sleep(at - now)
         return Admission("admitted", at)
+
+    def _forget_idle(self) -> None:
+        """Keep the map bounded (the `*` rule counts each destination domain apart): past
+        `max_local` entries, those holding nothing are dropped, oldest first."""
+        if len(self._local) < self._max_local:
+            return
+        for key in list(self._local)[: len(self._local) // 2]:
+            local = self._local[key]
+            if not (local.in_use or local.tokens or local.lock.locked()):
+                del self._local[key]
 
     async def _refill(
         self,
