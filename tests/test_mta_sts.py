@@ -342,3 +342,25 @@ async def test_sessions_under_an_enforced_policy_are_reported_per_day(
     assert written.name.startswith("relay.test!dest.test!")
     assert json.loads(written.read_text())["policies"][0]["summary"] == entry["summary"]
     assert done.stdout.strip().endswith("\tmailto:tlsrpt@dest.test")
+
+
+async def test_a_policy_lookup_that_gets_no_answer_is_not_retried_for_every_message(
+    redis, clock, dns
+) -> None:
+    dns.silence("_mta-sts.dest.test.")
+    sink = Sink()
+    async with (
+        sink_on(sink, "127.0.0.10") as route,
+        engine(redis, clock, dns=dns.settings(timeout=0.3), mx_port=int(route.split(":")[1])) as e,
+    ):
+        await e.submit("a@dest.test")
+        await e.step()
+        asked = dns.queries.count(("_mta-sts.dest.test.", "TXT"))
+        await e.submit("b@dest.test")
+        await e.step(60)
+        assert dns.queries.count(("_mta-sts.dest.test.", "TXT")) == asked >= 1
+        await e.step(300)  # then asked again
+        await e.submit("c@dest.test")
+        await e.step()
+        assert dns.queries.count(("_mta-sts.dest.test.", "TXT")) > asked
+    assert sink.count == 3  # no policy known: delivered as the rule says

@@ -42,6 +42,9 @@ MAX_POLICY_BYTES = 64 * 1024
 MAX_AGE_LIMIT = 31_557_600
 """RFC 8461 section 3.2: max_age is at most one year."""
 
+RETRY_UNANSWERED = 300.0
+"""Seconds before a domain whose `_mta-sts` lookup failed is asked again."""
+
 _TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
@@ -127,6 +130,9 @@ class MtaStsPolicies:
         self._timeout = timeout
         self._max_entries = max_entries
         self._cache: dict[str, _Cached] = {}
+        self._unanswered: dict[str, float] = {}
+        """Domains whose TXT lookup failed (timeout, SERVFAIL), until when not to ask again:
+        a DNS server that never answers must not cost every delivery its timeout."""
         self.fetches = 0
         """Policies fetched over HTTPS (for tests and metrics)."""
 
@@ -137,13 +143,17 @@ class MtaStsPolicies:
         domain = domain.lower().rstrip(".")
         now = self._clock.now()
         cached = self._cache.get(domain)
+        valid = cached is not None and cached.expires_at > now
+        if self._unanswered.get(domain, 0.0) > now:
+            return _in_force(cached.policy) if cached is not None and valid else None
         try:
             policy_id = await self._txt(domain)
         except PolicyError as exc:
-            if cached is not None and cached.expires_at > now:
-                return _in_force(cached.policy)
-            log.debug("mta_sts.none", domain=domain, reason=str(exc))
-            return None
+            if len(self._unanswered) >= self._max_entries:
+                self._unanswered.clear()
+            self._unanswered[domain] = now + RETRY_UNANSWERED
+            log.info("mta_sts.lookup_failed", domain=domain, error=str(exc))
+            return _in_force(cached.policy) if cached is not None and valid else None
         if policy_id is None:
             if cached is not None and cached.expires_at > now:
                 return _in_force(cached.policy)  # a record gone missing is not a downgrade
