@@ -213,12 +213,31 @@ async def test_enforce_never_falls_back_to_plain_text(redis, clock, dns, ca, ca_
     assert job.last_error.startswith("451 4.7.10 mx.dest.test: STARTTLS not offered")
 
 
-async def test_testing_mode_delivers_and_says_so(redis, clock, dns, ca, ca_file) -> None:
+async def test_testing_mode_delivers_and_reports_what_enforce_would_stop(
+    redis, clock, dns, ca, ca_file
+) -> None:
     sink = Sink(tls_context=server_context(ca, "wrong.test"))
     text = policy(mode="testing", mx="mx.other.test")
     logs, job, _ = await deliver(redis, clock, dns, ca, ca_file, sink=sink, text=text)
-    assert job is None and sink.count == 1
+    assert job is None and sink.count == 1 and sink.messages[0].tls
     assert outcome(logs)["tls_policy"] == "opportunistic (mta-sts testing)"
+    counts = (await TlsReports(redis).day(day_of(clock.now())))["dest.test"]
+    assert "ok" not in counts
+    assert sorted(k.split("|")[1] for k in counts if k.startswith("fail|")) == [
+        "certificate-host-mismatch",
+        "validation-failure",
+    ]
+
+
+async def test_testing_mode_with_everything_right_reports_a_success(
+    redis, clock, dns, ca, ca_file
+) -> None:
+    sink = Sink(tls_context=server_context(ca, "mx.dest.test"))
+    text = policy(mode="testing")
+    _, job, _ = await deliver(redis, clock, dns, ca, ca_file, sink=sink, text=text)
+    assert job is None and sink.count == 1
+    counts = (await TlsReports(redis).day(day_of(clock.now())))["dest.test"]
+    assert counts["ok"] == "1" and not [k for k in counts if k.startswith("fail|")]
 
 
 async def test_no_record_means_opportunistic(redis, clock, dns, ca, ca_file) -> None:

@@ -74,7 +74,7 @@ def _tls_report(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"{path}\t{','.join(rua[domain]) or '(no rua published)'}")
     if not counts:
-        print(f"no session under an enforced MTA-STS policy on {day}")
+        print(f"no session under an MTA-STS policy on {day}")
     return 0
 
 

@@ -127,15 +127,25 @@ async def attempt_domain(
             if failure is None or not _has_reply(failure[0]) or _has_reply(failed.error):
                 failure = (failed.error, hop)
             continue
-        return AttemptReport(attempt.results(), connected=True, tls_failures=tuple(tls_failures))
+        return AttemptReport(
+            attempt.results(),
+            connected=True,
+            tls_failures=(*tls_failures, *attempt.probe_failures),
+        )
 
     if failure is None:
         attempt.fail_open(Disposition.TRANSIENT, LOCAL_TRANSIENT_CODE, "4.4.4", _no_route(hops))
-        return AttemptReport(attempt.results(), tls_failures=tuple(tls_failures))
+        return AttemptReport(
+            attempt.results(), tls_failures=(*tls_failures, *attempt.probe_failures)
+        )
     error, hop = failure
     _, code, status, text = classify_exception(error)
     attempt.fail_open(Disposition.TRANSIENT, code, status, text, remote=hop.host)
-    return AttemptReport(attempt.results(), _ip_problem(errors), tls_failures=tuple(tls_failures))
+    return AttemptReport(
+        attempt.results(),
+        _ip_problem(errors),
+        tls_failures=(*tls_failures, *attempt.probe_failures),
+    )
 
 
 def _ip_problem(errors: list[BaseException]) -> IpProblem | None:
@@ -151,6 +161,15 @@ def _ip_problem(errors: list[BaseException]) -> IpProblem | None:
 
 class _TlsFailed(Exception):
     """The STARTTLS handshake failed; the same server is tried again without TLS."""
+
+
+class _ProbeFailed(Exception):
+    """The certificate check of an MTA-STS `testing` policy failed: reported, and the same
+    server is tried again as the rule says."""
+
+    def __init__(self, result_type: str) -> None:
+        super().__init__(result_type)
+        self.result_type = result_type
 
 
 class _SessionFailed(Exception):
@@ -182,6 +201,8 @@ class _Attempt:
     remote: str | None = None
     tls: bool = False
     verified: bool = False
+    probe_failures: list[tuple[str, str]] = field(default_factory=list)
+    """(result type, MX host) of what an MTA-STS `testing` policy would have stopped."""
 
     @property
     def egress_ip(self) -> str | None:
@@ -248,7 +269,9 @@ class _Attempt:
 
     async def via(self, hop: Hop, address: str) -> None:
         """Deliver through one server; raise _SessionFailed before the transaction starts."""
-        if not self.requirement.allows_mx(hop.host):
+        if not self.requirement.allows_mx(hop.host) and self.requirement.report_only:
+            self.probe_failures.append(("validation-failure", hop.host))
+        elif not self.requirement.allows_mx(hop.host):
             raise _SessionFailed(
                 TlsPolicyFailure(
                     f"{hop.host} is not an MX host of the domain's policy"
@@ -274,6 +297,9 @@ class _Attempt:
         except _TlsFailed as failed:
             log.info("delivery.tls_failed", host=hop.host, address=address, error=str(failed))
             smtp = await self._session(hop, address, tls=False)  # plain text, new connection
+        except _ProbeFailed as failed:  # reported; the session goes on as the rule says
+            self.probe_failures.append((failed.result_type, hop.host))
+            smtp = await self._session(hop, address, tls=True, probe=False)
         session = PooledSession(smtp, self.tls, hop.host, self.verified, self.requirement.policy)
         await self._use(session, key, reused=False)
 
@@ -295,13 +321,17 @@ class _Attempt:
             else:
                 session.smtp.close()
 
-    async def _session(self, hop: Hop, address: str, *, tls: bool) -> aiosmtplib.SMTP:
-        """Connected, greeted, EHLO done, and STARTTLS done when offered and `tls`."""
+    async def _session(
+        self, hop: Hop, address: str, *, tls: bool, probe: bool = True
+    ) -> aiosmtplib.SMTP:
+        """Connected, greeted, EHLO done, and STARTTLS done when offered and `tls`.
+        `probe`: under an MTA-STS `testing` policy, check the certificate (and report)."""
         self.remote, self.tls, self.verified = hop.host, False, False
         required = self.requirement
         dane = required.dane_for(hop.host)
         must_encrypt = required.encrypt or dane is not None
-        context = required.context() if dane is None else opportunistic_context()
+        probing = probe and required.report_only and dane is None and required.mode != "verify"
+        context = required.context(verify=probing) if dane is None else opportunistic_context()
         smtp = aiosmtplib.SMTP(
             hostname=address,
             port=hop.port,
@@ -324,12 +354,14 @@ class _Attempt:
                         raise _needs_tls(hop.host, required, refused.message) from refused
                     in_tls = False  # e.g. "454 TLS not available": go on in plain text
                 else:
-                    self.tls, self.verified = True, required.mode == "verify"
+                    self.tls, self.verified = True, required.mode == "verify" or probing
                     if dane is not None:
                         self.verified = _dane_check(smtp, hop.host, dane)
                     await _hello(smtp)
             elif must_encrypt:
                 raise _needs_tls(hop.host, required, "STARTTLS not offered")
+            elif probing and tls:
+                self.probe_failures.append(("starttls-not-supported", hop.host))
         except TlsPolicyFailure as exc:
             smtp.close()
             raise _SessionFailed(exc) from exc
@@ -342,6 +374,8 @@ class _Attempt:
                     result_type=_result_type(exc),
                 )
                 raise _SessionFailed(failure) from exc
+            if tls_error and probing:
+                raise _ProbeFailed(_result_type(exc)) from exc
             if tls_error:
                 raise _TlsFailed(str(exc) or type(exc).__name__) from exc
             raise _SessionFailed(exc) from exc

@@ -38,6 +38,9 @@ class TlsRequirement:
     required", "mta-sts enforce", "mta-sts testing"..."""
     ca_file: Path | None = field(default=None, compare=False)
     """Extra trust anchors (a private CA) besides the system's, for `verify`."""
+    report_only: bool = False
+    """MTA-STS `testing`: check the MX list and the certificate as `enforce` would, report
+    what fails (RFC 8460), deliver as `mode` says all the same."""
     tlsa: tuple[tuple[str, tuple[TlsaRecord, ...]], ...] = ()
     """(MX host, its DNSSEC-validated TLSA records): DANE applies to those hosts (RFC 7672),
     before MTA-STS and the rule's mode (RFC 8461 section 2)."""
@@ -58,8 +61,8 @@ class TlsRequirement:
             return True
         return not self.mx_patterns or any(mx_matches(p, host) for p in self.mx_patterns)
 
-    def context(self) -> ssl.SSLContext:
-        if self.mode == "verify":
+    def context(self, *, verify: bool = False) -> ssl.SSLContext:
+        if self.mode == "verify" or verify:
             return verifying_context(str(self.ca_file) if self.ca_file else "")
         return opportunistic_context()
 
@@ -74,7 +77,9 @@ def tls_requirement(
         return TlsRequirement("verify", sts.mx, "mta-sts enforce", ca_file)
     label = "opportunistic" if rule.tls == "opportunistic" else f"rule {rule.name}: {rule.tls}"
     if sts is not None and sts.mode == "testing":
-        label = f"{label} (mta-sts testing)"
+        return TlsRequirement(
+            rule.tls, sts.mx, f"{label} (mta-sts testing)", ca_file, report_only=True
+        )
     return TlsRequirement(rule.tls, (), label, ca_file)
 
 

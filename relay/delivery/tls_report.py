@@ -6,8 +6,8 @@ sending IP and MX host. `relay tls-report` turns one UTC day of counts into one 
 per domain (section 4 format, section 5.3 file name) and names where the domain wants it
 (the `rua` of its `_smtp._tls` TXT record): files ready to send.
 
-Only sessions the relay checked are counted: under `mode: enforce`. A domain in `testing`
-mode gets no report yet (its certificates are not checked when mail goes anyway).
+Under `mode: testing` the relay checks the MX list and the certificate as `enforce` would,
+counts what fails, and delivers all the same (RFC 8461 section 5).
 """
 
 from __future__ import annotations
