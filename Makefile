@@ -61,6 +61,7 @@ bench: $(STAMP) scanners
 	bash bench/install-postfix.sh
 	$(BIN)/python -m bench.scenarios
 	$(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.shaping
 	$(BIN)/python -m bench.quota
 	$(BIN)/python -m bench.dkim
 	$(BIN)/python -m bench.reputation

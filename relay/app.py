@@ -10,9 +10,11 @@ import signal
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import dns.exception
 import dns.resolver
 import redis.asyncio as aioredis
 import structlog
+from dns.asyncresolver import Resolver as AsyncResolver
 from redis.exceptions import RedisError
 
 from quota import QuotaStore
@@ -26,11 +28,18 @@ from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
 from relay.config import AuthGuardSettings, Settings
 from relay.content.factory import content_scanner, list_store, quarantine_desk
+from relay.delivery.dane import DaneValidator, parse_anchors
+from relay.delivery.dns_cache import DnsCache
 from relay.delivery.egress_state import egress_state
+from relay.delivery.mta_sts import MtaStsPolicies
 from relay.delivery.mx import make_resolver
+from relay.delivery.rates import FleetGate
+from relay.delivery.shaping_source import ShapingSource
+from relay.delivery.tls_policy import verifying_context
+from relay.delivery.tls_report import TlsReports
 from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
-from relay.errors import StoreUnavailable
+from relay.errors import ConfigError, StoreUnavailable
 from relay.events import event_recorder, webhook_dispatcher
 from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
@@ -104,6 +113,47 @@ def _checks_content(settings: Settings) -> bool:
     return rep.data_check and any(zone.kind == "domain" for zone in rep.zones)
 
 
+def delivery_dns_cache(settings: Settings, clock: Clock) -> DnsCache | None:
+    """The process's delivery answer cache (`dns.cache_size`; 0: none)."""
+    return DnsCache(clock, settings.dns.cache_size) if settings.dns.cache_size else None
+
+
+def mta_sts_policies(
+    settings: Settings, resolver: AsyncResolver, clock: Clock
+) -> MtaStsPolicies | None:
+    """MTA-STS policies fetched through the delivery resolver (None: `delivery.mta_sts` off)."""
+    if not settings.delivery.mta_sts:
+        return None
+    ca_file = settings.delivery.tls_ca_file
+    return MtaStsPolicies(
+        resolver,
+        clock,
+        context=verifying_context(str(ca_file) if ca_file else ""),
+        port=settings.delivery.mta_sts_port,
+    )
+
+
+def dane_validator(settings: Settings, clock: Clock) -> DaneValidator | None:
+    """DANE when trust anchors are configured: its own resolver (asking with the DO bit)
+    and answer cache."""
+    if not settings.dns.trust_anchors:
+        return None
+    try:
+        anchors = parse_anchors(settings.dns.trust_anchors)
+    except (ValueError, dns.exception.DNSException) as exc:
+        raise ConfigError(f"dns.trust_anchors: {exc}") from None
+    cache = delivery_dns_cache(settings, clock)
+    resolver: AsyncResolver = make_resolver(settings.dns, cache=cache)
+    return DaneValidator(resolver, clock, anchors)
+
+
+def shaping_lease(settings: Settings) -> float:
+    """How long a shaping connection slot is held at most: one message's connection and
+    DATA. A process that dies while sending frees its slots after this long."""
+    timeouts = settings.delivery.timeouts
+    return timeouts.connect.seconds + timeouts.data.seconds
+
+
 def warn_if_insecure(url: str) -> None:
     """One `redis.insecure` line at start for a remote Redis without TLS or without a password:
     the relay still starts (a private network may make it acceptable), but not silently."""
@@ -161,10 +211,13 @@ async def serve(
         quota = quota_store(redis, settings)
         events = event_recorder(redis, settings, clock)
         activity = ActivityLog(redis, flush_every=1.0)
+        resolver: AsyncResolver = make_resolver(
+            settings.dns, cache=delivery_dns_cache(settings, clock)
+        )
         worker = DeliveryWorker(
             queue=queue,
             settings=settings.delivery,
-            resolver=make_resolver(settings.dns),
+            resolver=resolver,
             clock=clock,
             egress_state=egress_state(redis, clock, settings.delivery),
             hostname=settings.hostname,
@@ -172,6 +225,11 @@ async def serve(
             quota=quota,
             events=events,
             on_outcomes=activity.record,
+            shaping=ShapingSource(settings.delivery, redis),
+            gate=FleetGate(redis, lease=shaping_lease(settings)),
+            mta_sts=mta_sts_policies(settings, resolver, clock),
+            tls_reports=TlsReports(redis),
+            dane=dane_validator(settings, clock),
         )
         suspensions = suspension_service(redis, settings, clock, quota)
         if replayed := await suspensions.replay():  # follow-ups a crash left undone
@@ -278,9 +336,12 @@ async def serve(
             egress=[e.ip for e in settings.delivery.egress],
             event_loop=type(asyncio.get_running_loop()).__module__,
         )
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, worker.shaping.reload)
         try:
             await run_parts(parts, stop, close_listeners=close_listeners)
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             close_listeners()
             for server in servers:
                 with contextlib.suppress(Exception):

@@ -278,6 +278,19 @@ class DeliverySettings(Section):
     """An idle session to a destination stays open this long for the next message."""
     session_max_messages: int = Field(100, ge=1)
     """Messages sent over one session before it is closed and a new one opened."""
+    shaping: Path | None = None
+    """Per-destination shaping rules (TOML, e.g. config/shaping.toml), reloaded on SIGHUP
+    and `relay reload`; unset: one built-in rule from the settings above."""
+    shaping_max_wait: DurationField = Duration(10.0)
+    """Longest a delivery waits for its rule's rate; past it the job goes back to the queue
+    for that time (no attempt counted), and the worker takes other mail."""
+    tls_ca_file: Path | None = None
+    """Extra trust anchors (PEM) for `tls = "verify"` and MTA-STS, besides the system's."""
+    mta_sts: bool = True
+    """Honour the MTA-STS policies of destination domains (RFC 8461) on the MX path (not
+    for static routes)."""
+    mta_sts_port: int = Field(443, gt=0, lt=65536)
+    """HTTPS port of the policy hosts (443; tests serve policies on another)."""
 
     @field_validator("retry_interval", "max_age")
     @classmethod
@@ -296,6 +309,12 @@ class DnsSettings(Section):
     servers: list[HostPortField] = Field(default_factory=list)
     """Resolvers as `"ip:port"`; empty: the system resolvers."""
     timeout: DurationField = Duration(5.0)
+    trust_anchors: list[str] = Field(default_factory=list)
+    """DNSSEC trust anchors as zone-file lines (the root's DS, say); set, DANE (RFC 7672)
+    applies to MX hosts with validated TLSA records. Empty: no DANE."""
+    cache_size: int = Field(10_000, ge=0)
+    """Answers delivery keeps (MX, A, AAAA, TLSA, MTA-STS TXT) for their TTL, negative
+    answers included (RFC 2308); 0: no cache."""
 
     @field_validator("servers", mode="before")
     @classmethod

@@ -31,6 +31,11 @@ class RecipientOutcome:
     """Name of the hop (MX host) that gave the outcome; None when none was reached."""
     egress_ip: str | None
     tls: bool
+    dsn_passed: bool = False
+    """The next hop took the sender's DSN parameters (RFC 3461): it reports success, not us."""
+    tls_policy: str = ""
+    """The TLS policy that applied ("opportunistic", "rule gmail: required", "mta-sts
+    enforce"...); "" when no server was tried."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import os
 import secrets
@@ -44,6 +45,10 @@ class Received:
     rcpt_tos: tuple[str, ...]
     data: bytes
     tls: bool
+    mail_params: tuple[str, ...] = ()
+    """DSN parameters of MAIL (RET, ENVID) as sent, when the sink offers DSN."""
+    rcpt_params: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(recipient, its NOTIFY/ORCPT as sent) for the recipients that gave any."""
 
 
 class Sink:
@@ -60,6 +65,7 @@ class Sink:
         smtputf8: bool = True,
         reply_for_connect: ConnectPolicy | None = None,
         reply_for_rcpt: RcptPolicy | None = None,
+        dsn: bool = False,
     ) -> None:
         self.directory = directory
         self.tls_context = tls_context
@@ -70,6 +76,8 @@ class Sink:
         self.smtputf8 = smtputf8
         self.reply_for_connect = reply_for_connect
         self.reply_for_rcpt = reply_for_rcpt
+        self.dsn = dsn
+        """Advertise DSN (RFC 3461) and keep the parameters each message came with."""
         self.messages: list[Received] = []
         self.count = 0
         self._arrived = asyncio.Event()
@@ -118,6 +126,19 @@ class Sink:
 
     # aiosmtpd handler hooks
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.dsn:
+            responses.insert(-1, "250-DSN")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -146,6 +167,12 @@ class Sink:
             data=envelope.original_content or b"",
             tls=session.ssl is not None,
         )
+        if isinstance(server, _SinkSMTP) and self.dsn:
+            received = dataclasses.replace(
+                received,
+                mail_params=tuple(server.dsn_mail),
+                rcpt_params=tuple((r, tuple(p)) for r, p in server.dsn_rcpt.items()),
+            )
         queue_id = secrets.token_hex(6)
         if self.directory is not None:
             try:
@@ -180,10 +207,28 @@ class Sink:
         os.replace(temp, self.directory / name)  # readers never see half a message
 
 
+_DSN_PARAMS = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT"})
+
+
 class _SinkSMTP(SMTP):
     def __init__(self, sink: Sink, **kwargs: Any) -> None:
         super().__init__(sink, **kwargs)
         self.sink = sink
+        self.dsn_mail: list[str] = []
+        self.dsn_rcpt: dict[str, list[str]] = {}
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.sink.dsn and arg:
+            arg, self.dsn_mail = _take_dsn(arg)
+            self.dsn_rcpt = {}
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        if self.sink.dsn and arg:
+            arg, params = _take_dsn(arg)
+            if params:
+                self.dsn_rcpt[arg.partition(":")[2].strip().split()[0].strip("<>")] = params
+        await super().smtp_RCPT(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -222,6 +267,13 @@ async def _resolve(reply: MaybeReply) -> str | None:
     if inspect.isawaitable(reply):
         return await reply
     return reply
+
+
+def _take_dsn(arg: str) -> tuple[str, list[str]]:
+    """(the command argument without its DSN parameters, those parameters as sent)."""
+    words = arg.split(" ")
+    ours = [w for w in words if w.partition("=")[0].upper() in _DSN_PARAMS]
+    return " ".join(w for w in words if w not in ours), ours
 
 
 def _peer_ip(session: Session) -> str:

@@ -18,6 +18,7 @@ from relay.cli import (
     queue,
     sender_auth,
     service,
+    shaping,
     spool,
 )
 from relay.cli.common import Failure, run_command
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     apps.register_commands(commands)
     operators.register(commands)
     content.register(commands)
+    shaping.register(commands)
     _accept_config_anywhere(parser)
     return parser
 

@@ -16,11 +16,13 @@ def after_attempt(
     schedule: RetrySchedule,
     held_for: float = 0.0,
     delay_notified: bool = False,
+    attempt: int = 1,
 ) -> AttemptPlan:
+    """`attempt`: this attempt's number (1: the first), for a retry curve."""
     delivered = tuple(o for o in outcomes if o.disposition is Disposition.DELIVERED)
     failed = tuple(o for o in outcomes if o.disposition is Disposition.PERMANENT)
     transient = tuple(o for o in outcomes if o.disposition is Disposition.TRANSIENT)
-    retry_at = schedule.next_attempt(now, created_at, held_for) if transient else None
+    retry_at = schedule.next_attempt(now, created_at, held_for, attempt) if transient else None
     if transient and retry_at is None:
         return AttemptPlan(delivered, failed, transient, (), None, False)
     delay = (

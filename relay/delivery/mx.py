@@ -21,6 +21,7 @@ from dns.nameserver import Do53Nameserver
 from dns.resolver import BaseResolver, NoResolverConfiguration
 
 from relay.config import DnsSettings, HostPort
+from relay.delivery.dns_cache import CoalescingResolver, DnsCache
 from relay.delivery.errors import PermanentRouteError, TransientRouteError
 from relay.delivery.public_ip import is_public_address
 from relay.errors import ConfigError
@@ -113,12 +114,17 @@ async def resolve_hops(
 
 
 @overload
-def make_resolver(dns: DnsSettings) -> AsyncResolver: ...
+def make_resolver(dns: DnsSettings, *, cache: DnsCache | None = None) -> AsyncResolver: ...
 @overload
-def make_resolver(dns: DnsSettings, kind: type[R]) -> R: ...
-def make_resolver(dns: DnsSettings, kind: type[BaseResolver] = AsyncResolver) -> BaseResolver:
+def make_resolver(dns: DnsSettings, kind: type[R], cache: DnsCache | None = None) -> R: ...
+def make_resolver(
+    dns: DnsSettings, kind: type[BaseResolver] = AsyncResolver, cache: DnsCache | None = None
+) -> BaseResolver:
     """A resolver for `dns.servers`, or the system's when the list is empty. `kind`: the
-    async resolver of the service, or the blocking one a blocking library needs (pyspf)."""
+    async resolver of the service, or the blocking one a blocking library needs (pyspf).
+    `cache`: the process's answer cache (delivery shares one; DNSBL lookups keep their own)."""
+    if cache is not None and kind is AsyncResolver:
+        kind = CoalescingResolver  # one query for many callers
     if dns.servers:
         resolver = kind(configure=False)
         for server in dns.servers:
@@ -133,6 +139,7 @@ def make_resolver(dns: DnsSettings, kind: type[BaseResolver] = AsyncResolver) ->
         except NoResolverConfiguration:
             raise ConfigError("dns.servers: empty, and the system has no resolvers") from None
     resolver.lifetime = dns.timeout.seconds
+    resolver.cache = cache
     resolver.timeout = min(resolver.timeout, dns.timeout.seconds)
     return resolver
 

@@ -12,7 +12,7 @@ import ssl
 
 import aiosmtplib
 
-from relay.delivery.errors import PermanentRouteError, RouteError
+from relay.delivery.errors import PermanentRouteError, RouteError, TlsPolicyFailure
 from relay.outcomes import Disposition, RecipientOutcome
 
 __all__ = [
@@ -72,6 +72,8 @@ def classify_exception(exc: BaseException) -> tuple[Disposition, int, str, str]:
             Disposition.PERMANENT if isinstance(exc, PermanentRouteError) else Disposition.TRANSIENT
         )
         return disposition, exc.code, exc.status, str(exc)
+    if isinstance(exc, TlsPolicyFailure):
+        return _local(exc.status, str(exc))
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         refusals = exc.recipients
         if not refusals:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from quota import Duration
@@ -28,12 +28,17 @@ class RetrySchedule:
     interval: Duration = _INTERVAL
     max_age: Duration = _MAX_AGE
     delay_notice_after: Duration = _DELAY_NOTICE_AFTER
+    curve: tuple[Duration, ...] = ()
+    """A destination's retry curve (its shaping rule): the wait after the 1st, 2nd...
+    attempt, the last one repeated; empty: `interval` every time."""
 
     def __post_init__(self) -> None:
         if self.interval.seconds <= 0:
             raise InvalidInput(f"retry interval must be longer than 0s: {self.interval}")
         if self.max_age.seconds <= 0:
             raise InvalidInput(f"max age must be longer than 0s: {self.max_age}")
+        if any(step.seconds <= 0 for step in self.curve):
+            raise InvalidInput("every retry interval must be longer than 0s")
 
     @classmethod
     def parse(
@@ -48,23 +53,38 @@ class RetrySchedule:
         return cls(delivery.retry_interval, delivery.max_age, delivery.delay_notice_after)
 
     def __str__(self) -> str:
-        return (
-            f"every {self.interval} for {self.max_age}, delay notice after"
-            f" {self.delay_notice_after}"
-        )
+        steps = ", ".join(str(step) for step in self.curve) if self.curve else ""
+        every = f"after {steps} (the last repeated)" if steps else f"every {self.interval}"
+        return f"{every} for {self.max_age}, delay notice after {self.delay_notice_after}"
 
     def expires_at(self, created_at: float, held_for: float = 0.0) -> float:
         return created_at + held_for + self.max_age.seconds
 
-    def next_attempt(self, now: float, created_at: float, held_for: float = 0.0) -> float | None:
-        """When to try again after a temporary failure at `now`; None: give up now.
+    def with_curve(self, curve: tuple[Duration, ...]) -> RetrySchedule:
+        """This schedule with a destination's retry curve (the same when it is one step equal
+        to the interval)."""
+        if curve == (self.interval,) or curve == self.curve:
+            return self
+        return replace(self, curve=curve)
+
+    def wait_after(self, attempt: int) -> float:
+        """Seconds between attempt number `attempt` (1: the first) and the next."""
+        if not self.curve:
+            return self.interval.seconds
+        return self.curve[min(max(attempt, 1), len(self.curve)) - 1].seconds
+
+    def next_attempt(
+        self, now: float, created_at: float, held_for: float = 0.0, attempt: int = 1
+    ) -> float | None:
+        """When to try again after a temporary failure of attempt number `attempt` at `now`;
+        None: give up now.
 
         The last attempt happens at the expiry itself, so a message gets its whole max age.
         """
         expiry = self.expires_at(created_at, held_for)
         if now >= expiry:
             return None
-        return min(now + self.interval.seconds, expiry)
+        return min(now + self.wait_after(attempt), expiry)
 
     def delay_notice_due(self, now: float, created_at: float, held_for: float = 0.0) -> bool:
         return now - created_at - held_for >= self.delay_notice_after.seconds

@@ -26,6 +26,10 @@ class PooledSession:
     tls: bool
     remote: str
     """The hop's name (MX host) the session is with."""
+    verified: bool = False
+    """Its TLS certificate was checked (a rule with `tls = "verify"` reuses only these)."""
+    policy: str = ""
+    """The TLS policy it was opened under, for the delivery log."""
     messages: int = 0
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -56,14 +60,23 @@ class SessionPool:
         self._idle_sessions.pop(key, None)
         return None
 
-    def give(self, key: SessionKey, session: PooledSession) -> None:
-        """Keep a session whose transaction is over (the server is ready for MAIL)."""
+    def give(
+        self,
+        key: SessionKey,
+        session: PooledSession,
+        *,
+        max_messages: int | None = None,
+        idle: float | None = None,
+    ) -> None:
+        """Keep a session whose transaction is over (the server is ready for MAIL).
+        `max_messages`, `idle`: the destination's shaping rule, else the pool's own."""
         session.messages += 1
-        if session.messages >= self._max_messages or self._idle <= 0:
+        idle = self._idle if idle is None else idle
+        if session.messages >= (max_messages or self._max_messages) or idle <= 0:
             self._quit(session)
             return
         loop = asyncio.get_running_loop()
-        session._timer = loop.call_later(self._idle, self._expire, key, session)
+        session._timer = loop.call_later(idle, self._expire, key, session)
         self._idle_sessions.setdefault(key, []).append(session)
 
     def idle_count(self) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
+import dns.exception
 import structlog
 from dns.asyncresolver import Resolver
 
@@ -24,16 +26,24 @@ from relay.address import is_null_sender
 from relay.clock import Clock
 from relay.config import DeliverySettings
 from relay.delivery.attempt import AttemptPlan, after_attempt
+from relay.delivery.dane import DaneBogus, DaneValidator, tlsa_of_hops
+from relay.delivery.dns_cache import CacheCounts, DnsCache
 from relay.delivery.egress import EgressPool, EgressStatus
 from relay.delivery.egress_state import EgressState
 from relay.delivery.errors import RouteError
 from relay.delivery.limits import DestinationLimiter, site_of
 from relay.delivery.memory import ByteBudget
+from relay.delivery.mta_sts import MtaStsPolicies, MtaStsPolicy
 from relay.delivery.mx import Hop, resolve_hops
 from relay.delivery.outcome import Disposition, RecipientOutcome
+from relay.delivery.rates import FleetGate, Shaper
 from relay.delivery.schedule import RetrySchedule
 from relay.delivery.sessions import SessionPool
+from relay.delivery.shaping import Action, ShapingRule
+from relay.delivery.shaping_source import ShapingSource
 from relay.delivery.smtp_client import AttemptReport, attempt_domain
+from relay.delivery.tls_policy import TlsRequirement, tls_requirement
+from relay.delivery.tls_report import TlsReports
 from relay.errors import NotFound, RelayError, StoreUnavailable
 from relay.notices import NoticeMessage, compose, plan_notice
 from relay.queue import (
@@ -42,6 +52,7 @@ from relay.queue import (
     Job,
     LastError,
     Notice,
+    QueuedMessage,
     QueueStore,
     StoredMessage,
 )
@@ -83,6 +94,11 @@ class DeliveryWorker:
         quota: QuotaStore | None = None,
         events: EventRecorder | None = None,
         on_outcomes: Callable[[str, list[Outcome], float], Awaitable[None]] | None = None,
+        shaping: ShapingSource | None = None,
+        gate: FleetGate | None = None,
+        mta_sts: MtaStsPolicies | None = None,
+        tls_reports: TlsReports | None = None,
+        dane: DaneValidator | None = None,
     ) -> None:
         self._on_outcomes = on_outcomes
         """(account, [(delivered|deferred|bounced, egress IP, recipient, remote reply)], now)
@@ -103,6 +119,15 @@ class DeliveryWorker:
         self._events = events
         """Each recipient's outcome as the application's events (None: none recorded)."""
         self._schedule = RetrySchedule.from_settings(settings)
+        self.shaping = shaping or ShapingSource(settings)
+        """The destinations' shaping rules in force (reloaded by SIGHUP or `relay reload`)."""
+        self._shaper = Shaper(gate, clock, settings.shaping_max_wait.seconds)
+        self._mta_sts = mta_sts
+        """Destination domains' MTA-STS policies (None: not honoured)."""
+        self._tls_reports = tls_reports
+        """Where sessions under an MTA-STS policy are counted (RFC 8460)."""
+        self._dane = dane
+        """Validates MX hosts' TLSA records (None: no DANE, no trust anchor configured)."""
         self._pool = EgressPool(settings.egress)
         self._limiter = DestinationLimiter(settings.max_connections_per_destination)
         self._memory = ByteBudget(settings.max_inflight_bytes)
@@ -113,6 +138,11 @@ class DeliveryWorker:
         self._tasks: dict[asyncio.Task[None], Job] = {}
         """Deliveries running, with the job each holds a lease on."""
 
+    def dns_counts(self) -> CacheCounts | None:
+        """Hits and misses of the process's DNS answer cache (None: no cache), for metrics."""
+        cache = self._resolver.cache
+        return cache.counts() if isinstance(cache, DnsCache) else None
+
     def wake(self) -> None:
         """New mail was queued: look for work now instead of at the next poll."""
         self._wake.set()
@@ -122,6 +152,7 @@ class DeliveryWorker:
         grace = 0.0  # dying: let the error out at once (the process stops taking mail);
         try:  #         the jobs cut short come back by lease, or by the supervisor at once
             while not stop.is_set():
+                await self.shaping.check()
                 await self.run_due(stop)
                 if stop.is_set():
                     break
@@ -141,6 +172,7 @@ class DeliveryWorker:
             heartbeat.cancel()
             await self._drain(grace)
             await self.sessions.close()
+            await self._shaper.close()
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Renew the leases of the jobs being attempted every third of a lease, so leases are
@@ -190,6 +222,7 @@ class DeliveryWorker:
         """Finish running deliveries and close idle sessions (for callers of `run_due`)."""
         await self._drain()
         await self.sessions.close()
+        await self._shaper.close()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
@@ -229,6 +262,7 @@ class DeliveryWorker:
 
     async def _deliver(self, job: Job, stored: StoredMessage) -> None:
         meta = stored.meta
+        rule = self.shaping.current.rule_for(job.domain)
         try:
             hops = await resolve_hops(
                 job.domain,
@@ -241,11 +275,35 @@ class DeliveryWorker:
             disposition = Disposition.PERMANENT if exc.code >= 500 else Disposition.TRANSIENT
             outcomes = _all(job, disposition, exc.code, exc.status, str(exc))
         else:
-            outcomes = await self._attempt(job, meta.account, stored.body, meta.mail_from, hops)
-        await self._conclude(job, stored, outcomes)
+            rule = self.shaping.current.rule_for(job.domain, [hop.host for hop in hops])
+            try:
+                outcomes = await self._attempt(job, meta, stored.body, hops, rule)
+            except _Postponed as wait:
+                await self._postpone(job, rule, wait)
+                return
+        await self._conclude(job, stored, outcomes, rule)
+
+    async def _postpone(self, job: Job, rule: ShapingRule, wait: _Postponed) -> None:
+        """The rule holds every usable IP back (rate, connections, suspension): the job goes
+        back to the queue for that long, no attempt counted, and this worker takes other mail."""
+        log.info(
+            "delivery.postponed",
+            message_id=job.message_id,
+            job=job.id,
+            domain=job.domain,
+            rule=rule.name,
+            until=wait.until,
+            reason=wait.reason,
+        )
+        if await self._queue.postpone(job, wait.until) is LEASE_LOST:
+            log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
 
     async def _conclude(
-        self, job: Job, stored: StoredMessage, outcomes: list[RecipientOutcome]
+        self,
+        job: Job,
+        stored: StoredMessage,
+        outcomes: list[RecipientOutcome],
+        rule: ShapingRule | None = None,
     ) -> None:
         """Apply the retry schedule to the outcomes; end or reschedule the job, with its notice."""
         meta = stored.meta
@@ -255,9 +313,10 @@ class DeliveryWorker:
             outcomes,
             now=now,
             created_at=meta.created_at,
-            schedule=self._schedule,
+            schedule=self._schedule.with_curve(rule.retry) if rule else self._schedule,
             held_for=held_for,
             delay_notified=meta.delay_notified,
+            attempt=job.attempts + 1,
         )
         for outcome in outcomes:
             _log_outcome(job, meta.account, outcome)
@@ -348,9 +407,20 @@ class DeliveryWorker:
         ]
 
     async def _attempt(
-        self, job: Job, account: str, body: bytes, mail_from: str, hops: list[Hop]
+        self, job: Job, meta: QueuedMessage, body: bytes, hops: list[Hop], rule: ShapingRule
     ) -> list[RecipientOutcome]:
-        """Deliver from one IP, failing over to others when the IP is at fault."""
+        """Deliver from one IP, failing over to others when the IP is at fault (or when the
+        destination's rule holds it back, or a reaction to its reply moves the mail on).
+        Raises _Postponed when the rule holds back every IP it could use."""
+        account = meta.account
+        sts = await self._sts_for(job.domain)
+        tls = tls_requirement(rule, sts, self._settings.tls_ca_file)
+        try:
+            tls = await self._with_dane(tls, job.domain, hops)
+        except (DaneBogus, dns.exception.DNSException) as exc:  # never less than asked
+            return _all(job, Disposition.TRANSIENT, 451, "4.7.5", f"DANE: {exc}")
+        scope = rule.scope(job.domain)
+        held: list[tuple[float, str]] = []
         status = await self._status(job.domain)
         now = self._clock.now()
         tried: set[str] = set()
@@ -365,16 +435,31 @@ class DeliveryWorker:
                     break
                 if egress is not None:
                     tried.add(egress.ip)
-                report = await attempt_domain(
-                    hops=hops,
-                    egress=egress,
-                    mail_from=mail_from,
-                    recipients=list(job.recipients),
-                    body=body,
-                    timeouts=self._settings.timeouts,
-                    helo=self._hostname,
-                    sessions=self.sessions,
-                )
+                ip = egress.ip if egress is not None else ""
+                admission = await self._shaper.admit(rule, scope, ip)
+                if admission is not None and admission.verdict != "admitted":
+                    held.append((admission.at, f"{ip or 'default'} {admission.verdict}"))
+                    continue
+                try:
+                    report = await attempt_domain(
+                        hops=hops,
+                        egress=egress,
+                        mail_from=meta.mail_from,
+                        recipients=list(job.recipients),
+                        body=body,
+                        timeouts=self._settings.timeouts,
+                        helo=self._hostname,
+                        sessions=self.sessions,
+                        dsn=meta.dsn,
+                        tls=tls,
+                        max_messages=rule.max_messages_per_connection,
+                        idle=rule.idle_timeout.seconds,
+                    )
+                finally:
+                    self._shaper.release(rule, scope, ip, admission)
+                await self._report_tls(job.domain, sts, ip, report)
+                if await self._react(rule, scope, ip, report) == "move" and egress is not None:
+                    continue  # this IP is suspended for the rule: the next one takes the mail
                 if egress is None or report.ip_problem is None:
                     if egress is not None and report.connected:
                         await self._got_through(egress.ip, job.domain, unreachable, status)
@@ -384,6 +469,9 @@ class DeliveryWorker:
                     await self._cool(egress.ip, job.domain, block=True)
                 else:
                     unreachable.append(egress.ip)
+        if report is None and held:
+            until, _ = min(held)
+            raise _Postponed(max(until, now), "; ".join(reason for _, reason in held))
         if report is None:
             reasons = "; ".join(f"{e.ip} {status.why_not(e.ip, now)}" for e in self._pool.addresses)
             log.warning("delivery.no_egress", message_id=job.message_id, domain=job.domain)
@@ -395,6 +483,61 @@ class DeliveryWorker:
                 f"no egress IP usable for {job.domain} ({reasons})",
             )
         return report.outcomes
+
+    async def _sts_for(self, domain: str) -> MtaStsPolicy | None:
+        """The domain's MTA-STS policy in force (MX path only: a static route is the
+        operator's choice of server); it raises the rule's TLS mode."""
+        if self._mta_sts is None or self._routed(domain):
+            return None
+        return await self._mta_sts.policy(domain)
+
+    async def _with_dane(self, tls: TlsRequirement, domain: str, hops: list[Hop]) -> TlsRequirement:
+        """DANE for the MX hosts with DNSSEC-validated TLSA records (before MTA-STS and the
+        rule, RFC 8461 section 2). Raises DaneBogus, or DNSException when a lookup fails."""
+        if self._dane is None or self._routed(domain):
+            return tls
+        tlsa = await tlsa_of_hops(self._dane, [(hop.host, hop.port) for hop in hops])
+        return replace(tls, tlsa=tlsa, policy="dane") if tlsa else tls
+
+    async def _report_tls(
+        self, domain: str, sts: MtaStsPolicy | None, ip: str, report: AttemptReport
+    ) -> None:
+        if self._tls_reports is None or sts is None:
+            return
+        failures = tuple((result, ip, mx) for result, mx in report.tls_failures)
+        # under `testing`, the session that delivered may be one that failed the checks
+        succeeded = report.connected and (sts.mode == "enforce" or not failures)
+        try:
+            await self._tls_reports.record(
+                domain,
+                sts,
+                self._clock.now(),
+                successes=1 if succeeded else 0,
+                failures=failures,
+            )
+        except StoreUnavailable as exc:  # a report, not the delivery
+            log.warning("tls_report.record_failed", domain=domain, error=str(exc))
+
+    def _routed(self, domain: str) -> bool:
+        routes = self._settings.routes
+        return bool(routes.get(domain.lower().rstrip(".")) or routes.get("*"))
+
+    async def _react(
+        self, rule: ShapingRule, scope: str, ip: str, report: AttemptReport
+    ) -> Action | None:
+        """The rule's reaction to the server's reply, applied for the whole fleet; "move"
+        only when nothing was delivered (the mail can then go again from another IP)."""
+        if not rule.reactions:
+            return None
+        for outcome in report.outcomes:
+            if outcome.disposition is Disposition.DELIVERED or outcome.remote is None:
+                continue
+            reaction = rule.reaction_to(outcome.code, outcome.status, outcome.text)
+            if reaction is not None:
+                await self._shaper.react(scope, ip, reaction)
+                delivered = any(o.disposition is Disposition.DELIVERED for o in report.outcomes)
+                return "suspend" if reaction.action == "move" and delivered else reaction.action
+        return None
 
     async def _status(self, domain: str) -> EgressStatus:
         try:
@@ -562,6 +705,15 @@ def _last_error(plan: AttemptPlan) -> LastError | None:
     return LastError(first.code, first.status, first.text, first.egress_ip, first.remote)
 
 
+class _Postponed(Exception):
+    """The destination's rule holds back every usable IP until `until`."""
+
+    def __init__(self, until: float, reason: str) -> None:
+        super().__init__(reason)
+        self.until = until
+        self.reason = reason
+
+
 def _all(
     job: Job, disposition: Disposition, code: int, status: str, text: str
 ) -> list[RecipientOutcome]:
@@ -616,5 +768,6 @@ def _log_outcome(
         egress_ip=outcome.egress_ip,
         mx=outcome.remote,
         tls=outcome.tls,
+        tls_policy=outcome.tls_policy,
         reply=f"{outcome.code} {outcome.status} {outcome.text}",
     )

@@ -63,7 +63,7 @@ log = structlog.get_logger("relay")
 
 STOP_GRACE = 60.0
 """Seconds the children get to stop cleanly before they are killed."""
-_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
 
 
 def run_one(settings: Settings) -> None:
@@ -276,7 +276,9 @@ class Supervisor:
     def _handle_signals(self) -> None:
         while self.signals:
             signum = self.signals.pop(0)
-            if self.stopping is None:
+            if signum == signal.SIGHUP:  # reload: each child reloads its shaping rules
+                self._signal_all(signal.SIGHUP)
+            elif self.stopping is None:
                 log.info("relay.node_stopping", signal=signal.Signals(signum).name)
                 self._stop_all()
             else:  # asked again: do not wait for the stragglers
@@ -290,6 +292,12 @@ class Supervisor:
             if child.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGTERM)
+
+    def _signal_all(self, signum: int) -> None:
+        for child in self.children:
+            if child.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
 
     def _kill_all(self) -> None:
         for child in self.children:

@@ -1,8 +1,9 @@
 """Which recipients a notice reports after an attempt, and how: pure.
 
 Honours NOTIFY (RFC 3461): NEVER reports nothing; without NOTIFY a recipient gets failure
-and delay notices. SUCCESS gets a "relayed" report: the relay does not pass DSN requests on
-to the next hop, so it reports the hand-over itself (RFC 3461 section 5.2.2). A message
+and delay notices. SUCCESS gets a "relayed" report when the next hop did not take the DSN
+parameters (it does not advertise DSN), as the relay reports the hand-over itself (RFC 3461
+section 5.2.2); when it took them, the destination reports success and we send nothing. A message
 from the null sender `<>` never causes a notice.
 """
 
@@ -61,7 +62,7 @@ def plan_notice(
                 reports.append(replace(report, will_retry_until=expires_at))
     delays = len(reports) - failures
     for outcome in plan.delivered:
-        if dsn.of(outcome.recipient).wants("SUCCESS"):
+        if dsn.of(outcome.recipient).wants("SUCCESS") and not outcome.dsn_passed:
             reports.append(_report(outcome, "relayed", dsn, now))
     if not reports:
         return None

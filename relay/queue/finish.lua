@@ -10,7 +10,8 @@
 -- KEYS[7]  notice: job hash
 -- KEYS[8]  the node's leased jobs (set)
 -- ARGV[1]  lease token the caller holds
--- ARGV[2]  'done' or 'retry'
+-- ARGV[2]  'done', 'retry', or 'postpone' (a retry that was no attempt: the destination's
+--          shaping made the job wait; attempts and last error stay as they were)
 -- ARGV[3]  job id
 -- ARGV[4]  message id
 -- ARGV[5]  retry: next due time
@@ -71,12 +72,16 @@ if ARGV[2] == 'done' then
     end
   end
 else
-  redis.call('HSET', KEYS[2], 'recipients', ARGV[6], 'due_at', ARGV[5])
-  redis.call('HDEL', KEYS[2], 'last_error', 'error_code', 'error_status', 'error_text', 'error_ip', 'error_mx')
-  for name, value in pairs(cjson.decode(ARGV[7])) do
-    redis.call('HSET', KEYS[2], name, value)
+  if ARGV[2] == 'postpone' then
+    redis.call('HSET', KEYS[2], 'due_at', ARGV[5])
+  else
+    redis.call('HSET', KEYS[2], 'recipients', ARGV[6], 'due_at', ARGV[5])
+    redis.call('HDEL', KEYS[2], 'last_error', 'error_code', 'error_status', 'error_text', 'error_ip', 'error_mx')
+    for name, value in pairs(cjson.decode(ARGV[7])) do
+      redis.call('HSET', KEYS[2], name, value)
+    end
+    redis.call('HINCRBY', KEYS[2], 'attempts', 1)
   end
-  redis.call('HINCRBY', KEYS[2], 'attempts', 1)
   redis.call('HDEL', KEYS[2], 'token')
   if redis.call('HEXISTS', KEYS[3], 'held_at') == 1 then
     redis.call('ZREM', KEYS[1], ARGV[3])

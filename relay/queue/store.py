@@ -241,6 +241,11 @@ class QueueStore:
         """Retry `pending` at `due_at` (or park the job if its message was held meanwhile)."""
         return await self._end(job, "retry", due_at, pending, error, notice, along)
 
+    async def postpone(self, job: Job, due_at: float) -> Finished:
+        """Give the job back to be tried at `due_at`, as if it had not been claimed: no
+        attempt is counted (the destination's shaping made it wait)."""
+        return await self._end(job, "postpone", due_at, job.recipients, job.last_error, None, ())
+
     async def _end(
         self,
         job: Job,

@@ -13,6 +13,7 @@ import struct
 from types import TracebackType
 from typing import cast
 
+import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
@@ -21,6 +22,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import dns.zone
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from quota import Duration
 from relay.config import DnsSettings, HostPort
@@ -39,6 +42,9 @@ class DnsServer:
         self._records: dict[Key, dns.rrset.RRset] = {}
         self._servfail: set[dns.name.Name] = set()
         self._silent: set[dns.name.Name] = set()
+        self._sigs: dict[Key, dns.rrset.RRset] = {}
+        """RRSIG sets by (owner, type covered), sent to queries with the DO bit."""
+        self._keys: dict[dns.name.Name, tuple[ed25519.Ed25519PrivateKey, DNSKEY]] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         if zone:
@@ -59,6 +65,33 @@ class DnsServer:
         self._records.pop(key, None)
         if values:
             self._records[key] = dns.rrset.from_text_list(key[0], ttl, "IN", rdtype, list(values))
+
+    def sign(self, zone: str) -> str:
+        """Sign every record under `zone` (DNSSEC, Ed25519) as it is now, and add its DNSKEY
+        set; returns the key as a trust anchor line. Sign a child zone before its parent
+        (whose records under the child, but its DS, the parent does not sign)."""
+        apex = dns.name.from_text(zone)
+        if apex not in self._keys:
+            private = ed25519.Ed25519PrivateKey.generate()
+            key = dns.dnssec.make_dnskey(private.public_key(), "ED25519", flags=257)
+            self._keys[apex] = (private, key)
+        private, key = self._keys[apex]
+        self._records[(apex, dns.rdatatype.DNSKEY)] = dns.rrset.from_rdata(apex, 60, key)
+        children = [z for z in self._keys if z != apex and z.is_subdomain(apex)]
+        for (name, rdtype), rrset in self._records.items():
+            if not name.is_subdomain(apex):
+                continue
+            child = next((z for z in children if name.is_subdomain(z)), None)
+            if child is not None and not (name == child and rdtype == dns.rdatatype.DS):
+                continue  # the child zone signs its own
+            sig = dns.dnssec.sign(rrset, private, apex, key, lifetime=86400 * 365 * 30)
+            self._sigs[(name, rdtype)] = dns.rrset.from_rdata(name, rrset.ttl, sig)
+        return f"{apex} DNSKEY {key.to_text()}"
+
+    def ds(self, zone: str) -> str:
+        """The DS record (SHA-256) of a signed zone's key, for its parent."""
+        apex = dns.name.from_text(zone)
+        return dns.dnssec.make_ds(apex, self._keys[apex][1], "SHA256").to_text()
 
     def servfail(self, name: str, on: bool = True) -> None:
         _toggle(self._servfail, dns.name.from_text(name), on)
@@ -94,7 +127,23 @@ class DnsServer:
             elif not any(owner.is_subdomain(name) for owner, _ in self._records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
             break
+        if query.ednsflags & dns.flags.DO:
+            for rrset in list(response.answer):
+                if (sig := self._sigs.get((rrset.name, rrset.rdtype))) is not None:
+                    response.answer.append(sig)
+        negative = not response.answer or response.answer[-1].rdtype == dns.rdatatype.CNAME
+        if negative and (soa := self._soa_above(name)) is not None:  # RFC 2308 caching
+            response.authority.append(soa)
         return response
+
+    def _soa_above(self, name: dns.name.Name) -> dns.rrset.RRset | None:
+        while True:
+            if (soa := self._records.get((name, dns.rdatatype.SOA))) is not None:
+                return soa
+            try:
+                name = name.parent()
+            except dns.name.NoParent:
+                return None
 
     async def __aenter__(self) -> DnsServer:
         loop = asyncio.get_running_loop()

@@ -14,8 +14,15 @@ import redis.asyncio as aioredis
 from quota import QuotaStore
 from relay.clock import FakeClock
 from relay.config import DeliverySettings, DnsSettings
+from relay.delivery.dane import DaneValidator, parse_anchors
+from relay.delivery.dns_cache import DnsCache
 from relay.delivery.egress_state import EgressState, egress_state
+from relay.delivery.mta_sts import MtaStsPolicies
 from relay.delivery.mx import make_resolver
+from relay.delivery.rates import FleetGate
+from relay.delivery.shaping_source import ShapingSource
+from relay.delivery.tls_policy import verifying_context
+from relay.delivery.tls_report import TlsReports
 from relay.delivery.worker import DeliveryWorker
 from relay.events import EventRecorder
 from relay.queue import DsnRequest, Envelope, QueueStore
@@ -85,6 +92,7 @@ async def engine(
     queue: QueueStore | None = None,
     quota: QuotaStore | None = None,
     events: EventRecorder | None = None,
+    dns_cache: DnsCache | None = None,
     **overrides: object,
 ) -> AsyncIterator[Engine]:
     """`queue`: another engine's, for two workers (as two processes) on one queue;
@@ -93,15 +101,30 @@ async def engine(
     settings = delivery_settings(**overrides)
     queue = queue or QueueStore(redis, clock, temp_spool())
     state = egress_state(redis, clock, settings)
+    resolver = make_resolver(dns or DnsSettings(servers=["127.0.0.1:9"]), cache=dns_cache)
+    ca_file = str(settings.tls_ca_file) if settings.tls_ca_file else ""
     worker = DeliveryWorker(
         queue=queue,
         settings=settings,
-        resolver=make_resolver(dns or DnsSettings(servers=["127.0.0.1:9"])),
+        resolver=resolver,
         clock=clock,
         egress_state=state,
         hostname="relay.test",
         quota=quota,
         events=events,
+        shaping=ShapingSource(settings, redis),
+        gate=FleetGate(redis, lease=60),
+        mta_sts=MtaStsPolicies(
+            resolver, clock, context=verifying_context(ca_file), port=settings.mta_sts_port
+        )
+        if settings.mta_sts
+        else None,
+        tls_reports=TlsReports(redis),
+        dane=DaneValidator(
+            make_resolver(dns, cache=DnsCache(clock)), clock, parse_anchors(dns.trust_anchors)
+        )
+        if dns is not None and dns.trust_anchors
+        else None,
     )
     try:
         yield Engine(queue, worker, state, clock, settings)

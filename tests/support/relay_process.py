@@ -117,3 +117,18 @@ async def submit(port: int, ca, n: int) -> str:
         _, reply = await smtp.sendmail("alice@example.org", [f"r{n}@example.com"], body)
     assert reply.startswith("2.0.0 Queued as ")
     return reply.split()[-1]
+
+
+async def submit_many(port: int, ca, first: int, count: int) -> None:
+    """Messages r{first}…r{first+count-1}@example.com from alice over one session (fast:
+    one TLS handshake and one AUTH for them all)."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=port, use_tls=True, tls_context=context, timeout=10
+    ) as smtp:
+        await smtp.login("alice", PASSWORD)
+        for n in range(first, first + count):
+            body = f"Subject: message {n}\r\n\r\nmessage {n}\r\n".encode()
+            _, reply = await smtp.sendmail("alice@example.org", [f"r{n}@example.com"], body)
+            assert reply.startswith("2.0.0 Queued as "), reply
