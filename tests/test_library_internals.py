@@ -80,7 +80,9 @@ def test_aiosmtpd_attributes_the_relay_reads(attribute: str) -> None:
     )
 
 
-def test_aiosmtplib_protocol_internals_wire_uses() -> None:
+async def test_aiosmtplib_protocol_internals_wire_uses() -> None:
+    """Async: the protocol takes the running loop (a sync test would find none after
+    tests that closed theirs)."""
     version = aiosmtplib.__version__
     protocol = SMTPProtocol()
     for attribute in ("_command_lock", "_response_pending"):
