@@ -212,12 +212,8 @@ async def test_relay_run_serves_the_send_api_on_the_quota_smtp_uses(
         server_cert=server_cert,
         submit_port=smtp_port,
         sink_port=sink_port,
+        http_port=http_port,
     )
-    with config.open("a") as extra:
-        extra.write(
-            f'\n[http]\nenabled = true\nlisten = "127.0.0.1:{http_port}"\n'
-            f'secret_file = "{tmp_path / "http.key"}"\nsecure_cookies = false\n'
-        )
     process = await start_relay(config, smtp_port)
     try:
         await submit(smtp_port, ca, 1)

@@ -59,12 +59,8 @@ async def relay_with_http(redis_server, redis, server_cert, sink, tmp_path: Path
         server_cert=server_cert,
         submit_port=smtp_port,
         sink_port=sink[1],
+        http_port=http_port,
     )
-    with config.open("a") as extra:
-        extra.write(
-            f'\n[http]\nenabled = true\nlisten = "127.0.0.1:{http_port}"\n'
-            f'secret_file = "{tmp_path / "http.key"}"\nsecure_cookies = false\n'
-        )
     process = await start_relay(config, smtp_port)
     try:
         yield load_settings(config), f"http://127.0.0.1:{http_port}"

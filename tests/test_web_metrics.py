@@ -45,13 +45,10 @@ async def test_metrics_and_reports_count_what_the_sink_received(
         submit_port=smtp_port,
         sink_port=sink_port,
         egress=("127.0.0.2", "127.0.0.3"),
+        http_port=http_port,
     )
     with config.open("a") as extra:
-        extra.write(
-            f'\n[http]\nenabled = true\nlisten = "127.0.0.1:{http_port}"\n'
-            f'secret_file = "{tmp_path / "http.key"}"\nsecure_cookies = false\n'
-            f'metrics_dir = "{tmp_path / "metrics"}"\n'
-        )
+        extra.write(f'metrics_dir = "{tmp_path / "metrics"}"\n')
     await add_sender(redis, "alice", daily=6)
     token = await _operator_token(redis)
     process = await start_relay(config, smtp_port, processes=2)

@@ -27,9 +27,11 @@ def write_config(
     delivery: str = "",
     redis: str = "",
     tls: str = "implicit",
+    http_port: int | None = None,
 ) -> None:
     """A relay.toml: one listener (implicit TLS unless `tls = "starttls"`), every domain to
-    the sink. `delivery` and `redis` are extra TOML lines for those sections."""
+    the sink. `delivery` and `redis` are extra TOML lines for those sections; `http_port`:
+    the HTTP listener (consoles, APIs, metrics) on that port, its key beside the file."""
     cert, key = server_cert
     pool = "".join(
         f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out{n}.relay.test"\n'
@@ -61,6 +63,12 @@ format = "json"
 level = "warning"
 """
     )
+    if http_port is not None:
+        with path.open("a") as extra:
+            extra.write(
+                f'\n[http]\nenabled = true\nlisten = "127.0.0.1:{http_port}"\n'
+                f'secret_file = "{path.parent / "http.key"}"\nsecure_cookies = false\n'
+            )
 
 
 async def start_relay(
