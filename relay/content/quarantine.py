@@ -261,6 +261,10 @@ class QuarantineStore:
             )
         with store_errors():
             first = await self._redis.hsetnx(_item(qid), "releasing", repr(self._clock.now()))
+            if first and not await self._redis.hexists(_item(qid), "id"):
+                # Released (and forgotten) since `get`: the mark made a record of its own.
+                await self._redis.delete(_item(qid))
+                raise NotInQuarantine(f"no quarantined message {qid!r}")
         if not first:
             raise ReleaseRefused(f"{qid} is already being released")
         return record
