@@ -244,7 +244,7 @@ async def serve(
             deadline=settings.reputation.data_check_deadline.seconds,
         )
         lists = list_store(redis, settings, clock)
-        scanner = content_scanner(redis, settings, clock, queue, suspensions, lists)
+        scanner = content_scanner(redis, settings, clock, queue, suspensions, lists, events)
         service = SubmissionService(
             accounts=AccountStore(
                 redis, clock, hashing=hashing_queue(settings.submission.auth_guard)

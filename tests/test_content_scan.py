@@ -21,6 +21,7 @@ from relay.content.factory import quarantine_desk, quarantine_store
 from relay.content.lists import GLOBAL, ListAction, ListKind, ListStore
 from relay.content.quarantine import Held
 from relay.content.stats import ContentStats
+from relay.events import EventStream
 from relay.queue import QueueStore
 from tests.conftest import PASSWORD, add_sender
 from tests.support.scanners import (
@@ -199,6 +200,11 @@ async def test_spam_over_quarantine_is_held_then_released_exactly_once(relay, re
     (held,) = await desk.store.listing(account="alice")
     assert held.kind is Held.SPAM and held.id in text
     assert held.subject == f"offer {QUARANTINE_MARKER}"
+    events = await EventStream(redis, now, retention=86400.0).of_message("alice", held.id)
+    assert sorted((e.kind, e.recipient) for e in events) == [
+        ("quarantined", "bob@example.com"),
+        ("quarantined", "carol@example.net"),
+    ], "the application learns it was held"
 
     first, second = await asyncio.gather(
         desk.release(held.id, actor="operator:test", operator=True),

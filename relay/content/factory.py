@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis.asyncio as aioredis
 
 from quota import QuotaStore
@@ -19,6 +21,9 @@ from relay.content.scanner import ContentScanner, MalwarePolicy
 from relay.content.stats import ContentStats
 from relay.content.verdict import OnError, ScanPolicy
 from relay.queue import QueueStore
+
+if TYPE_CHECKING:
+    from relay.events import EventRecorder
 
 __all__ = ["content_scanner", "list_store", "quarantine_desk", "quarantine_store"]
 
@@ -50,6 +55,7 @@ def content_scanner(
     queue: QueueStore,
     suspensions: SuspensionService | None,
     lists: ListStore | None,
+    events: EventRecorder | None = None,
 ) -> ContentScanner | None:
     """None when neither scanner is configured (the DATA path then scans nothing)."""
     content = settings.content
@@ -75,6 +81,7 @@ def content_scanner(
         lists=lists,
         audit=AuditLog(redis, clock),
         suspensions=suspensions,
+        events=events,
     )
 
 

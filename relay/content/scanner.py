@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -37,6 +38,9 @@ from relay.content.verdict import (
 )
 from relay.errors import RelayError, StoreUnavailable
 from relay.submission.service import Submitted
+
+if TYPE_CHECKING:
+    from relay.events import EventRecorder
 from reputation import Kind
 
 __all__ = ["ContentScanner", "MalwarePolicy"]
@@ -70,7 +74,10 @@ class ContentScanner:
         audit: AuditLog | None = None,
         suspensions: SuspensionService | None = None,
         on_timing: Callable[[str, float], None] | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
+        self._events = events
+        """Records the `quarantined` event of each recipient (for the applications)."""
         self._clamd = clamd
         self._rspamd = rspamd
         self._clamd_deadline = clamd_deadline
@@ -240,7 +247,7 @@ class ContentScanner:
     async def _hold(
         self, kind: Held, reason: str, message: Submitted, prefix: bytes
     ) -> Quarantined:
-        return await self._quarantine.hold(
+        held = await self._quarantine.hold(
             kind,
             body_id=message.body.id,
             size=message.body.size,
@@ -252,6 +259,11 @@ class ContentScanner:
             prefix=prefix,
             dsn=message.dsn.to_json(),
         )
+        if self._events is not None:  # never raises: events are advice
+            await self._events.quarantined(
+                message.account, held.id, message.recipients, f"{kind.value}: {reason}"
+            )
+        return held
 
     @staticmethod
     async def _count(call: Awaitable[None]) -> None:
