@@ -320,7 +320,9 @@ class DeliveryWorker:
         )
         for outcome in outcomes:
             _log_outcome(job, meta.account, outcome)
-        traffic = self._traffic(meta.account, outcomes, now)
+        along = self._traffic(meta.account, outcomes, now)
+        if self._events is not None and not meta.notice:
+            along += self._events.attempted_along(meta.account, meta.id, plan)
         await self._report_outcomes(meta.account, outcomes, now)
         for outcome in plan.expired:
             _log_outcome(job, meta.account, outcome, event="delivery.expired")
@@ -329,17 +331,19 @@ class DeliveryWorker:
         if notice is not None:
             notice, charge = await self._charge(notice, job, now)
         if plan.done:
-            result = await self._queue.complete(job, notice, traffic)
+            result = await self._queue.complete(job, notice, along)
         else:
             assert plan.retry_at is not None
             result = await self._queue.reschedule(
-                job, plan.pending, plan.retry_at, _last_error(plan), notice, traffic
+                job, plan.pending, plan.retry_at, _last_error(plan), notice, along
             )
         if charge is not None:
             await self._settle(charge, meta.account, queued=result is NOTICE_QUEUED)
         if self._events is not None and not meta.notice:
             delay_sent = notice is not None and notice.kind == "delay" and result is NOTICE_QUEUED
-            await self._events.attempted(meta.account, meta.id, plan, delay_notice_sent=delay_sent)
+            await self._events.attempted_after(
+                meta.account, meta.id, plan, delay_notice_sent=delay_sent
+            )
         if result is LEASE_LOST:
             log.warning("delivery.lease_lost", job=job.id, message_id=job.message_id)
         elif notice is not None and result is NOTICE_QUEUED:

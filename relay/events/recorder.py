@@ -45,15 +45,27 @@ class EventRecorder:
         now = self._clock.now()
         return [EventDraft(model.ACCEPTED, message_id, rcpt, now) for rcpt in recipients]
 
-    async def attempted(
+    def attempted_along(self, account: str, message_id: str, plan: AttemptPlan) -> list[Along]:
+        """A delivery attempt's events (delivered, bounced, expired, deferred), sent with
+        the end of its job: no round trip of their own. They are sent even when the job's
+        lease was lost meanwhile (its next attempt reports again): events are at least once."""
+        now = self._clock.now()
+        drafts = attempt_drafts(plan, message_id=message_id, now=now, delay_notice_sent=False)
+        return [self.stream.along(account, drafts)] if drafts else []
+
+    async def attempted_after(
         self, account: str, message_id: str, plan: AttemptPlan, *, delay_notice_sent: bool
     ) -> None:
-        """After a delivery attempt: its events, and a 5.1.x bounce suppresses its recipient."""
-        now = self._clock.now()
-        drafts = attempt_drafts(
-            plan, message_id=message_id, now=now, delay_notice_sent=delay_notice_sent
-        )
-        await self.stream.record(account, drafts)
+        """What an attempt leaves once the end of its job is known (no Redis call in the
+        usual case): the `delay_notice` events when it queued the sender's delay notice, and
+        a 5.1.x bounce suppresses its recipient."""
+        if delay_notice_sent and plan.deferred:
+            now = self._clock.now()
+            drafts = [
+                EventDraft(model.DELAY_NOTICE, message_id, outcome.recipient, now)
+                for outcome in plan.deferred
+            ]
+            await self.stream.record(account, drafts)
         for outcome in plan.failed:
             if suppresses(outcome.status):
                 reply = f"{outcome.code} {outcome.status} {outcome.text}"
