@@ -34,6 +34,18 @@ class Plan:
             self.expires is None or now < self.expires
         )
 
+    def as_dict(self, now: float) -> dict[str, object]:
+        """What listings show (the CLI's `--json`, the HTTP API): the plan and whether it
+        is active at `now`."""
+        return {
+            "id": self.id,
+            "daily": self.daily,
+            "per_minute": self.per_minute,
+            "starts": self.starts,
+            "expires": self.expires,
+            "active": self.active(now),
+        }
+
     def to_json(self) -> str:
         """The form the Lua store reads (cjson): the id is the hash field, not repeated."""
         return json.dumps(

@@ -95,19 +95,7 @@ async def _list(args: argparse.Namespace) -> int:
         plans = await quota_store(redis, settings).plans(args.login)
     now = SystemClock().now()
     if args.json:
-        print_json(
-            [
-                {
-                    "id": p.id,
-                    "daily": p.daily,
-                    "per_minute": p.per_minute,
-                    "starts": p.starts,
-                    "expires": p.expires,
-                    "active": p.active(now),
-                }
-                for p in plans
-            ]
-        )
+        print_json([p.as_dict(now) for p in plans])
         return 0
     for p in plans:
         state = "active" if p.active(now) else "inactive"

@@ -45,17 +45,7 @@ async def show_account(services: Services, who: Anyone, login: str) -> dict[str,
 async def list_plans(services: Services, who: Anyone, login: str) -> list[dict[str, Any]]:
     await _require(services, who, login)
     now = services.clock.now()
-    return [
-        {
-            "id": p.id,
-            "daily": p.daily,
-            "per_minute": p.per_minute,
-            "starts": p.starts,
-            "expires": p.expires,
-            "active": p.active(now),
-        }
-        for p in await services.quota.plans(login)
-    ]
+    return [p.as_dict(now) for p in await services.quota.plans(login)]
 
 
 @router.post("/accounts/{login}/plans", status_code=201)
