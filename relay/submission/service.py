@@ -304,7 +304,9 @@ class SubmissionService:
             if self._min_free and spool.free_bytes() < self._min_free:
                 log.error("spool.disk_full", dir=str(spool.root), min_free=self._min_free)
                 return str(replies.SPOOL_FULL)
-            return spool.receive(self._queue.new_id(), hash_body=hash_body)
+            # On a thread: creating a file waits for the file system's journal, which the
+            # fsyncs of other messages keep busy (5% of the loop's time in a profile).
+            return await asyncio.to_thread(spool.receive, self._queue.new_id(), hash_body=hash_body)
         except (SpoolError, OSError) as exc:
             log.error("spool.unavailable", error=str(exc))
             return str(replies.SPOOL_FULL)
