@@ -570,3 +570,20 @@ async def test_outcomes_failovers_and_notices_are_logged(redis, clock, sender_si
     assert bounced["recipient"] == "gone@dest.test" and bounced["reply"].startswith("550 5.1.1")
     notice = events["notice.queued"]
     assert (notice["kind"], notice["message_id"], notice["to"]) == ("failure", queue_id, SENDER)
+
+
+async def test_deliveries_asking_at_once_share_one_read_of_the_egress_state(redis, clock):
+    """Many workers deliver to one domain at once: they share the read in flight (4 HGETALLs
+    in one round trip), and a change made after it is seen by the next one."""
+
+    async def hgetalls() -> int:
+        stats = await redis.info("commandstats")
+        return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+    async with engine(redis, clock) as eng:
+        before = await hgetalls()
+        statuses = await asyncio.gather(*(eng.worker._status("example.com") for _ in range(10)))
+        assert await hgetalls() - before == 4, "one snapshot for ten deliveries"
+        assert all(s == statuses[0] for s in statuses) and not statuses[0].disabled
+        await eng.egress.disable("127.0.0.2", "operator")
+        assert "127.0.0.2" in (await eng.worker._status("example.com")).disabled

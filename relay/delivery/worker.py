@@ -108,6 +108,8 @@ class DeliveryWorker:
         self._resolver = resolver
         self._clock = clock
         self._egress = egress_state
+        self._snapshots: dict[str, asyncio.Future[EgressStatus]] = {}
+        """Egress state reads in flight, by domain (shared by the deliveries asking meanwhile)."""
         self._hostname = hostname
         self._on_delivered = on_delivered
         """Adds to the pipeline that ends a job who sent what from where
@@ -544,11 +546,23 @@ class DeliveryWorker:
         return None
 
     async def _status(self, domain: str) -> EgressStatus:
+        """The egress state for a delivery to `domain`. Deliveries that ask while a read for
+        the same domain is in flight share it (as fresh as reading again; many workers of a
+        busy process deliver to the same domain at once)."""
+        pending = self._snapshots.get(domain)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[EgressStatus] = asyncio.get_running_loop().create_future()
+        self._snapshots[domain] = future
+        status = EgressStatus()
         try:
-            return await self._egress.snapshot(domain)
+            status = await self._egress.snapshot(domain)
         except StoreUnavailable as exc:  # deliver anyway: the state is advice, not a gate
             log.error("egress.state_unavailable", error=str(exc))
-            return EgressStatus()
+        finally:
+            del self._snapshots[domain]
+            future.set_result(status)  # also when cancelled: the others go on
+        return status
 
     async def _got_through(
         self, ip: str, domain: str, unreachable: list[str], status: EgressStatus
