@@ -38,10 +38,10 @@ from relay.content.verdict import (
 )
 from relay.errors import RelayError, StoreUnavailable
 from relay.submission.service import Submitted
+from reputation import Kind
 
 if TYPE_CHECKING:
     from relay.events import EventRecorder
-from reputation import Kind
 
 __all__ = ["ContentScanner", "MalwarePolicy"]
 

@@ -52,16 +52,10 @@ class EventStream:
     async def append_many(self, account: str, drafts: list[EventDraft]) -> list[str]:
         """Store events in order, one round trip per message they are about; their ids."""
         ids: list[str] = []
-        for message_id, group in _by_message(drafts):
+        for _, group in _by_message(drafts):
+            keys, args = self._append_call(account, group)
             with store_errors():
-                found = await self._append(
-                    keys=[stream_key(account), _message_key(account, message_id)],
-                    args=[
-                        int(self._clock.now() * 1000),
-                        self._retention_ms,
-                        *(d.to_json() for d in group),
-                    ],
-                )
+                found = await self._append(keys=keys, args=args)
             ids += [text(i) for i in found]
         return ids
 
@@ -69,18 +63,25 @@ class EventStream:
         """`record`, riding in another store's round trip (the enqueue of a message: its
         `accepted` events cost no round trip of their own). Drafts of one message."""
         assert len({d.message_id for d in drafts}) == 1, "one message's events"
-        keys = [stream_key(account), _message_key(account, drafts[0].message_id)]
-        args: list[EncodableT] = [
-            int(self._clock.now() * 1000),
-            self._retention_ms,
-            *(d.to_json() for d in drafts),
-        ]
+        keys, args = self._append_call(account, drafts)
         return Along(
             "events.append_failed",
             lambda pipe: pipe.evalsha(self._append.sha, len(keys), *keys, *args),
             {"account": account, "message_id": drafts[0].message_id},
             again=lambda: self.record(account, drafts),
         )
+
+    def _append_call(
+        self, account: str, drafts: list[EventDraft]
+    ) -> tuple[list[str], list[EncodableT]]:
+        """`append.lua`'s keys and arguments for the events of one message."""
+        keys = [stream_key(account), _message_key(account, drafts[0].message_id)]
+        args: list[EncodableT] = [
+            int(self._clock.now() * 1000),
+            self._retention_ms,
+            *(d.to_json() for d in drafts),
+        ]
+        return keys, args
 
     async def record(self, account: str, drafts: list[EventDraft]) -> None:
         """`append_many` for the paths that must never fail because of events (delivery,
