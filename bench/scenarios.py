@@ -260,8 +260,13 @@ class Bench:
                 )
             )
 
+    async def queued(self) -> int:
+        """Messages in the queues of all nodes."""
+        keys = [key async for key in self.redis.scan_iter(match="{q:*}:messages")]
+        return sum([int(await self.redis.zcard(key)) for key in keys])
+
     async def clear_queue(self) -> None:
-        async for key in self.redis.scan_iter(match="{q}:*", count=5000):
+        async for key in self.redis.scan_iter(match="{q:*", count=5000):
             await self.redis.unlink(key)
 
     async def redis_stalls(self) -> str:
@@ -570,7 +575,7 @@ class Bench:
                 )
                 result = await run(spec, self.tls)
                 accepted += len(result.acked)
-                queued = int(await self.redis.zcard("{q}:messages"))
+                queued = await self.queued()
                 samples.append({"queued": queued, "rss_mb": memory(*pids)[0]})
                 print(f"  queue growth: {queued} queued, relay RSS {samples[-1]['rss_mb']} MB")
             peak = memory(*pids)[1]

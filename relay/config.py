@@ -125,6 +125,13 @@ class RedisSettings(Section):
     embedded_dir: Path = Path("var/redis")
     timeout: DurationField = Duration(2.0)
     """Deadline of one Redis call on the submission path; past it the client gets 451."""
+    wait_replicas: int = Field(default=0, ge=0)
+    """With replicas: a message is acknowledged (250, 202) only once its queue entry reached
+    this many replicas (Redis WAIT), so a primary that dies right after loses none. 0: do
+    not wait (replication stays asynchronous)."""
+    wait_timeout: DurationField = Duration(0.5)
+    """How long the WAIT may take; fewer replicas by then answer 451 (the client retries:
+    the message may then be delivered twice, never lost)."""
 
     @field_validator("url")
     @classmethod

@@ -13,6 +13,11 @@ class StoreUnavailable(RelayError):
     """Redis did not answer (down, unreachable, or past the deadline)."""
 
 
+class NotReplicated(StoreUnavailable):
+    """A write reached fewer replicas than `redis.wait_replicas` in time (it was made on the
+    primary: the caller undoes it or lets it stand)."""
+
+
 class NotFound(RelayError):
     """An account, message or job that does not exist."""
 

@@ -16,20 +16,24 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
 
-from relay.errors import ConfigError, StoreUnavailable
+from relay.config import RedisSettings
+from relay.errors import ConfigError, NotReplicated, StoreUnavailable
 
 __all__ = [
     "Along",
+    "Wait",
     "connect",
     "insecure_url",
     "load_script",
     "redact_secret",
     "redact_url",
     "script_with",
+    "stage_script",
     "store_errors",
     "text",
     "text_dict",
@@ -176,25 +180,62 @@ class Along:
     not know the script (restarted, flushed); their own call loads it."""
 
 
+@dataclass(frozen=True)
+class Wait:
+    """How many replicas a write must reach (Redis WAIT) before it counts as done: a
+    primary that dies right after a 250 then loses no acknowledged message's metadata."""
+
+    replicas: int
+    timeout: float
+    """Seconds WAIT may take; fewer replicas by then fail the write (the client retries)."""
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> Wait | None:
+        if not settings.wait_replicas:
+            return None
+        return cls(settings.wait_replicas, settings.wait_timeout.seconds)
+
+
+def stage_script(
+    pipe: Pipeline, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]
+) -> None:
+    """Add a run of `script` (EVALSHA) to a pipeline, of one server or of a cluster (whose
+    pipeline has no `evalsha` method but routes the command by its keys)."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
 async def script_with(
     redis: aioredis.Redis,
     script: AsyncScript,
     keys: Sequence[str],
     args: Sequence[EncodableT],
     along: Sequence[Along] = (),
+    wait: Wait | None = None,
 ) -> object:
     """Run `script`, and the commands of `along` after it, in one round trip; the script's
     reply (its errors raise, as RedisError). A script Redis does not know (restarted,
-    flushed) is loaded and run again on its own: `along` ran already."""
-    if not along:
+    flushed) is loaded and run again on its own: `along` ran already.
+
+    With `wait`, WAIT follows the script on its connection (on a cluster: to the primary
+    of the script's keys) and fewer replicas than asked raise NotReplicated (the script
+    ran: the caller undoes it or lets it stand).
+
+    On a cluster, `along` goes to the primaries of its own keys in the same moment (the
+    pipeline is split per node): it runs beside the script rather than after it, which is
+    the same for bookkeeping of other keys.
+    """
+    if not along and wait is None:
         return await script(keys=list(keys), args=list(args))
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        stage_script(pipe, script, keys, args)
+        if wait is not None:
+            _stage_wait(redis, pipe, keys[0], wait)
+        skip = len(pipe)
         spans = []
         for extra in along:
-            start = len(pipe.command_stack)
+            start = len(pipe)
             extra.add(pipe)
-            spans.append((extra, start, len(pipe.command_stack)))
+            spans.append((extra, start, len(pipe)))
         replies = await pipe.execute(raise_on_error=False)
     for extra, start, end in spans:
         failed = [reply for reply in replies[start:end] if isinstance(reply, Exception)]
@@ -204,7 +245,35 @@ async def script_with(
             log.warning(extra.event, error=str(failed[0]), **extra.fields)
     first = replies[0]
     if isinstance(first, NoScriptError):
-        return await script(keys=list(keys), args=list(args))
-    if isinstance(first, Exception):
+        first = await script(keys=list(keys), args=list(args))
+        if wait is not None:
+            replies = [first, await _wait_alone(redis, keys[0], wait)]
+    elif isinstance(first, Exception):
         raise first
+    if wait is not None:
+        _check_wait(replies[skip - 1], wait)
     return first
+
+
+def _stage_wait(redis: aioredis.Redis, pipe: Pipeline, key: str, wait: Wait) -> None:
+    command = ("WAIT", wait.replicas, int(wait.timeout * 1000))
+    if isinstance(redis, RedisCluster):
+        pipe.execute_command(*command, target_nodes=redis.get_node_from_key(key))
+    else:
+        pipe.execute_command(*command)
+
+
+async def _wait_alone(redis: aioredis.Redis, key: str, wait: Wait) -> object:
+    """WAIT after a script that was run on its own (it loaded itself first)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        _stage_wait(redis, pipe, key, wait)
+        return (await pipe.execute(raise_on_error=False))[0]
+
+
+def _check_wait(reply: object, wait: Wait) -> None:
+    if isinstance(reply, Exception) or not isinstance(reply, int):
+        raise NotReplicated(f"redis: WAIT failed: {reply}")
+    if reply < wait.replicas:
+        raise NotReplicated(
+            f"redis: the write reached {reply} of {wait.replicas} replicas in {wait.timeout:g} s"
+        )

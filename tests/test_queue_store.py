@@ -196,12 +196,16 @@ async def test_account_index_follows_the_messages(queue):
     assert await queue.held_accounts() == []
 
 
-async def test_every_queue_key_shares_one_cluster_slot(queue, redis):
-    mid = await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
+async def test_every_key_of_a_nodes_queue_shares_its_cluster_slot(queue, redis):
+    await queue.enqueue(envelope("a@x.com", "b@y.com"), b"body")
+    (job, _) = await queue.claim(2, lease=60)
     await queue.hold_account("bob")
-    await queue.hold(mid)
-    keys = [k.decode() for k in await redis.keys("*")]
-    assert keys and all(k.startswith("{q}:") for k in keys)
+    await queue.hold(job.message_id)
+    keys = {k.decode() for k in await redis.keys("*")}
+    fleet = {"queue:nodes", "queue:held_accounts"}
+    assert fleet <= keys
+    tag = "{q:" + queue.node + "}:"
+    assert len(keys - fleet) >= 7 and all(k.startswith(tag) for k in keys - fleet)
 
 
 def _counter(key: str) -> Along:
@@ -238,7 +242,7 @@ async def test_a_failure_of_what_rides_along_is_logged_and_the_step_stands(queue
 
 
 async def test_a_failing_enqueue_raises_even_with_bookkeeping_along(queue, redis):
-    await redis.set("{q}:due", "not a zset")  # the script stops with an error
+    await redis.set(queue.keys.due, "not a zset")  # the script stops with an error
     with pytest.raises(StoreUnavailable):
         await queue.enqueue_spooled(
             envelope("a@x.com"),

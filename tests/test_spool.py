@@ -67,7 +67,7 @@ async def test_a_large_body_goes_to_disk_as_sent_and_redis_keeps_only_metadata(s
         assert spooled == body, "the spool holds the content byte for byte"
         stored = await stack.queue.load(queue_id)
         assert stored.body.endswith(body) and stored.body.startswith(b"Received: ")
-        sizes[len(body)] = await redis.memory_usage(f"{{q}}:msg:{queue_id}")
+        sizes[len(body)] = await redis.memory_usage(stack.queue.keys.msg(queue_id))
     small, big = sizes[len(small_body)], sizes[len(big_body)]
     assert big < 2_000 and abs(big - small) < 100, f"Redis bytes per message: {sizes}"
 

@@ -20,7 +20,7 @@ from redis.typing import EncodableT
 from relay.clock import Clock
 from relay.errors import InvalidInput
 from relay.events.model import Event, EventDraft
-from relay.redis_client import Along, load_script, store_errors, text
+from relay.redis_client import Along, load_script, stage_script, store_errors, text
 
 __all__ = ["EventStream", "stream_key"]
 
@@ -66,7 +66,7 @@ class EventStream:
         keys, args = self._append_call(account, drafts)
         return Along(
             "events.append_failed",
-            lambda pipe: pipe.evalsha(self._append.sha, len(keys), *keys, *args),
+            lambda pipe: stage_script(pipe, self._append, keys, args),
             {"account": account, "message_id": drafts[0].message_id},
             again=lambda: self.record(account, drafts),
         )

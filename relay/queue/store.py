@@ -1,17 +1,24 @@
 """The durable queue: metadata, jobs and leases in Redis, bodies in the node's spool.
 
-Keys share the hash tag `{q}`, so every script touches one Cluster slot:
-  {q}:msg:ID          hash: envelope, account, the header lines added at acceptance
-                      (`prefix`), jobs_left, hold and notice state; the body is the spool
-                      file named by ID (relay/spool/)
-  {q}:job:JID         hash: message, domain, pending recipients, attempts, lease token
-  {q}:due             zset: job id -> due time (a claimed job's score is its lease end)
-  {q}:held            zset: job id -> time held (held jobs are not in {q}:due)
-  {q}:messages        zset: message id -> creation time (listing)
-  {q}:acct:LOGIN      set: ids of the account's messages (hold and release by account)
-  {q}:held_accounts   set: logins whose mail is held, including mail queued later
-  {q}:leased:NODE     set: jobs leased by the processes of one node (taken back at once
-                      when the node restarts after a crash)
+A message's body is in the spool of the node that accepted it, so each node has its own
+queue, under its own hash tag `{q:NODE}` (one Redis Cluster slot per node: every script
+touches one slot, and the nodes of a fleet spread over the cluster's primaries):
+  {q:NODE}:msg:ID          hash: envelope, account, the header lines added at acceptance
+                           (`prefix`), jobs_left, hold and notice state; the body is the
+                           spool file named by ID (relay/spool/)
+  {q:NODE}:job:JID         hash: message, domain, pending recipients, attempts, lease token
+  {q:NODE}:due             zset: job id -> due time (a claimed job's score is its lease end)
+  {q:NODE}:held            zset: job id -> time held (held jobs are not in due)
+  {q:NODE}:messages        zset: message id -> creation time (listing)
+  {q:NODE}:acct:LOGIN      set: ids of the account's messages (hold and release by account)
+  {q:NODE}:held_accounts   set: this node's copy of the held accounts (read by claim.lua)
+  {q:NODE}:leased          set: jobs leased by the node's processes (taken back at once
+                           when the node restarts after a crash)
+And for the fleet:
+  queue:nodes              set: the nodes that have a queue (operator actions find a
+                           message, or an account's mail, on any of them)
+  queue:held_accounts      set: logins whose mail is held, including mail queued later on
+                           any node (each node keeps a copy under its own tag)
 
 A lease token is "<node>:<pid>:<random>:<n>": whose lease it is, for that taking back.
 """
@@ -34,7 +41,7 @@ from redis.typing import EncodableT, FieldT
 from relay.address import domain_of
 from relay.clock import Clock
 from relay.config import Settings
-from relay.errors import InvalidInput, NotFound
+from relay.errors import InvalidInput, NotFound, NotReplicated, StoreUnavailable
 from relay.queue.model import (
     DsnRequest,
     Envelope,
@@ -43,10 +50,26 @@ from relay.queue.model import (
     QueuedMessage,
     split_by_domain,
 )
-from relay.redis_client import Along, load_script, script_with, store_errors, text, text_dict
+from relay.redis_client import (
+    Along,
+    Wait,
+    load_script,
+    script_with,
+    store_errors,
+    text,
+    text_dict,
+)
 from relay.spool import Spool, Spooled, SpoolError
 
-__all__ = ["LEASE_LOST", "NOTICE_QUEUED", "Finished", "Notice", "QueueStore", "StoredMessage"]
+__all__ = [
+    "LEASE_LOST",
+    "NOTICE_QUEUED",
+    "Finished",
+    "Notice",
+    "QueueKeys",
+    "QueueStore",
+    "StoredMessage",
+]
 
 log = structlog.get_logger("relay.queue")
 
@@ -75,13 +98,8 @@ class _Held(Enum):
     CHANGED = "changed"
 
 
-_DUE = "{q}:due"
-_HELD = "{q}:held"
-_MESSAGES = "{q}:messages"
-_HELD_ACCOUNTS = "{q}:held_accounts"
-_JOB_PREFIX = "{q}:job:"
-_MSG_PREFIX = "{q}:msg:"
-_ACCT_PREFIX = "{q}:acct:"
+_NODES = "queue:nodes"
+_HELD_ACCOUNTS = "queue:held_accounts"
 _LISTED = [
     "mail_from",
     "recipients",
@@ -97,12 +115,56 @@ _LISTED = [
 ]
 
 
-def _msg_key(message_id: str) -> str:
-    return _MSG_PREFIX + message_id
+@dataclass(frozen=True)
+class QueueKeys:
+    """The keys of one node's queue (all under its hash tag)."""
 
+    node: str
 
-def _job_key(job_id: str) -> str:
-    return _JOB_PREFIX + job_id
+    @property
+    def tag(self) -> str:
+        return f"{{q:{self.node}}}"
+
+    @property
+    def due(self) -> str:
+        return f"{self.tag}:due"
+
+    @property
+    def held(self) -> str:
+        return f"{self.tag}:held"
+
+    @property
+    def messages(self) -> str:
+        return f"{self.tag}:messages"
+
+    @property
+    def held_accounts(self) -> str:
+        return f"{self.tag}:held_accounts"
+
+    @property
+    def leased(self) -> str:
+        return f"{self.tag}:leased"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.tag}:job:"
+
+    @property
+    def msg_prefix(self) -> str:
+        return f"{self.tag}:msg:"
+
+    @property
+    def acct_prefix(self) -> str:
+        return f"{self.tag}:acct:"
+
+    def msg(self, message_id: str) -> str:
+        return self.msg_prefix + message_id
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def account(self, login: str) -> str:
+        return self.acct_prefix + login
 
 
 @dataclass(frozen=True)
@@ -128,15 +190,26 @@ class Notice:
 
 
 class QueueStore:
+    """One node's queue (`node`: whose spool holds the bodies), and the operator actions
+    that find a message or an account's mail on any node of the fleet."""
+
     def __init__(
-        self, redis: aioredis.Redis, clock: Clock, spool: Spool, node: str | None = None
+        self,
+        redis: aioredis.Redis,
+        clock: Clock,
+        spool: Spool,
+        node: str | None = None,
+        wait: Wait | None = None,
     ) -> None:
         self._redis = redis
         self._clock = clock
         self.spool = spool
         self.node = node or socket.gethostname()
         """Whose spool holds the bodies this store queues (the machine, by default)."""
-        self._leased = f"{{q}}:leased:{self.node}"
+        self.keys = QueueKeys(self.node)
+        self._wait = wait
+        """Replicas an enqueue must reach before it counts as done (`redis.wait_replicas`)."""
+        self._registered = False
         self._enqueue = load_script(redis, __file__, "enqueue.lua")
         self._claim = load_script(redis, __file__, "claim.lua")
         self._finish = load_script(redis, __file__, "finish.lua")
@@ -147,11 +220,27 @@ class QueueStore:
 
     @classmethod
     def from_settings(cls, redis: aioredis.Redis, clock: Clock, settings: Settings) -> QueueStore:
-        return cls(redis, clock, Spool(settings.spool.dir))
+        return cls(redis, clock, Spool(settings.spool.dir), wait=Wait.from_settings(settings.redis))
 
     def new_id(self) -> str:
         """Time-ordered and unique: 11 hex digits of milliseconds, 8 random."""
         return f"{int(self._clock.now() * 1000):011x}{secrets.token_hex(4)}"
+
+    async def register(self) -> None:
+        """Make this node's queue one of the fleet's, with a current copy of the held
+        accounts (held or released while it was away); once per process, before its first
+        enqueue or claim."""
+        if self._registered:
+            return
+        with store_errors():
+            await self._redis.sadd(_NODES, self.node)
+            held = await self._redis.smembers(_HELD_ACCOUNTS)
+            async with self._redis.pipeline(transaction=True) as pipe:  # one slot: the copy
+                pipe.delete(self.keys.held_accounts)
+                if held:
+                    pipe.sadd(self.keys.held_accounts, *held)
+                await pipe.execute()
+        self._registered = True
 
     async def enqueue(self, envelope: Envelope, body: bytes, message_id: str | None = None) -> str:
         """Spool a whole message and queue it (notices, the CLI); durable when it returns."""
@@ -171,8 +260,10 @@ class QueueStore:
         along: Sequence[Along] = (),
     ) -> str:
         """Queue a body already durable in the spool, with the header lines to put in front
-        of it, and one job per domain, in one script; durable when it returns. What rides
-        `along` (the quota commit, the trace) goes in the same round trip."""
+        of it, and one job per domain, in one script; durable when it returns (on the
+        replicas too, with `redis.wait_replicas`). What rides `along` (the quota commit,
+        the trace) goes in the same round trip."""
+        await self.register()
         message_id = spooled.id
         now = self._clock.now()
         groups = split_by_domain(envelope.recipients)
@@ -190,24 +281,40 @@ class QueueStore:
             fields["dsn"] = dsn
         if envelope.sender_verified:
             fields["sender_verified"] = "1"
-        keys = [_msg_key(message_id), _DUE, _MESSAGES, _ACCT_PREFIX + envelope.account]
+        k = self.keys
+        keys = [k.msg(message_id), k.due, k.messages, k.account(envelope.account)]
         args: list[EncodableT] = [repr(now), message_id, len(fields), *_flat(fields)]
         for n, (domain, rcpts) in enumerate(groups.items()):
             job_id = f"{message_id}.{n}"
             job = _job_fields(message_id, domain, rcpts, now)
-            keys.append(_job_key(job_id))
+            keys.append(k.job(job_id))
             args += [job_id, len(job), *_flat(job)]
-        with store_errors():
-            await script_with(self._redis, self._enqueue, keys, args, along)
+        try:
+            with store_errors():
+                await script_with(self._redis, self._enqueue, keys, args, along, wait=self._wait)
+        except NotReplicated:
+            await self._unqueue(message_id)
+            raise
         return message_id
 
+    async def _unqueue(self, message_id: str) -> None:
+        """Take back an enqueue the replicas did not confirm: the client is told to try
+        again, so the message must not also be delivered from here. (What rode along, such
+        as the quota commit, stands: the retry counts once more.)"""
+        try:
+            await self._operate("delete", message_id, self.keys)
+        except (StoreUnavailable, NotFound) as exc:  # then it is delivered, maybe twice
+            log.warning("queue.unqueue_failed", message_id=message_id, error=str(exc))
+
     async def claim(self, limit: int, lease: float) -> list[Job]:
+        await self.register()
         now = self._clock.now()
         token = f"{self.node}:{os.getpid()}:{secrets.token_hex(6)}"
+        k = self.keys
         with store_errors():
             raw = await self._claim(
-                keys=[_DUE, _HELD, _HELD_ACCOUNTS, self._leased],
-                args=[repr(now), repr(now + lease), limit, token, _JOB_PREFIX, _MSG_PREFIX],
+                keys=[k.due, k.held, k.held_accounts, k.leased],
+                args=[repr(now), repr(now + lease), limit, token, k.job_prefix, k.msg_prefix],
             )
         jobs = []
         for i in range(0, len(raw), 3):
@@ -257,6 +364,7 @@ class QueueStore:
         along: Sequence[Along],
     ) -> Finished:
         now = self._clock.now()
+        k = self.keys
         notice_id = notice.id if notice is not None else ""
         notice_job = f"{notice_id}.0"
         notice_args: list[str | bytes] = ["", "", "", "{}", "{}"]
@@ -294,14 +402,14 @@ class QueueStore:
                     self._redis,
                     self._finish,
                     [
-                        _DUE,
-                        _job_key(job.id),
-                        _msg_key(job.message_id),
-                        _MESSAGES,
-                        _HELD,
-                        _msg_key(notice_id),
-                        _job_key(notice_job),
-                        self._leased,
+                        k.due,
+                        k.job(job.id),
+                        k.msg(job.message_id),
+                        k.messages,
+                        k.held,
+                        k.msg(notice_id),
+                        k.job(notice_job),
+                        k.leased,
                     ],
                     [
                         job.token,
@@ -312,7 +420,7 @@ class QueueStore:
                         json.dumps(list(pending)),
                         json.dumps(_error_fields(error)),
                         repr(now),
-                        _ACCT_PREFIX,
+                        k.acct_prefix,
                         *notice_args,
                     ],
                     along,
@@ -353,7 +461,8 @@ class QueueStore:
         pairs = [value for job in jobs for value in (job.id, job.token)]
         with store_errors():
             renewed = await self._renew(
-                keys=[_DUE], args=[repr(self._clock.now() + lease), _JOB_PREFIX, *pairs]
+                keys=[self.keys.due],
+                args=[repr(self._clock.now() + lease), self.keys.job_prefix, *pairs],
             )
         return int(renewed)
 
@@ -363,13 +472,15 @@ class QueueStore:
         prefix = f"{self.node}:" if pid is None else f"{self.node}:{pid}:"
         with store_errors():
             count = await self._reclaim(
-                keys=[_DUE, self._leased], args=[repr(self._clock.now()), _JOB_PREFIX, prefix]
+                keys=[self.keys.due, self.keys.leased],
+                args=[repr(self._clock.now()), self.keys.job_prefix, prefix],
             )
         return int(count)
 
     async def load(self, message_id: str) -> StoredMessage:
-        """The message and its body (SpoolMissing when the body is not in the spool)."""
-        meta, prefix = await self._meta(message_id)
+        """A message of this node and its body (SpoolMissing when the body is not in the
+        spool; NotFound when the message is not in this node's queue)."""
+        meta, prefix = await self._meta(message_id, self.keys)
         return StoredMessage(meta=meta, body=prefix + await self.spool.read(message_id))
 
     async def load_claimed(self, job: Job) -> StoredMessage:
@@ -380,15 +491,20 @@ class QueueStore:
         return StoredMessage(job.meta, job.prefix + await self.spool.read(job.message_id))
 
     async def meta(self, message_id: str) -> QueuedMessage:
-        return (await self._meta(message_id))[0]
+        """A message queued on any node."""
+        return (await self._meta(message_id, await self._queue_of(message_id)))[0]
 
     async def prefix(self, message_id: str) -> bytes:
         """The header lines added at acceptance (what is left to show without the body)."""
-        return (await self._meta(message_id))[1]
+        return (await self._meta(message_id, await self._queue_of(message_id)))[1]
 
-    async def _meta(self, message_id: str) -> tuple[QueuedMessage, bytes]:
+    async def node_of(self, message_id: str) -> str:
+        """The node whose queue (and spool) has the message."""
+        return (await self._queue_of(message_id)).node
+
+    async def _meta(self, message_id: str, keys: QueueKeys) -> tuple[QueuedMessage, bytes]:
         with store_errors():
-            raw = await self._redis.hgetall(_msg_key(message_id))
+            raw = await self._redis.hgetall(keys.msg(message_id))
         if not raw:
             raise NotFound(f"no message {message_id!r} in the queue")
         prefix = raw.pop(b"prefix", b"")
@@ -397,114 +513,144 @@ class QueueStore:
         return _message(message_id, text_dict(raw)), prefix
 
     async def next_due(self) -> float | None:
-        """When the earliest job (claimed or not) comes due; None when the queue is empty."""
+        """When the earliest job of this node (claimed or not) comes due; None when its
+        queue is empty."""
         with store_errors():
-            first = await self._redis.zrange(_DUE, 0, 0, withscores=True)
+            first = await self._redis.zrange(self.keys.due, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     async def list_messages(self, limit: int = 100) -> list[QueuedMessage]:
+        """The oldest messages of the fleet's queues."""
+        found: list[QueuedMessage] = []
         with store_errors():
-            ids = [text(i) for i in await self._redis.zrange(_MESSAGES, 0, limit - 1)]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for mid in ids:
-                    pipe.hmget(_msg_key(mid), _LISTED)
-                rows = await pipe.execute()
-        return [
-            _message(mid, {k: text(v) for k, v in zip(_LISTED, row, strict=True) if v is not None})
-            for mid, row in zip(ids, rows, strict=True)
-            if row[0] is not None
-        ]
+            for keys in await self._queues():
+                ids = [text(i) for i in await self._redis.zrange(keys.messages, 0, limit - 1)]
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for mid in ids:
+                        pipe.hmget(keys.msg(mid), _LISTED)
+                    rows = await pipe.execute()
+                found += [
+                    _message(
+                        mid,
+                        {k: text(v) for k, v in zip(_LISTED, row, strict=True) if v is not None},
+                    )
+                    for mid, row in zip(ids, rows, strict=True)
+                    if row[0] is not None
+                ]
+        return sorted(found, key=lambda m: (m.created_at, m.id))[:limit]
 
     async def jobs_of(self, message_id: str) -> list[Job]:
-        meta = await self.meta(message_id)
+        keys = await self._queue_of(message_id)
+        meta = (await self._meta(message_id, keys))[0]
         jobs = []
         with store_errors():
-            for job_id in await self._job_ids(message_id, meta):
-                fields = text_dict(await self._redis.hgetall(_job_key(job_id)))
+            for job_id in await self._job_ids(message_id, keys, meta):
+                fields = text_dict(await self._redis.hgetall(keys.job(job_id)))
                 if fields:
-                    due = await self._redis.zscore(_DUE, job_id)
-                    held = await self._redis.zscore(_HELD, job_id)
+                    due = await self._redis.zscore(keys.due, job_id)
+                    held = await self._redis.zscore(keys.held, job_id)
                     jobs.append(_job(job_id, fields, due_at=float(due or 0), held=held is not None))
         return jobs
 
     async def message_ids(self) -> set[str]:
-        """Every queued message's id (for comparing with the spool)."""
+        """Every message id queued on this node (for comparing with its spool)."""
         with store_errors():
-            return {text(m) async for m, _ in self._redis.zscan_iter(_MESSAGES)}
+            return {text(m) async for m, _ in self._redis.zscan_iter(self.keys.messages)}
 
     async def count(self) -> int:
+        """Messages queued on all the nodes."""
         with store_errors():
-            return int(await self._redis.zcard(_MESSAGES))
+            return sum([int(await self._redis.zcard(k.messages)) for k in await self._queues()])
 
-    # --- operator actions (and the hooks suspension uses) ---
+    # --- operator actions (and the hooks suspension uses), on any node's queue ---
 
     async def hold(self, message_id: str) -> bool:
         """Stop attempting the message until released; its age stops counting. False: was held."""
-        return await self._hold_or_release("hold", message_id)
+        return await self._hold_or_release("hold", message_id, await self._queue_of(message_id))
 
     async def release(self, message_id: str) -> bool:
         """Attempt a held message again now. False: it was not held."""
-        meta = await self.meta(message_id)
+        keys = await self._queue_of(message_id)
+        return await self._release(message_id, keys)
+
+    async def _release(self, message_id: str, keys: QueueKeys) -> bool:
+        meta = (await self._meta(message_id, keys))[0]
         if await self._account_held(meta.account):
             raise InvalidInput(
                 f"the mail of account {meta.account!r} is held: release the account instead"
             )
-        return await self._hold_or_release("release", message_id)
+        return await self._hold_or_release("release", message_id, keys)
 
     async def retry(self, message_id: str) -> int:
         """Make every waiting job of the message due now; the number of jobs made due."""
-        return await self._operate("retry", message_id)
+        return await self._operate("retry", message_id, await self._queue_of(message_id))
 
     async def delete(self, message_id: str) -> None:
         """Drop the message and its jobs without any notice (a job being attempted may still
-        deliver; its result is then discarded)."""
-        await self._operate("delete", message_id)
-        await self._forget_body(message_id)
+        deliver; its result is then discarded). The body of a message of another node stays
+        in that node's spool until its `relay spool check --fix`."""
+        await self._delete(message_id, await self._queue_of(message_id))
+
+    async def _delete(self, message_id: str, keys: QueueKeys) -> bool:
+        await self._operate("delete", message_id, keys)
+        if keys.node == self.node:
+            await self._forget_body(message_id)
+        return True
 
     async def hold_account(self, login: str) -> int:
-        """Hold every queued message of the account and any it queues later (suspension).
-
-        Returns the number of messages newly held.
+        """Hold every queued message of the account, on every node, and any it queues later
+        (suspension). Returns the number of messages newly held.
         """
         with store_errors():
             await self._redis.sadd(_HELD_ACCOUNTS, login)
-        return await self._for_account(login, self.hold)
+            for keys in await self._queues():
+                await self._redis.sadd(keys.held_accounts, login)
+        return await self._for_account(
+            login, lambda mid, keys: self._hold_or_release("hold", mid, keys)
+        )
 
     async def release_account(self, login: str) -> int:
         """Undo `hold_account`: its mail is attempted again now. Returns messages released."""
         with store_errors():
             await self._redis.srem(_HELD_ACCOUNTS, login)
-        return await self._for_account(login, self.release)
+            for keys in await self._queues():
+                await self._redis.srem(keys.held_accounts, login)
+        return await self._for_account(login, self._release)
 
     async def retry_account(self, login: str) -> int:
         return await self._for_account(login, self._retry_if_not_held)
 
     async def delete_account(self, login: str) -> int:
-        async def delete(message_id: str) -> bool:
-            await self.delete(message_id)
-            return True
-
-        return await self._for_account(login, delete)
+        return await self._for_account(login, self._delete)
 
     async def held_accounts(self) -> list[str]:
         with store_errors():
             return sorted(text(a) for a in await self._redis.smembers(_HELD_ACCOUNTS))
 
     async def messages_of(self, login: str) -> list[str]:
-        with store_errors():
-            return sorted(text(m) for m in await self._redis.smembers(_ACCT_PREFIX + login))
+        """The account's queued messages, on every node."""
+        return sorted(mid for mid, _ in await self._messages_of(login))
 
-    async def _retry_if_not_held(self, message_id: str) -> bool:
+    async def _messages_of(self, login: str) -> list[tuple[str, QueueKeys]]:
+        found = []
+        with store_errors():
+            for keys in await self._queues():
+                found += [(text(m), keys) for m in await self._redis.smembers(keys.account(login))]
+        return found
+
+    async def _retry_if_not_held(self, message_id: str, keys: QueueKeys) -> bool:
         try:
-            return await self.retry(message_id) > 0
+            return await self._operate("retry", message_id, keys) > 0
         except InvalidInput:
             return False
 
-    async def _for_account(self, login: str, action: Callable[[str], Awaitable[object]]) -> int:
+    async def _for_account(
+        self, login: str, action: Callable[[str, QueueKeys], Awaitable[object]]
+    ) -> int:
         done = 0
-        for message_id in await self.messages_of(login):
+        for message_id, keys in sorted(await self._messages_of(login), key=lambda m: m[0]):
             try:
-                done += bool(await action(message_id))
+                done += bool(await action(message_id, keys))
             except NotFound:
                 continue  # delivered meanwhile
         return done
@@ -513,28 +659,42 @@ class QueueStore:
         with store_errors():
             return bool(await self._redis.sismember(_HELD_ACCOUNTS, login))
 
-    async def _hold_or_release(self, action: str, message_id: str) -> bool:
-        job_ids = await self._job_ids(message_id)
+    async def _queues(self) -> list[QueueKeys]:
+        """This node's queue, then the other nodes'."""
+        with store_errors():
+            others = sorted(text(n) for n in await self._redis.smembers(_NODES))
+        return [self.keys] + [QueueKeys(node) for node in others if node != self.node]
+
+    async def _queue_of(self, message_id: str) -> QueueKeys:
+        """The queue (this node's first) that has the message."""
+        with store_errors():
+            for keys in await self._queues():
+                if await self._redis.exists(keys.msg(message_id)):
+                    return keys
+        raise NotFound(f"no message {message_id!r} in the queue")
+
+    async def _hold_or_release(self, action: str, message_id: str, keys: QueueKeys) -> bool:
+        job_ids = await self._job_ids(message_id, keys)
         with store_errors():
             result = await self._hold(
-                keys=[_DUE, _HELD, _msg_key(message_id)],
-                args=[action, repr(self._clock.now()), _JOB_PREFIX, *job_ids],
+                keys=[keys.due, keys.held, keys.msg(message_id)],
+                args=[action, repr(self._clock.now()), keys.job_prefix, *job_ids],
             )
         held = _Held(text(result))
         if held is _Held.NO_MESSAGE:
             raise NotFound(f"no message {message_id!r} in the queue")
         return held is _Held.CHANGED
 
-    async def _operate(self, action: str, message_id: str) -> int:
-        job_ids = await self._job_ids(message_id)
+    async def _operate(self, action: str, message_id: str, keys: QueueKeys) -> int:
+        job_ids = await self._job_ids(message_id, keys)
         with store_errors():
             result = await self._remove(
-                keys=[_DUE, _HELD, _msg_key(message_id), _MESSAGES],
+                keys=[keys.due, keys.held, keys.msg(message_id), keys.messages],
                 args=[
                     action,
                     repr(self._clock.now()),
-                    _JOB_PREFIX,
-                    _ACCT_PREFIX,
+                    keys.job_prefix,
+                    keys.acct_prefix,
                     message_id,
                     *job_ids,
                 ],
@@ -545,13 +705,15 @@ class QueueStore:
             raise InvalidInput(f"message {message_id} is held: release it first")
         raise NotFound(f"no message {message_id!r} in the queue")
 
-    async def _job_ids(self, message_id: str, meta: QueuedMessage | None = None) -> list[str]:
+    async def _job_ids(
+        self, message_id: str, keys: QueueKeys, meta: QueuedMessage | None = None
+    ) -> list[str]:
         with store_errors():
-            stored = await self._redis.hget(_msg_key(message_id), "jobs")
+            stored = await self._redis.hget(keys.msg(message_id), "jobs")
         if stored is not None:
             count = int(stored)
         else:  # queued before the count was stored
-            meta = meta or await self.meta(message_id)
+            meta = meta or (await self._meta(message_id, keys))[0]
             count = len(split_by_domain(meta.recipients))
         return [f"{message_id}.{n}" for n in range(count)]
 

@@ -36,7 +36,7 @@ from relay import metrics, replies
 from relay.clock import Clock
 from relay.config import AuthGuardSettings
 from relay.errors import AuthLocked, StoreUnavailable
-from relay.redis_client import load_script
+from relay.redis_client import load_script, stage_script
 from relay.submission.policy import format_wait
 
 __all__ = [
@@ -377,7 +377,7 @@ class AuthGuard:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                    stage_script(pipe, self._script, keys, args)
                 replies = await pipe.execute(raise_on_error=False)
             if any(isinstance(reply, NoScriptError) for reply in replies):  # Redis restarted
                 replies = [await self._script(keys=keys, args=args) for keys, args in calls]
