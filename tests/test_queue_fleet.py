@@ -105,3 +105,53 @@ async def test_an_enqueue_that_reaches_too_few_replicas_is_not_acknowledged(redi
     assert 0.09 < time.monotonic() - started < 2
     assert await queue.count() == 0, "taken back: the client's retry is the one delivered"
     assert Wait.from_settings(RedisSettings()) is None
+
+
+async def test_mail_queued_before_fleets_is_adopted_by_the_node(redis, clock):
+    """A queue written by the version before fleets (every key under `{q}`, the body in
+    this node's spool) is moved into this node's queue at its first start, held accounts
+    and held messages as they were."""
+    spool = temp_spool()
+    await spool.write("0a0a0a01", b"queued before the upgrade")
+    await spool.write("0a0a0a02", b"held before the upgrade")
+    now = clock.now()
+    for mid, rcpt, account in (("0a0a0a01", "x@y.com", "alice"), ("0a0a0a02", "z@y.com", "bob")):
+        await redis.hset(
+            f"{{q}}:msg:{mid}",
+            mapping={
+                "mail_from": "sender@example.org",
+                "recipients": f'["{rcpt}"]',
+                "account": account,
+                "created_at": repr(now),
+                "size": 20,
+                "jobs_left": 1,
+                "jobs": 1,
+                "prefix": b"",
+            },
+        )
+        await redis.hset(
+            f"{{q}}:job:{mid}.0",
+            mapping={
+                "message_id": mid,
+                "domain": "y.com",
+                "recipients": f'["{rcpt}"]',
+                "attempts": 0,
+                "created_at": repr(now),
+                "due_at": repr(now),
+            },
+        )
+        await redis.zadd("{q}:messages", {mid: now})
+        await redis.sadd(f"{{q}}:acct:{account}", mid)
+    await redis.zadd("{q}:due", {"0a0a0a01.0": now})
+    await redis.zadd("{q}:held", {"0a0a0a02.0": now})
+    await redis.hset("{q}:msg:0a0a0a02", "held_at", repr(now))
+    await redis.sadd("{q}:held_accounts", "bob")
+
+    queue = QueueStore(redis, clock, spool, node="node-a")
+    (job,) = await queue.claim(10, lease=60)
+    assert (await queue.load_claimed(job)).body == b"queued before the upgrade"
+    assert await queue.held_accounts() == ["bob"]
+    assert await queue.messages_of("bob") == ["0a0a0a02"]
+    assert [j.held for j in await queue.jobs_of("0a0a0a02")] == [True]
+    assert await queue.count() == 2
+    assert [k async for k in redis.scan_iter(match="{q}:*")] == []

@@ -32,7 +32,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Literal
+from typing import Literal, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -99,6 +99,9 @@ class _Held(Enum):
 
 
 _NODES = "queue:nodes"
+_SINGLE = "{q}:"
+"""The one queue of versions before fleets (adopted by the first node that starts)."""
+_SINGLE_INDEXES = ("due", "held", "messages", "held_accounts")
 _HELD_ACCOUNTS = "queue:held_accounts"
 _LISTED = [
     "mail_from",
@@ -233,6 +236,7 @@ class QueueStore:
         if self._registered:
             return
         with store_errors():
+            await self._adopt_single_queue()
             await self._redis.sadd(_NODES, self.node)
             held = await self._redis.smembers(_HELD_ACCOUNTS)
             async with self._redis.pipeline(transaction=True) as pipe:  # one slot: the copy
@@ -241,6 +245,42 @@ class QueueStore:
                     pipe.sadd(self.keys.held_accounts, *held)
                 await pipe.execute()
         self._registered = True
+
+    async def _adopt_single_queue(self) -> None:
+        """Mail queued by a version before fleets (one queue, every key under `{q}`) moves
+        into this node's queue: that version ran one node, whose bodies are in this spool.
+        Key by key, each copied before the old one goes (a crash midway loses nothing: the
+        next start goes on); the hashes first, so every index entry finds its hash."""
+        if not await self._redis.exists(*(f"{_SINGLE}{name}" for name in _SINGLE_INDEXES)):
+            return
+        if not await self._redis.set("queue:adopting", self.node, nx=True, ex=300):
+            return  # another process of the node is at it
+        moved = 0
+        for pattern in ("msg:*", "job:*", "acct:*", "leased:*"):
+            async for raw in self._redis.scan_iter(match=_SINGLE + pattern, count=1000):
+                old = text(raw)
+                name = old.removeprefix(_SINGLE)
+                new = self.keys.leased if name.startswith("leased:") else self.keys.tag + ":" + name
+                if name.startswith(("msg:", "job:")):
+                    dumped = await self._redis.dump(old)
+                    if dumped is not None:
+                        await self._redis.restore(new, 0, dumped, replace=True)
+                        moved += name.startswith("msg:")
+                elif members := await self._redis.smembers(old):
+                    await self._redis.sadd(new, *members)
+                await self._redis.unlink(old)
+        for name in _SINGLE_INDEXES:
+            old = _SINGLE + name
+            if name == "held_accounts":
+                if held := await self._redis.smembers(old):
+                    await self._redis.sadd(_HELD_ACCOUNTS, *held)
+            elif entries := await self._redis.zrange(old, 0, -1, withscores=True):
+                pairs = cast(list[tuple[bytes, float]], entries)
+                scores: dict[str, float] = {text(m): float(score) for m, score in pairs}
+                await self._redis.zadd(str(getattr(self.keys, name)), scores)
+            await self._redis.unlink(old)
+        await self._redis.delete("queue:adopting")
+        log.warning("queue.adopted_single_queue", node=self.node, messages=moved)
 
     async def enqueue(self, envelope: Envelope, body: bytes, message_id: str | None = None) -> str:
         """Spool a whole message and queue it (notices, the CLI); durable when it returns."""
