@@ -156,6 +156,8 @@ class RedisSettings(Section):
         for n, url in enumerate(value):
             try:
                 _check_url(url, schemes=("redis", "rediss"), host=True)
+                if urlsplit(url).path not in ("", "/", "/0"):
+                    raise ValueError("a Cluster has only database 0")
             except ValueError as exc:
                 raise ValueError(f"entry {n + 1}: {exc}") from None
         return value
@@ -165,10 +167,10 @@ class RedisSettings(Section):
     def _sentinel_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for n, entry in enumerate(value):
             try:
-                if "://" in entry:
-                    _check_url(entry, schemes=("redis", "rediss"), host=True)
-                else:
-                    _check_url(f"redis://{entry}", schemes=("redis", "rediss"), host=True)
+                url = entry if "://" in entry else f"redis://{entry}"
+                _check_url(url, schemes=("redis", "rediss"), host=True)
+                if urlsplit(url).port is None:  # not Redis's 6379 in silence
+                    raise ValueError("no port")
             except ValueError as exc:
                 raise ValueError(f"entry {n + 1}: {exc} (host:port or a URL)") from None
         return value

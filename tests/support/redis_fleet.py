@@ -26,7 +26,7 @@ import redis
 
 from relay.embedded_redis import find_redis_server
 
-__all__ = ["ClusterServers", "SentinelGroup", "free_low_port"]
+__all__ = ["ClusterServers", "SentinelGroup", "free_low_port", "on_cluster"]
 
 SLOTS = 16384
 
@@ -368,6 +368,7 @@ class SentinelGroup(_Servers):
         return new
 
 
-def env_flag() -> str:
-    """`RELAY_TEST_REDIS`: "cluster" runs the `redis` fixture on a ClusterServers."""
-    return os.environ.get("RELAY_TEST_REDIS", "")
+def on_cluster() -> bool:
+    """`RELAY_TEST_REDIS=cluster`: the `redis` fixture and the relays the tests start
+    (`relay_process.write_config`) use the session's Cluster instead of one server."""
+    return os.environ.get("RELAY_TEST_REDIS", "") == "cluster"
