@@ -61,15 +61,29 @@ def redis_server(
 @pytest.fixture
 async def redis(redis_server: EmbeddedRedis | ClusterServers) -> AsyncIterator[aioredis.Redis]:
     """A client of `redis_server` with nothing in it (every primary flushed on a cluster)."""
+    client = client_of(redis_server)
     if isinstance(redis_server, ClusterServers):
         redis_server.flush()
-        settings = RedisSettings(cluster_nodes=(redis_server.url,), timeout=Duration(5.0))
-        client = connect_settings(settings)
     else:
-        client = connect(redis_server.url, timeout=5.0)
         await client.flushall()
     yield client
     await client.aclose()
+
+
+def client_of(server: EmbeddedRedis | ClusterServers, timeout: float = 5.0) -> aioredis.Redis:
+    """Another client of `redis_server` (a cluster client when it is the Cluster)."""
+    if isinstance(server, ClusterServers):
+        return connect_settings(
+            RedisSettings(cluster_nodes=(server.url,), timeout=Duration(timeout))
+        )
+    return connect(server.url, timeout=timeout)
+
+
+def redis_toml(server: EmbeddedRedis | ClusterServers) -> str:
+    """The `[redis]` line of a config file that points at `redis_server`."""
+    if isinstance(server, ClusterServers):
+        return f'cluster_nodes = ["{server.url}"]'
+    return f'url = "{server.url}"'
 
 
 @pytest.fixture(scope="session")

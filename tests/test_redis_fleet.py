@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 from redis.asyncio.sentinel import SentinelManagedSSLConnection
-from redis.exceptions import ClusterDownError, RedisError
+from redis.exceptions import RedisError
 
 from relay.app import open_redis
 from relay.config import RedisSettings, Settings, load_settings
@@ -188,16 +189,58 @@ async def test_sentinel_with_passwords_finds_the_primary_and_follows_a_failover(
         await asyncio.to_thread(group.stop)
 
 
-async def test_a_cluster_error_reaches_callers_as_store_unavailable(redis_cluster) -> None:
-    """What a failover raises is a RedisError, which `store_errors` turns into ours."""
-    with pytest.raises(StoreUnavailable, match="redis: "):
-        with store_errors():
-            raise ClusterDownError("CLUSTERDOWN The cluster is down")
-    client = connect_settings(RedisSettings(cluster_nodes=(redis_cluster.url,)))
+@pytest.mark.timeout(60)
+async def test_a_failover_shorter_than_the_deadline_is_ridden_out_in_one_call(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a primary, then one SET to its shard: the client keeps trying (with a
+    backoff) until the replica took over, where the library alone fails in milliseconds."""
+    servers = ClusterServers(tmp_path)
+    await asyncio.to_thread(servers.start)
+    client = connect_settings(RedisSettings(cluster_nodes=(servers.url,), timeout="10s"))
     try:
-        assert await client.ping()
+        await client.set("{a}", 1)
+        servers.kill(servers.primary_of("{a}"))
+        start = time.monotonic()
+        assert await client.set("{a}", 2)
+        assert 1 < time.monotonic() - start < 10  # the promotion took seconds, not the call
+        assert await client.get("{a}") == b"2"
     finally:
         await client.aclose()
+        await asyncio.to_thread(servers.stop)
+
+
+@pytest.mark.timeout(60)
+async def test_a_lost_shard_is_a_store_error_within_the_deadline(tmp_path: Path) -> None:
+    """Both copies of one shard die: its keys give a RedisError (StoreUnavailable through
+    `store_errors`) once `redis.timeout` has passed, never a cluster-only exception and
+    never a wait past it; the other shards keep serving."""
+    servers = ClusterServers(tmp_path)
+    await asyncio.to_thread(servers.start)
+    client = connect_settings(RedisSettings(cluster_nodes=(servers.url,), timeout="1s"))
+    try:
+        lost, kept = "{a}", "{b}"
+        assert servers.primary_of(lost) != servers.primary_of(kept)
+        await client.set(lost, 1)
+        primary = servers.primary_of(lost)
+        replica = servers.replica_of(primary)
+        servers.kill(replica)
+        servers.kill(primary)
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="redis: "), store_errors():
+                await client.set(lost, 2)
+            assert time.monotonic() - start < 1 + 1.5
+        async with asyncio.timeout(10):  # the others' nodes mark the shard failed meanwhile
+            while True:
+                try:
+                    assert await client.set(kept, 1)
+                    break
+                except RedisError:
+                    await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+        await asyncio.to_thread(servers.stop)
 
 
 # -- a relay through a failover -----------------------------------------------------------
@@ -249,6 +292,16 @@ async def _client(port: int, ca, load: Load, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _until(done: Callable[[], bool], load: Load, what: str, within: float = 60) -> None:
+    try:
+        async with asyncio.timeout(within):
+            while not done():  # noqa: ASYNC110 (the clients' tasks fill `load`)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        refused = load.refused[:3]
+        raise AssertionError(f"not {what} in {within} s; first refusals: {refused}") from None
+
+
 async def _send_through_failover(
     fleet: str,
     setup: RedisSettings,
@@ -275,13 +328,11 @@ async def _send_through_failover(
         load, stop = Load(), asyncio.Event()
         try:
             clients = [asyncio.create_task(_client(port, ca, load, stop)) for _ in range(4)]
-            while len(load.accepted) < 20:
-                await asyncio.sleep(0.05)
+            await _until(lambda: len(load.accepted) >= 20, load, "20 accepted before")
             before = len(load.accepted)
             await fail()
             after_failover = len(load.accepted)
-            while len(load.accepted) < after_failover + 20:
-                await asyncio.sleep(0.05)
+            await _until(lambda: len(load.accepted) >= after_failover + 20, load, "20 after")
             stop.set()
             async with asyncio.timeout(30):
                 await asyncio.gather(*clients)
@@ -317,9 +368,7 @@ async def test_relay_on_sentinel_through_a_kill_9_of_the_primary(
         )
     finally:
         await asyncio.to_thread(group.stop)
-    print(
-        f"sentinel: {len(load.accepted)} accepted, refused {load.refused}, {load.disconnects} dropped"
-    )
+    print(f"sentinel: {len(load.accepted)} accepted, {load.refused}, {load.disconnects} dropped")
 
 
 @pytest.mark.timeout(180)
@@ -342,6 +391,4 @@ async def test_relay_on_a_cluster_through_a_kill_9_of_a_primary(
         )
     finally:
         await asyncio.to_thread(servers.stop)
-    print(
-        f"cluster: {len(load.accepted)} accepted, refused {load.refused}, {load.disconnects} dropped"
-    )
+    print(f"cluster: {len(load.accepted)} accepted, {load.refused}, {load.disconnects} dropped")
