@@ -26,7 +26,7 @@ from relay.abuse.traffic import TrafficLog
 from relay.accounts import AccountStore
 from relay.accounts.hashing import HashAdmission, HashingQueue, default_threads
 from relay.clock import Clock, SystemClock
-from relay.config import AuthGuardSettings, Settings
+from relay.config import AuthGuardSettings, RedisSettings, Settings
 from relay.content.factory import content_scanner, list_store, quarantine_desk
 from relay.delivery.dane import DaneValidator, parse_anchors
 from relay.delivery.dns_cache import DnsCache
@@ -45,7 +45,14 @@ from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
 from relay.queue import QueueStore
-from relay.redis_client import connect, insecure_url, redact_secret, redact_url
+from relay.redis_client import (
+    connect_settings,
+    describe,
+    hide_secrets,
+    insecure_settings,
+    insecure_url,
+    redact_url,
+)
 from relay.reports import ActivityLog
 from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
 from relay.sender_auth.spf import install_resolver
@@ -70,10 +77,11 @@ def quota_store(redis: aioredis.Redis, settings: Settings) -> QuotaStore:
 
 @contextlib.asynccontextmanager
 async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """The configured Redis; with an empty URL, the embedded one (started if not running)."""
+    """The configured Redis (one server, a Cluster or a Sentinel-managed primary); with none
+    configured, the embedded one (started if not running)."""
     embedded = None
     url = settings.redis.url
-    if not url:
+    if not url and not settings.redis.cluster_nodes and not settings.redis.sentinels:
         embedded = EmbeddedRedis(settings.redis.embedded_dir)
         if embedded.is_running():
             embedded = None  # another relay process owns it; share it
@@ -81,13 +89,14 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             await asyncio.to_thread(embedded.start)
             log.info("redis.embedded_started", dir=str(settings.redis.embedded_dir))
         url = EmbeddedRedis(settings.redis.embedded_dir).url
-    client = connect(url, timeout=settings.redis.timeout.seconds)
+    client = connect_settings(settings.redis, url=url)
     try:
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
-            reason = redact_secret(str(exc), url)
-            raise StoreUnavailable(f"cannot reach Redis at {redact_url(url)}: {reason}") from None
+            where = describe(settings.redis, url=url)
+            reason = hide_secrets(str(exc), settings.redis)
+            raise StoreUnavailable(f"cannot reach Redis at {where}: {reason}") from None
         yield client
     finally:
         await client.aclose()
@@ -154,11 +163,14 @@ def shaping_lease(settings: Settings) -> float:
     return timeouts.connect.seconds + timeouts.data.seconds
 
 
-def warn_if_insecure(url: str) -> None:
+def warn_if_insecure(url: str | RedisSettings) -> None:
     """One `redis.insecure` line at start for a remote Redis without TLS or without a password:
     the relay still starts (a private network may make it acceptable), but not silently."""
-    if problem := insecure_url(url):
-        log.warning("redis.insecure", url=redact_url(url), problem=problem)
+    if isinstance(url, str):
+        if problem := insecure_url(url):
+            log.warning("redis.insecure", url=redact_url(url), problem=problem)
+    elif problem := insecure_settings(url):
+        log.warning("redis.insecure", url=describe(url), problem=problem)
 
 
 def hashing_queue(guard: AuthGuardSettings) -> HashingQueue:
@@ -203,7 +215,7 @@ async def serve(
     ):
         log.info("tls.self_signed_created", cert=str(settings.tls.cert))
     tls = server_context(settings.tls.cert, settings.tls.key)
-    warn_if_insecure(settings.redis.url)
+    warn_if_insecure(settings.redis)
     async with open_redis(settings) as redis:
         queue = QueueStore.from_settings(redis, clock, settings)
         if reclaim and (taken := await queue.reclaim()):

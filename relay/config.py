@@ -23,6 +23,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -119,9 +120,24 @@ class Section(BaseModel):
 
 
 class RedisSettings(Section):
+    """Where the relay's state lives: one way of `url` (one server), `cluster_nodes` (Redis
+    Cluster) or `sentinels` + `service` (a Sentinel-managed primary); none: the embedded one.
+    Every value that may hold a password is checked for its shape only and never repeated
+    in an error (`relay.redis_client.redact_url` shows them)."""
+
     url: str = ""
     """Empty: start the embedded redis-server with data in `embedded_dir`. May hold a password:
     never shown as is (`relay.redis_client.redact_url`)."""
+    cluster_nodes: tuple[str, ...] = ()
+    """`redis://` or `rediss://` URLs of Cluster nodes (one reachable is enough: the others
+    are discovered); the first one's user, password and TLS settings are used for every
+    node."""
+    sentinels: tuple[str, ...] = ()
+    """`host:port` of each Sentinel, or a `redis://`/`rediss://` URL when the Sentinels
+    speak TLS or need a password of their own."""
+    service: str = ""
+    """The primary the Sentinels watch: its name (`mymaster`), or a URL whose host is that
+    name, carrying how to talk to the primary: `rediss://user:password@mymaster/0`."""
     embedded_dir: Path = Path("var/redis")
     timeout: DurationField = Duration(2.0)
     """Deadline of one Redis call on the submission path; past it the client gets 451."""
@@ -137,16 +153,83 @@ class RedisSettings(Section):
     @classmethod
     def _redis_url(cls, value: str) -> str:
         """The shape only, and the message never repeats the value (it may hold a password)."""
-        if not value:
-            return value
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 (raises on a port that is not a number)
-        except ValueError:
-            raise ValueError("not a URL (the value is not shown: it may hold a password)") from None
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("use redis://, rediss:// (TLS) or unix:///path/to/socket")
+        if value:
+            _check_url(value, schemes=("redis", "rediss", "unix"))
         return value
+
+    @field_validator("cluster_nodes")
+    @classmethod
+    def _cluster_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for n, url in enumerate(value):
+            try:
+                _check_url(url, schemes=("redis", "rediss"), host=True)
+                if urlsplit(url).path not in ("", "/", "/0"):
+                    raise ValueError("a Cluster has only database 0")
+            except ValueError as exc:
+                raise ValueError(f"entry {n + 1}: {exc}") from None
+        return value
+
+    @field_validator("sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for n, entry in enumerate(value):
+            try:
+                url = entry if "://" in entry else f"redis://{entry}"
+                _check_url(url, schemes=("redis", "rediss"), host=True)
+                if urlsplit(url).port is None:  # not Redis's 6379 in silence
+                    raise ValueError("no port")
+            except ValueError as exc:
+                raise ValueError(f"entry {n + 1}: {exc} (host:port or a URL)") from None
+        return value
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str) -> str:
+        if "://" in value:
+            _check_url(value, schemes=("redis", "rediss"), host=True)
+        elif value and not re.fullmatch(r"[\w.-]+", value):
+            raise ValueError("a Sentinel master name, or a URL whose host is that name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RedisSettings:
+        ways = [
+            key
+            for key, used in (
+                ("redis.url", self.url),
+                ("redis.cluster_nodes", self.cluster_nodes),
+                ("redis.sentinels", self.sentinels),
+            )
+            if used
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"set only one of {' and '.join(ways)} (one way to reach Redis)")
+        if self.sentinels and not self.service:
+            raise ValueError("redis.service: the Sentinel master name is required with sentinels")
+        if self.service and not self.sentinels:
+            raise ValueError("redis.service: only used with redis.sentinels (none set)")
+        return self
+
+
+def _check_url(value: str, *, schemes: tuple[str, ...], host: bool = False) -> None:
+    """A ValueError saying what is wrong with a Redis URL, never repeating it (it may hold
+    a password)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        raise ValueError("not a URL (the value is not shown: it may hold a password)") from None
+    if parts.scheme not in schemes:
+        names = {
+            "redis": "redis://",
+            "rediss": "rediss:// (TLS)",
+            "unix": "unix:///path/to/socket",
+        }
+        shown = [names[s] for s in schemes]
+        raise ValueError("use " + ", ".join(shown[:-1]) + " or " + shown[-1])
+    if host and not parts.hostname:
+        raise ValueError("no host")
+    del port
 
 
 class TlsSettings(Section):

@@ -6,28 +6,53 @@ query): whatever shows a URL to a person (logs, errors, CLI output) shows `redac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from relay.config import RedisSettings
 from relay.errors import ConfigError, NotReplicated, StoreUnavailable
 
+if TYPE_CHECKING:
+    from relay.config import RedisSettings
+
 __all__ = [
     "Along",
     "Wait",
     "connect",
+    "connect_settings",
+    "describe",
+    "hide_secrets",
+    "insecure_settings",
     "insecure_url",
     "load_script",
     "redact_secret",
@@ -62,6 +87,278 @@ def connect(url: str, *, timeout: float, max_connections: int = 64) -> aioredis.
     except ValueError as exc:
         raise ConfigError(f"redis.url: {redact_secret(str(exc), url)}") from None
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
+
+
+def connect_settings(
+    settings: RedisSettings, *, max_connections: int = 64, url: str | None = None
+) -> aioredis.Redis:
+    """The client of the configured Redis: one server (`redis.url`, or `url` given for the
+    embedded one), a Redis Cluster (`redis.cluster_nodes`) or the primary a group of
+    Sentinels names (`redis.sentinels` + `redis.service`).
+
+    Each is bounded (at most `max_connections` commands in flight, more wait) and uses the
+    `redis.timeout` deadline per call. A failover is ridden out inside the client with a
+    few short retries; what is left reaches the caller as a RedisError (never a
+    cluster-only exception type), so `store_errors` and the submission path answer 4xx.
+
+    The relay's stores are typed against `redis.asyncio.Redis`. The cluster client has the
+    same command methods but is not its subclass: it is returned as that type here, the
+    one place that knows (see `_ClusterClient`).
+    """
+    timeout = settings.timeout.seconds
+    if settings.cluster_nodes:
+        cluster = _cluster(settings.cluster_nodes, timeout, max_connections)
+        return cast(aioredis.Redis, cluster)  # same commands; see the docstring
+    if settings.sentinels:
+        return _sentinel_primary(settings, timeout, max_connections)
+    return connect(url or settings.url, timeout=timeout, max_connections=max_connections)
+
+
+def describe(settings: RedisSettings, *, url: str | None = None) -> str:
+    """Where the settings point, for a person: no password in it."""
+    if settings.cluster_nodes:
+        return "cluster " + ", ".join(redact_url(node) for node in settings.cluster_nodes)
+    if settings.sentinels:
+        name, _ = _service(settings.service)
+        shown = ", ".join(redact_url(s) if "://" in s else s for s in settings.sentinels)
+        return f"sentinel service {name!r} via {shown}"
+    return redact_url(url or settings.url)
+
+
+def hide_secrets(message: str, settings: RedisSettings) -> str:
+    """`message` without any password of the settings' URLs."""
+    for url in (settings.url, settings.service, *settings.cluster_nodes, *settings.sentinels):
+        if "://" in url:
+            message = redact_secret(message, url)
+    return message
+
+
+def insecure_settings(settings: RedisSettings) -> str | None:
+    """`insecure_url` of the first URL that is unsafe over a network, named by its key. With
+    Sentinels, the primary (whose address they give) is judged at the Sentinels' hosts."""
+    named = [("redis.url", settings.url)]
+    named += [("redis.cluster_nodes", node) for node in settings.cluster_nodes]
+    if settings.sentinels:
+        _, primary = _service(settings.service)
+        for sentinel in settings.sentinels:
+            host, _ = _host_port(_sentinel_url(sentinel))
+            named.append(("redis.service", _with_host(primary, host)))
+    for key, url in named:
+        if url and (problem := insecure_url(url)):
+            return f"{key}: {problem}"
+    return None
+
+
+# How a failover is ridden out: backoff doubling from 100 ms to 0.5 s (half of it jitter),
+# a bounded number of tries (about 2.4 s in all: a kill -9'd primary is replaced in about
+# 2.5 s with `cluster-node-timeout 1000` or Sentinel's `down-after-milliseconds 1000`); the
+# caller's own deadline (`redis.timeout` on the submission path) may end it sooner.
+_FAILOVER_TRIES = 8
+
+
+def _failover_retry(tries: int = _FAILOVER_TRIES) -> Retry:
+    return Retry(EqualJitterBackoff(cap=0.5, base=0.05), tries)
+
+
+# What a shard's failover looks like to a cluster client (redis.exceptions.TimeoutError is
+# the socket's deadline, not asyncio's).
+_FAILOVER_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
+
+
+class _ClusterPipeline(ClusterPipeline):
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        client = cast(_ClusterClient, self.cluster_client)
+        async with client.budget(client.pipeline_budget):
+            try:
+                return await super().execute(raise_on_error, allow_redirections)
+            except SlotNotCoveredError as exc:  # not a RedisError: a failover's error
+                raise ClusterDownError(str(exc)) from None
+
+
+class _ClusterClient(RedisCluster):
+    """RedisCluster whose errors in a failover are all RedisError, and whose commands wait
+    for a free place (the cluster's own per-node pools raise when full, where the single
+    server's pool waits). Its own attributes must not take a command's name (`wait`)."""
+
+    def __init__(self, *, wait: float, limit: int, **kwargs: Any) -> None:
+        # Commands and pipelines have a budget each: a pipeline resends a redirected command
+        # through execute_command, so one shared budget could wait on itself.
+        super().__init__(max_connections=2 * limit, **kwargs)
+        self.budget_wait = wait
+        self.backoff = EqualJitterBackoff(cap=0.5, base=0.05)
+        self.command_budget = asyncio.Semaphore(limit)
+        self.pipeline_budget = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def budget(self, budget: asyncio.Semaphore) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.budget_wait):
+                await budget.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("no free connection to the cluster in time") from None
+        try:
+            yield
+        finally:
+            budget.release()
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:  # "cannot be connected": retried as a ConnectionError
+            raise RedisConnectionError(str(exc)) from None
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        """The library retries a failed node at once, a few times (its Retry's backoff is
+        not used by the cluster client): a dead primary's shard would fail in milliseconds
+        while its replica takes over in seconds. Here the tries go on with a backoff until
+        `budget_wait` (`redis.timeout`) has passed since the first."""
+        deadline = time.monotonic() + self.budget_wait
+        backoff = self.backoff
+        backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        async with self.budget(self.command_budget):
+            while True:
+                try:
+                    return await super().execute_command(*args, **kwargs)
+                except (AuthenticationError, AuthorizationError):
+                    raise  # a ConnectionError too, but no failover ends it
+                except _FAILOVER_ERRORS as exc:
+                    failures += 1
+                    pause = backoff.compute(failures)
+                    if time.monotonic() + pause >= deadline:
+                        if isinstance(exc, SlotNotCoveredError):  # not a RedisError
+                            raise ClusterDownError(str(exc)) from None
+                        raise
+                    await asyncio.sleep(pause)
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # raises as the library does
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]  # as the library does
+
+
+def _cluster(urls: Sequence[str], timeout: float, limit: int) -> _ClusterClient:
+    """The first URL's user, password and TLS options apply to every node (a cluster's
+    nodes share them); the others are only more ways in."""
+    try:
+        options: dict[str, Any] = dict(parse_url(urls[0]))
+        if options.pop("connection_class", None) is SSLConnection:
+            options["ssl"] = True
+        options.pop("host", None)
+        options.pop("port", None)
+        nodes = [_host_port(url) for url in urls]
+        return _ClusterClient(
+            wait=timeout,
+            limit=limit,
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            require_full_coverage=False,  # a failover in one shard leaves the others serving
+            retry=_failover_retry(),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            **options,
+        )
+    except (ValueError, TypeError, RedisClusterException) as exc:
+        reason = str(exc)
+        for url in urls:
+            reason = redact_secret(reason, url)
+        raise ConfigError(f"redis.cluster_nodes: {reason}") from None
+
+
+class _SentinelPrimary(aioredis.Redis):
+    """The primary's client, which also closes its connections to the Sentinels."""
+
+    sentinel_group: Sentinel | None = None  # not `sentinel`: that is a command
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel_group is not None:
+            for client in self.sentinel_group.sentinels:
+                await client.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Connections to whichever server the Sentinels name as primary, at most
+    `max_connections`; a caller past that waits (up to `timeout`) as with one server."""
+
+
+def _sentinel_primary(settings: RedisSettings, timeout: float, limit: int) -> aioredis.Redis:
+    name, primary = _service(settings.service)
+    try:
+        addresses = [_host_port(_sentinel_url(s)) for s in settings.sentinels]
+        own = next((s for s in settings.sentinels if "://" in s), "")
+        sentinel_options = _options(own) if own else {}
+        master_options = _options(primary)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            addresses,
+            sentinel_kwargs={
+                **sentinel_options,
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+            },
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=_failover_retry(3),  # also for connecting: MasterNotFoundError mid-failover
+            **master_options,
+        )
+        client = sentinel.master_for(
+            name,
+            redis_class=_SentinelPrimary,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=limit,
+            timeout=timeout,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"redis.sentinels: {hide_secrets(str(exc), settings)}") from None
+    assert isinstance(client, _SentinelPrimary)
+    client.sentinel_group = sentinel
+    return client
+
+
+def _options(url: str) -> dict[str, Any]:
+    """Client options of a URL (user, password, db, TLS) without its address."""
+    options: dict[str, Any] = dict(parse_url(url))
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    options.pop("host", None)
+    options.pop("port", None)
+    return options
+
+
+def _service(service: str) -> tuple[str, str]:
+    """(master name, URL for the primary's options) of `redis.service`. The name is read as
+    written (a URL's host is lowercased by the parsers; Sentinel names are not)."""
+    if "://" not in service:
+        return service, f"redis://{service}"
+    authority = urlsplit(service).netloc.rpartition("@")[2]
+    return authority.rpartition(":")[0] if ":" in authority else authority, service
+
+
+def _sentinel_url(entry: str) -> str:
+    """A `redis.sentinels` entry as a URL (`host:port` is one without TLS or password)."""
+    return entry if "://" in entry else f"redis://{entry}"
+
+
+def _with_host(url: str, host: str) -> str:
+    parts = urlsplit(url)
+    user, has_at, _ = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user}@{host}" if has_at else host).geturl()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("no host")
+    return parts.hostname, parts.port or 6379
 
 
 def redact_url(url: str) -> str:

@@ -13,11 +13,14 @@ import redis.asyncio as aioredis
 import structlog
 import trustme
 
+from quota import Duration
 from relay.clock import FakeClock
+from relay.config import RedisSettings
 from relay.embedded_redis import EmbeddedRedis
-from relay.redis_client import connect
+from relay.redis_client import connect, connect_settings
 from relay.sink import Sink
 from tests.support.dns_server import DnsServer
+from tests.support.redis_fleet import ClusterServers, SentinelGroup, on_cluster
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,7 +44,14 @@ def _logging_as_found() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+def redis_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedRedis | ClusterServers]:
+    """The Redis of the tests: one embedded server; with `RELAY_TEST_REDIS=cluster`, the
+    session's 3+3 Cluster (its `url` is one node's: enough to find the others)."""
+    if on_cluster():
+        yield request.getfixturevalue("redis_cluster")
+        return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
     server.start()
     yield server
@@ -49,11 +59,48 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
-async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_server.url, timeout=5.0)
-    await client.flushall()
+async def redis(redis_server: EmbeddedRedis | ClusterServers) -> AsyncIterator[aioredis.Redis]:
+    """A client of `redis_server` with nothing in it (every primary flushed on a cluster)."""
+    client = client_of(redis_server)
+    if isinstance(redis_server, ClusterServers):
+        redis_server.flush()
+    else:
+        await client.flushall()
     yield client
     await client.aclose()
+
+
+def client_of(server: EmbeddedRedis | ClusterServers, timeout: float = 5.0) -> aioredis.Redis:
+    """Another client of `redis_server` (a cluster client when it is the Cluster)."""
+    if isinstance(server, ClusterServers):
+        return connect_settings(
+            RedisSettings(cluster_nodes=(server.url,), timeout=Duration(timeout))
+        )
+    return connect(server.url, timeout=timeout)
+
+
+def redis_toml(server: EmbeddedRedis | ClusterServers) -> str:
+    """The `[redis]` line of a config file that points at `redis_server`."""
+    if isinstance(server, ClusterServers):
+        return f'cluster_nodes = ["{server.url}"]'
+    return f'url = "{server.url}"'
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    """A 3-primary, 3-replica Redis Cluster on loopback for the session (started by the
+    first test that asks for it; a test that kills nodes starts its own)."""
+    servers = ClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """1 primary, 1 replica and 3 Sentinels on loopback for the session (as above)."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel")).start()
+    yield group
+    group.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from relay.abuse.store import SuspensionStore
 from relay.clock import SystemClock
 from relay.errors import InvalidInput
 from relay.submission.message import message_id_of, missing_headers
-from tests.conftest import add_sender
+from tests.conftest import add_sender, redis_toml
 from tests.test_cli import relay
 
 QID_A, QID_B = "1a2b3c4d5e6f7a8b", "0c0c0c0c0c0c0c0c"
@@ -149,7 +149,7 @@ async def test_legacy_traces_read_as_traces_without_message_id(redis):
 def cfg(tmp_path: Path, redis_server) -> list[str]:
     """Config of the CLI: our hostname, the test Redis (flushed by the `redis` fixture)."""
     (tmp_path / "relay.toml").write_text(
-        f'hostname = "relay.test"\n[redis]\nurl = "{redis_server.url}"\n'
+        f'hostname = "relay.test"\n[redis]\n{redis_toml(redis_server)}\n'
     )
     return ["--config", "relay.toml"]
 

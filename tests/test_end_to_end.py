@@ -14,6 +14,7 @@ from relay.queue import QueueStore
 from relay.sink import Sink
 from tests.conftest import PASSWORD, add_sender, free_port
 from tests.support.dns_server import DnsServer
+from tests.support.redis_fleet import on_cluster
 from tests.support.spool import temp_spool
 
 EGRESS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
@@ -27,7 +28,7 @@ def relay_settings(redis_url, server_cert, dns: DnsServer, **delivery) -> Settin
     cert, key = server_cert
     return Settings(
         hostname="relay.test",
-        redis={"url": redis_url},
+        redis={"cluster_nodes": [redis_url]} if on_cluster() else {"url": redis_url},
         tls={"cert": cert, "key": key},
         submission={
             "listeners": [

@@ -20,9 +20,8 @@ from relay.abuse.factory import suspension_service
 from relay.accounts import AccountStore
 from relay.config import Settings
 from relay.queue import Envelope, QueueStore
-from relay.redis_client import connect
 from reputation import Kind, NotAllowed, Status
-from tests.conftest import add_sender
+from tests.conftest import add_sender, client_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +47,7 @@ async def _audit_actions(service, account: str = "") -> list[str]:
 
 
 async def test_two_concurrent_suspensions_make_one(alice, redis_server, clock, tmp_path):
-    clients = [connect(redis_server.url, timeout=5.0) for _ in range(4)]
+    clients = [client_of(redis_server) for _ in range(4)]
     try:
         services = [_service(c, clock, tmp_path / "spool")[0] for c in clients]
         results = await asyncio.gather(
@@ -72,7 +71,7 @@ async def test_two_concurrent_suspensions_make_one(alice, redis_server, clock, t
 async def test_two_concurrent_lifts_lift_once(alice, redis, redis_server, clock, tmp_path):
     service, quota = _service(redis, clock, tmp_path / "spool")
     s = await service.suspend("alice", Kind.ADMIN, "unpaid", {}, actor="operator:eve")
-    clients = [connect(redis_server.url, timeout=5.0) for _ in range(3)]
+    clients = [client_of(redis_server) for _ in range(3)]
     try:
         services = [_service(c, clock, tmp_path / "spool")[0] for c in clients]
         results = await asyncio.gather(
@@ -114,9 +113,9 @@ _CHILD = textwrap.dedent(
     from relay.abuse import audit, service as service_module
     from relay.abuse.factory import suspension_service
     from relay.clock import FakeClock
-    from relay.config import Settings
+    from relay.config import RedisSettings, Settings
     from relay.queue import QueueStore
-    from relay.redis_client import connect
+    from relay.redis_client import connect_settings
     from reputation import Kind
 
     url, spool, step = sys.argv[1:4]
@@ -133,7 +132,9 @@ _CHILD = textwrap.dedent(
     setattr(cls, name, die)
 
     async def main():
-        redis = connect(url, timeout=5.0)
+        cluster = os.environ.get("RELAY_TEST_REDIS") == "cluster"
+        where = {"cluster_nodes": [url]} if cluster else {"url": url}
+        redis = connect_settings(RedisSettings(timeout="5s", **where))
         settings = Settings(hostname="relay.test", spool={"dir": spool})
         quota = QuotaStore(redis, default_per_minute=100, per_recipient=100)
         service = suspension_service(redis, settings, FakeClock(), quota)

@@ -40,21 +40,20 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import redis
 import structlog
 from redis.exceptions import RedisError
 
 from relay import metrics
 from relay.app import install_stop_signals, serve
 from relay.clock import SystemClock
-from relay.config import Settings
+from relay.config import RedisSettings, Settings
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import ConfigError, RelayError, StoreUnavailable
 from relay.node.errors import GaveUp, PartDied
 from relay.node.restart import RestartPolicy, exit_status
 from relay.node.share import NodeShare, attach
 from relay.queue import QueueStore
-from relay.redis_client import connect
+from relay.redis_client import connect_settings, describe, hide_secrets
 from relay.tls import ensure_self_signed
 
 __all__ = ["STOP_GRACE", "run_node", "run_one"]
@@ -133,7 +132,7 @@ def _prepare(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
         http_socket(settings.http, reuse_port=True).close()  # one clear line if it cannot
     embedded = None
     url = settings.redis.url
-    if not url:
+    if not url and not settings.redis.cluster_nodes and not settings.redis.sentinels:
         embedded = EmbeddedRedis(settings.redis.embedded_dir)
         url = embedded.url
         if embedded.is_running():
@@ -145,7 +144,7 @@ def _prepare(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
             update={"redis": settings.redis.model_copy(update={"url": url})}
         )
     try:
-        _ping(url, settings.redis.timeout.seconds)
+        _ping(settings.redis)
     except BaseException:
         if embedded is not None:
             embedded.stop()
@@ -159,7 +158,7 @@ def reclaim(settings: Settings, pid: int | None = None) -> None:
     this one is closed before the next fork."""
 
     async def take_back() -> int:
-        client = connect(settings.redis.url, timeout=settings.redis.timeout.seconds)
+        client = connect_settings(settings.redis)
         try:
             return await QueueStore.from_settings(client, SystemClock(), settings).reclaim(pid)
         finally:
@@ -174,14 +173,22 @@ def reclaim(settings: Settings, pid: int | None = None) -> None:
         log.warning("queue.reclaimed", jobs=taken, pid=pid)
 
 
-def _ping(url: str, timeout: float) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+def _ping(settings: RedisSettings) -> None:
+    """One PING through the client the children will use (one server, Cluster or Sentinel),
+    so an unreachable Redis is one clear line before any fork."""
+
+    async def ping() -> None:
+        client = connect_settings(settings)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
     try:
-        client.ping()
+        asyncio.run(ping())
     except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"cannot reach Redis at {url}: {exc}") from None
-    finally:
-        client.close()
+        reason = hide_secrets(str(exc), settings)
+        raise StoreUnavailable(f"cannot reach Redis at {describe(settings)}: {reason}") from None
 
 
 def _check_bindable(host: str, port: int, name: str) -> None:

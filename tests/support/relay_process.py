@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosmtplib
 
 from tests.conftest import PASSWORD
+from tests.support.redis_fleet import on_cluster
 
 
 def write_config(
@@ -28,11 +29,17 @@ def write_config(
     redis: str = "",
     tls: str = "implicit",
     http_port: int | None = None,
+    fleet: str = "",
 ) -> None:
     """A relay.toml: one listener (implicit TLS unless `tls = "starttls"`), every domain to
     the sink. `delivery` and `redis` are extra TOML lines for those sections; `http_port`:
-    the HTTP listener (consoles, APIs, metrics) on that port, its key beside the file."""
+    the HTTP listener (consoles, APIs, metrics) on that port, its key beside the file;
+    `fleet`: TOML lines that say where Redis is, instead of `url = redis_url` (a Cluster's
+    `cluster_nodes`, Sentinels and their `service`)."""
     cert, key = server_cert
+    # RELAY_TEST_REDIS=cluster: redis_url is one Cluster node's, enough to find the others
+    where = f'cluster_nodes = ["{redis_url}"]' if on_cluster() else f'url = "{redis_url}"'
+    where = fleet or where
     pool = "".join(
         f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out{n}.relay.test"\n'
         for n, ip in enumerate(egress)
@@ -41,7 +48,7 @@ def write_config(
         f"""
 hostname = "relay.test"
 [redis]
-url = "{redis_url}"
+{where}
 {redis}
 [tls]
 cert = "{cert}"
