@@ -135,7 +135,8 @@ class QueueStore:
         self._clock = clock
         self.spool = spool
         self.node = node or socket.gethostname()
-        """Whose spool holds the bodies this store queues (the machine, by default)."""
+        """Whose spool holds the bodies this store queues: `node.id` (`from_settings`); the
+        host name when not given."""
         self._leased = f"{{q}}:leased:{self.node}"
         self._enqueue = load_script(redis, __file__, "enqueue.lua")
         self._claim = load_script(redis, __file__, "claim.lua")
@@ -147,7 +148,7 @@ class QueueStore:
 
     @classmethod
     def from_settings(cls, redis: aioredis.Redis, clock: Clock, settings: Settings) -> QueueStore:
-        return cls(redis, clock, Spool(settings.spool.dir))
+        return cls(redis, clock, Spool(settings.spool.dir), node=settings.node.id)
 
     def new_id(self) -> str:
         """Time-ordered and unique: 11 hex digits of milliseconds, 8 random."""

@@ -28,9 +28,10 @@ def write_config(
     redis: str = "",
     tls: str = "implicit",
     http_port: int | None = None,
+    node: str = "",
 ) -> None:
     """A relay.toml: one listener (implicit TLS unless `tls = "starttls"`), every domain to
-    the sink. `delivery` and `redis` are extra TOML lines for those sections; `http_port`:
+    the sink. `delivery`, `redis` and `node` are extra TOML lines for those sections; `http_port`:
     the HTTP listener (consoles, APIs, metrics) on that port, its key beside the file."""
     cert, key = server_cert
     pool = "".join(
@@ -61,6 +62,8 @@ retry_interval = "1s"
 [log]
 format = "json"
 level = "warning"
+[node]
+{node}
 """
     )
     if http_port is not None:
