@@ -635,7 +635,8 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     http: HttpSettings = HttpSettings()
-    node: NodeSettings = NodeSettings()
+    node: NodeSettings = Field(default_factory=dict, validate_default=True)
+    """Validated at each load, not once at import: the default id is the host name."""
 
     @classmethod
     def settings_customise_sources(
