@@ -133,7 +133,7 @@ class AccountChanges:
 
     async def take(self, login: str) -> str | None:
         """The right to run the account's follow-ups (one runner at a time): a token to give
-        back with `release`, or None when another runner has it. A runner of this host that
+        back with `release`, or None when another runner has it. A runner of this node that
         died (kill -9) does not make the next one wait for its lock to expire."""
         token = f"{self._node}:{os.getpid()}:{secrets.token_hex(6)}"
         with store_errors():

@@ -56,25 +56,26 @@ def rescan_after(took: float) -> float:
 
 def spool_usage(root: Path) -> tuple[int, int]:
     """(files, bytes) of the bodies under the spool's root. Bodies come and go while it
-    counts: one unlinked meanwhile is skipped, never an error."""
+    counts: one unlinked meanwhile is skipped, never an error; so is a folder it cannot read
+    (the count is a report, and the beat must go on)."""
     files = size = 0
     try:
         folders = list(os.scandir(root))
-    except FileNotFoundError:
+    except OSError:
         return 0, 0
     for folder in folders:
-        if not folder.is_dir(follow_symlinks=False):
-            continue
         try:
+            if not folder.is_dir(follow_symlinks=False):
+                continue
             entries = list(os.scandir(folder.path))
-        except FileNotFoundError:
+        except OSError:
             continue
         for entry in entries:
             try:
                 if entry.is_file(follow_symlinks=False):
                     size += entry.stat(follow_symlinks=False).st_size
                     files += 1
-            except FileNotFoundError:
+            except OSError:
                 continue
     return files, size
 
