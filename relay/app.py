@@ -41,6 +41,8 @@ from relay.delivery.worker import DeliveryWorker
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import ConfigError, StoreUnavailable
 from relay.events import event_recorder, webhook_dispatcher
+from relay.node.drain import DrainFlag
+from relay.node.heartbeat import Heartbeat
 from relay.node.limits import NodeConnectionLimits
 from relay.node.parts import listening, run_parts
 from relay.node.share import NodeShare, current
@@ -257,6 +259,9 @@ async def serve(
         )
         lists = list_store(redis, settings, clock)
         scanner = content_scanner(redis, settings, clock, queue, suspensions, lists, events)
+        node = current()
+        # A supervisor's child reads the drain its parent learns; a lone process beats itself.
+        drain = node.drain if node is not None else DrainFlag()
         service = SubmissionService(
             accounts=AccountStore(
                 redis, clock, hashing=hashing_queue(settings.submission.auth_guard)
@@ -283,8 +288,8 @@ async def serve(
             events=events,
             content_scan=scanner,
             lists=lists,
+            draining=drain.is_set,
         )
-        node = current()
         servers = await start_listeners(
             listeners=settings.submission.listeners,
             settings=settings.submission,
@@ -300,6 +305,7 @@ async def serve(
             ),
             connections=node_connection_limits(node, settings),
             reuse_port=node is not None,
+            draining=drain.is_set,
         )
         monitor = ReputationMonitor(
             dnsbl=dnsbl,
@@ -317,6 +323,10 @@ async def serve(
             ),
         )
         parts: dict[str, Coroutine[Any, Any, None]] = {}
+        if node is None:
+            parts["heartbeat"] = Heartbeat(settings, drain, clock).run(
+                redis, stop, deadline=settings.redis.timeout.seconds
+            )
         if settings.delivery.workers > 0:
             parts["delivery"] = worker.run(stop)
             parts["activity"] = activity.run(stop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -661,6 +662,39 @@ class HttpSettings(Section):
     """Where the processes of one node write their Prometheus counters (emptied at start)."""
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class NodeSettings(Section):
+    """This node of the fleet: its name, and how it tells the others it is alive."""
+
+    id: str = Field("", validate_default=True)
+    """Names the node in Redis keys (its heartbeat, its leases, its quarantine) and in lease
+    tokens, so it is a short token; unique in the fleet. Empty: the host name."""
+    heartbeat: DurationField = Duration(2.0)
+    """How often the node writes its record in Redis (and reads whether to drain)."""
+    down_after: int = Field(5, ge=2)
+    """Heartbeats missed before `relay node list` shows the node as down."""
+
+    @field_validator("id")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        value = value or socket.gethostname()
+        if not _NODE_ID.fullmatch(value):
+            raise ValueError(
+                f"not a node id: {value!r} (1 to 64 of A-Z a-z 0-9 . _ -; set [node] id when"
+                " the host name is not one)"
+            )
+        return value
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _positive(cls, value: Duration) -> Duration:
+        if value.seconds <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+
 class LogSettings(Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -691,6 +725,8 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     http: HttpSettings = HttpSettings()
+    node: NodeSettings = Field(default_factory=dict, validate_default=True)
+    """Validated at each load, not once at import: the default id is the host name."""
 
     @classmethod
     def settings_customise_sources(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+import redis
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.client import Pipeline
@@ -24,6 +25,8 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import EqualJitterBackoff
+from redis.cluster import ClusterNode as SyncClusterNode
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
@@ -37,6 +40,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import Sentinel as SyncSentinel
 from redis.typing import EncodableT
 
 from relay.config import RedisSettings
@@ -49,6 +53,7 @@ __all__ = [
     "Along",
     "Wait",
     "connect",
+    "connect_blocking",
     "connect_settings",
     "describe",
     "hide_secrets",
@@ -112,6 +117,35 @@ def connect_settings(
     if settings.sentinels:
         return _sentinel_primary(settings, timeout, max_connections)
     return connect(url or settings.url, timeout=timeout, max_connections=max_connections)
+
+
+def connect_blocking(settings: RedisSettings, timeout: float) -> redis.Redis:
+    """A blocking client of the configured Redis (one server, Cluster or Sentinel), for the
+    supervisor of `relay run`, which runs no event loop while it has children. Its calls
+    last `timeout` at most; no pool bound (one caller)."""
+    common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    try:
+        if settings.cluster_nodes:
+            urls = settings.cluster_nodes
+            nodes = [SyncClusterNode(*_host_port(url)) for url in urls]  # type: ignore[no-untyped-call]
+            cluster = SyncRedisCluster(
+                startup_nodes=nodes, require_full_coverage=False, **common, **_options(urls[0])
+            )
+            return cast(redis.Redis, cluster)  # same commands, as in connect_settings
+        if settings.sentinels:
+            name, primary = _service(settings.service)
+            own = next((s for s in settings.sentinels if "://" in s), "")
+            sentinel = SyncSentinel(  # type: ignore[no-untyped-call]
+                [_host_port(_sentinel_url(s)) for s in settings.sentinels],
+                sentinel_kwargs={**(_options(own) if own else {}), **common},
+                **common,
+                **_options(primary),
+            )
+            primary_client: redis.Redis = sentinel.master_for(name)  # type: ignore[no-untyped-call]
+            return primary_client
+        return redis.Redis.from_url(settings.url, **common)
+    except (ValueError, TypeError, RedisClusterException) as exc:
+        raise ConfigError(f"redis: {hide_secrets(str(exc), settings)}") from None
 
 
 def describe(settings: RedisSettings, *, url: str | None = None) -> str:

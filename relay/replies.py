@@ -98,6 +98,10 @@ AUTH_BUSY = Reply(454, "4.7.0", "Too many logins in progress, try again later")
 PRE_AUTH_TIMEOUT = Reply(421, "4.7.0", "Not authenticated in time, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Too many connections, try again later")
 TOO_MANY_FROM_IP = Reply(421, "4.7.0", "Too many connections from {ip}, try again later")
+NODE_DRAINING = Reply(421, "4.3.2", "Draining: try another server; closing connection")
+"""A drained node (`relay node drain`), at connect and at MAIL, and the session is closed: a
+421 makes a client try another server (the next MX, or the next address of the name), where
+a 452 would have it retry on this one."""
 
 # Default enhanced code for a bare reply, by reply code (RFC 3463 / RFC 5321 usage).
 _DEFAULT_STATUS = {

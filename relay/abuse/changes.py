@@ -31,16 +31,15 @@ __all__ = ["AccountChanges", "FollowUp", "QuotaChange"]
 
 _PENDING = "suspensions:pending"
 _LOCK_MS = 60_000
-_HOST = socket.gethostname()
 
 QuotaChange = Literal["suspend", "deny", "lift", ""]
 
 
-def _dead_here(holder: str) -> bool:
-    """The lock's holder is a process of this host that no longer runs."""
+def _dead_here(holder: str, node: str) -> bool:
+    """The lock's holder is a process of this node that no longer runs."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != _HOST or not pid.isdigit():
+    if host != node or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -83,8 +82,10 @@ class FollowUp:
 
 
 class AccountChanges:
-    def __init__(self, redis: aioredis.Redis, quota: QuotaStore) -> None:
+    def __init__(self, redis: aioredis.Redis, quota: QuotaStore, node: str | None = None) -> None:
         self._redis = redis
+        self._node = node or socket.gethostname()
+        """Names this node's processes in lock tokens (`node.id`; the host name if not given)."""
         self._quota = quota
         self._change = load_script(redis, __file__, "change.lua")
 
@@ -132,14 +133,14 @@ class AccountChanges:
 
     async def take(self, login: str) -> str | None:
         """The right to run the account's follow-ups (one runner at a time): a token to give
-        back with `release`, or None when another runner has it. A runner of this host that
+        back with `release`, or None when another runner has it. A runner of this node that
         died (kill -9) does not make the next one wait for its lock to expire."""
-        token = f"{_HOST}:{os.getpid()}:{secrets.token_hex(6)}"
+        token = f"{self._node}:{os.getpid()}:{secrets.token_hex(6)}"
         with store_errors():
             if await self._redis.set(_lock(login), token, nx=True, px=_LOCK_MS):
                 return token
             holder = text(await self._redis.get(_lock(login)) or b"")
-            if _dead_here(holder):
+            if _dead_here(holder, self._node):
                 await self._redis.delete(_lock(login))
                 if await self._redis.set(_lock(login), token, nx=True, px=_LOCK_MS):
                     return token

@@ -48,7 +48,7 @@ def suspension_service(
             growth=rep.offence_growth,
             deny_from=rep.deny_from_offence,
         ),
-        changes=AccountChanges(redis, quota),
+        changes=AccountChanges(redis, quota, node=settings.node.id),
     )
 
 

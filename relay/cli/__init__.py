@@ -13,6 +13,7 @@ from relay.cli import (
     content,
     domains,
     ip,
+    nodes,
     operators,
     plans,
     queue,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.register(commands)
     spool.register(commands)
     ip.register(commands)
+    nodes.register(commands)
     apps.register_commands(commands)
     operators.register(commands)
     content.register(commands)

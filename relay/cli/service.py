@@ -8,6 +8,8 @@ import contextlib
 import sys
 from pathlib import Path
 
+import structlog
+
 from relay.app import install_stop_signals
 from relay.cli.common import Failure, load, read_password
 from relay.config import HostPort, Settings, SinkSettings
@@ -78,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     them before any event loop runs here."""
     settings = load(args)
     configure_logging(settings.log)
+    structlog.contextvars.bind_contextvars(node=settings.node.id)  # a fleet's logs, merged
     processes = settings.run.count() if not args.processes else args.processes
     if settings.tls.self_signed:
         print(_first_message_hint(settings), file=sys.stderr)

@@ -51,4 +51,5 @@ def webhook_dispatcher(
         stream=EventStream(redis, clock, retention=settings.events.retention.seconds),
         settings=settings.webhooks,
         clock=clock,
+        node=settings.node.id,
     )

@@ -100,12 +100,14 @@ class WebhookDispatcher:
         stream: EventStream,
         settings: WebhookSettings,
         clock: Clock,
+        node: str | None = None,
     ) -> None:
         self._store = store
         self._stream = stream
         self._settings = settings
         self._clock = clock
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._owner = f"{node or socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        """Whose lease a webhook's is: this process of this node (`node.id`)."""
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._lease_for = settings.timeout.seconds * 2 + 5

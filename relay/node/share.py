@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.config import Settings
+from relay.node.drain import DrainFlag
 from relay.node.shared import SharedCounts
 
 __all__ = ["NodeShare", "attach", "current"]
@@ -25,6 +26,8 @@ class NodeShare:
     """Open submission sessions, per client address and in all."""
     destinations: SharedCounts
     """Delivery sessions in use, per destination (its set of MX hosts)."""
+    drain: DrainFlag
+    """Whether the node is draining: the supervisor writes it, every child reads it."""
 
     @classmethod
     def create(cls, settings: Settings, processes: int) -> NodeShare:
@@ -32,6 +35,7 @@ class NodeShare:
             processes=processes,
             connections=SharedCounts(processes, live=settings.submission.max_connections),
             destinations=SharedCounts(processes, live=processes * settings.delivery.workers),
+            drain=DrainFlag(),
         )
 
     def reset(self, row: int) -> tuple[int, int]:

@@ -19,7 +19,10 @@ threads. The parent does what must happen once per node, then forks:
   its deliveries finish) and waits for them, then stops the embedded Redis; a second signal,
   or children still running after `STOP_GRACE`, gets them SIGKILL;
 - the children stop by themselves when the parent is gone (even after `kill -9` of it):
-  they watch a pipe whose only writer is the parent.
+  they watch a pipe whose only writer is the parent;
+- it beats for the node (`relay.node.heartbeat`): every `node.heartbeat` it writes the
+  node's record in Redis and reads back whether to drain, which it passes on to its
+  children through shared memory (`DrainFlag`); its last beat, as it exits, says `stopped`.
 
 The parent never runs an event loop while it has children (forking a running loop is
 unsafe); it waits in `select` on a wake-up pipe that signals write to.
@@ -41,6 +44,7 @@ from types import FrameType
 from typing import Any
 
 import structlog
+from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
 from relay import metrics
@@ -50,10 +54,11 @@ from relay.config import RedisSettings, Settings
 from relay.embedded_redis import EmbeddedRedis
 from relay.errors import ConfigError, RelayError, StoreUnavailable
 from relay.node.errors import GaveUp, PartDied
+from relay.node.heartbeat import Heartbeat
 from relay.node.restart import RestartPolicy, exit_status
 from relay.node.share import NodeShare, attach
 from relay.queue import QueueStore
-from relay.redis_client import connect_settings, describe, hide_secrets
+from relay.redis_client import connect_blocking, connect_settings, describe, hide_secrets
 from relay.tls import ensure_self_signed
 
 __all__ = ["STOP_GRACE", "run_node", "run_one"]
@@ -231,10 +236,32 @@ class Supervisor:
     """When the stop began (monotonic); None: running."""
     gave_up: GaveUp | None = None
     signals: list[int] = field(default_factory=list)
+    heartbeat: Heartbeat = field(init=False)
+    beat_due: float = 0.0
+    """When the next heartbeat is due (monotonic)."""
+    _redis: SyncRedis | None = None
 
     def __post_init__(self) -> None:
         self.share = NodeShare.create(self.settings, self.processes)
         self.children = [_Child(slot) for slot in range(self.processes)]
+        self.heartbeat = Heartbeat(self.settings, self.share.drain, SystemClock())
+
+    def _beat(self, *, stopped: bool = False) -> None:
+        """Write the node's record (and learn whether to drain), on a blocking client whose
+        calls last a heartbeat at most: the supervisor's other duties wait meanwhile."""
+        if self._redis is None:
+            timeout = min(self.settings.redis.timeout.seconds, self.heartbeat.every)
+            self._redis = connect_blocking(self.settings.redis, timeout)
+        alive = 0 if stopped else sum(1 for child in self.children if child.pid)
+        self.heartbeat.beat(self._redis, alive, stopped=stopped)
+        self.beat_due = time.monotonic() + self.heartbeat.every
+
+    def _disconnect(self) -> None:
+        """Before a fork (the child must not inherit the parent's Redis socket) and at exit."""
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                self._redis.close()
+            self._redis = None
 
     def run(self) -> None:
         wake_r, wake_w = socket.socketpair()
@@ -261,8 +288,12 @@ class Supervisor:
                     for child in self.children:
                         if child.due is not None and child.due <= now:
                             self._start(child, (wake_r, wake_w, parent_w), parent_r)
+                if time.monotonic() >= self.beat_due:
+                    self._beat()
                 _wait(wake_r, self._next_timeout(time.monotonic()))
+            self._beat(stopped=True)
         finally:
+            self._disconnect()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -364,12 +395,13 @@ class Supervisor:
         if self.stopping is not None:
             return max(0.0, min(1.0, self.stopping + STOP_GRACE - now))
         due = [child.due for child in self.children if child.due is not None]
-        return max(0.0, min([1.0, *(d - now for d in due)]))
+        return max(0.0, min([1.0, self.beat_due - now, *(d - now for d in due)]))
 
     def _start(
         self, child: _Child, parent_only: tuple[socket.socket, socket.socket, int], parent_r: int
     ) -> None:
         child.due = None
+        self._disconnect()
         _flush()
         # Signals wait until the child has put its own handlers in place: one that arrived
         # in between would reach the parent's handler, in the child, and be lost.

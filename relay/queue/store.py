@@ -208,7 +208,8 @@ class QueueStore:
         self._clock = clock
         self.spool = spool
         self.node = node or socket.gethostname()
-        """Whose spool holds the bodies this store queues (the machine, by default)."""
+        """Whose spool holds the bodies this store queues: `node.id` (`from_settings`); the
+        host name when not given."""
         self.keys = QueueKeys(self.node)
         self._wait = wait
         """Replicas an enqueue must reach before it counts as done (`redis.wait_replicas`)."""
@@ -223,7 +224,13 @@ class QueueStore:
 
     @classmethod
     def from_settings(cls, redis: aioredis.Redis, clock: Clock, settings: Settings) -> QueueStore:
-        return cls(redis, clock, Spool(settings.spool.dir), wait=Wait.from_settings(settings.redis))
+        return cls(
+            redis,
+            clock,
+            Spool(settings.spool.dir),
+            node=settings.node.id,
+            wait=Wait.from_settings(settings.redis),
+        )
 
     def new_id(self) -> str:
         """Time-ordered and unique: 11 hex digits of milliseconds, 8 random."""

@@ -8,6 +8,7 @@ import re
 import ssl
 import warnings
 from asyncio import sslproto
+from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 from typing import Any, AnyStr, Protocol
@@ -92,6 +93,9 @@ class SubmissionSMTP(SMTP):
     tls_handshake_timeout: float = 30.0
     connections: Admission | None = None
     """Open sessions in all and per client address (shared by every listener)."""
+    draining: Callable[[], bool] | None = None
+    """Whether the node is draining (`relay node drain`): new sessions and new transactions
+    get 421 4.3.2 and are closed. A read of shared memory, no Redis."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._verbatim = False
@@ -116,6 +120,11 @@ class SubmissionSMTP(SMTP):
             super().connection_made(transport)
             return
         ip = _peer_ip(transport.get_extra_info("peername"))
+        if self.draining is not None and self.draining():
+            log.info("submission.connection_refused", peer=ip, reply=str(replies.NODE_DRAINING))
+            _write(transport, f"{replies.NODE_DRAINING}\r\n")
+            transport.close()
+            return
         if self.connections is not None:
             refusal = self.connections.admit(ip)
             if refusal is not None:  # before aiosmtpd starts a session: no greeting, no task
@@ -304,6 +313,10 @@ class SubmissionSMTP(SMTP):
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.draining is not None and self.draining() and self.transport is not None:
+            await self.push(str(replies.NODE_DRAINING))
+            self.transport.close()  # connection_lost follows, which ends the session
+            return
         split = await self._take_dsn_params(arg, "MAIL", "FROM:", MAIL_PARAMS)
         if split is None:
             return
@@ -475,7 +488,9 @@ def _write(transport: asyncio.BaseTransport, line: str) -> None:
 
 
 def _protocol_class(
-    settings: SubmissionSettings, connections: Admission | None
+    settings: SubmissionSettings,
+    connections: Admission | None,
+    draining: Callable[[], bool] | None = None,
 ) -> type[SubmissionSMTP]:
     return type(
         "ConfiguredSubmissionSMTP",
@@ -488,6 +503,7 @@ def _protocol_class(
             "connections": connections
             if connections is not None
             else ConnectionLimits(settings.max_connections, settings.max_connections_per_ip),
+            "draining": staticmethod(draining) if draining is not None else None,
         },
     )
 
@@ -503,14 +519,16 @@ async def start_listeners(
     budget: InflightBudget | None = None,
     connections: Admission | None = None,
     reuse_port: bool = False,
+    draining: Callable[[], bool] | None = None,
 ) -> list[asyncio.Server]:
     """Listen on every listener's address. `connections`: the admission of new sessions
     (default: this process's own `ConnectionLimits`); `reuse_port`: bind with SO_REUSEPORT,
     so that the node's processes each listen on the same ports and the kernel spreads new
-    connections over them."""
+    connections over them. `draining`: whether the node is draining (see
+    `SubmissionSMTP.draining`)."""
     loop = asyncio.get_running_loop()
     handler = SubmissionHandler(service, guard, budget)
-    protocol = _protocol_class(settings, connections)
+    protocol = _protocol_class(settings, connections, draining)
     servers: list[asyncio.Server] = []
     for listener in listeners:
         implicit = listener.tls == "implicit"

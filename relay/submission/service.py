@@ -157,6 +157,7 @@ class SubmissionService:
         events: EventRecorder | None = None,
         content_scan: ContentScan | None = None,
         lists: ListCheck | None = None,
+        draining: Callable[[], bool] | None = None,
     ) -> None:
         self._accounts = accounts
         self._queue = queue
@@ -187,6 +188,9 @@ class SubmissionService:
         checked and every sender is treated as verified (the behaviour before identities)."""
         self._content_scan = content_scan
         self._lists = lists
+        self._draining = draining
+        """Whether the node is draining (`relay.node.drain`, a read of shared memory): new
+        transactions, whatever door they come by, are refused."""
         self._headers: dict[str, bytes] = {}
         """Transaction → header lines to add at acceptance (the SPF warning)."""
         self._senders: dict[str, tuple[str, bool]] = {}
@@ -227,8 +231,11 @@ class SubmissionService:
         With sender identities on, the address must be a verified identity of the account
         (enforce: 550 5.7.1; warn: logged), and RET=FULL needs one in both modes (a notice
         carrying the whole message to a forged sender is backscatter with a payload). With
-        SPF enforced, its domain must authorize our egress IPs.
+        SPF enforced, its domain must authorize our egress IPs. A draining node refuses
+        every new transaction (421 4.3.2: the HTTP API answers 503).
         """
+        if self._draining is not None and self._draining():
+            return str(replies.NODE_DRAINING)
         if is_null_sender(address):
             self._senders[tx] = ("<>", True)  # never gets notices: nothing to refuse
             return None

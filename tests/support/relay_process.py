@@ -30,12 +30,13 @@ def write_config(
     tls: str = "implicit",
     http_port: int | None = None,
     fleet: str = "",
+    node: str = "",
 ) -> None:
     """A relay.toml: one listener (implicit TLS unless `tls = "starttls"`), every domain to
-    the sink. `delivery` and `redis` are extra TOML lines for those sections; `http_port`:
-    the HTTP listener (consoles, APIs, metrics) on that port, its key beside the file;
-    `fleet`: TOML lines that say where Redis is, instead of `url = redis_url` (a Cluster's
-    `cluster_nodes`, Sentinels and their `service`)."""
+    the sink. `delivery`, `redis` and `node` are extra TOML lines for those sections;
+    `http_port`: the HTTP listener (consoles, APIs, metrics) on that port, its key beside
+    the file; `fleet`: TOML lines that say where Redis is, instead of `url = redis_url` (a
+    Cluster's `cluster_nodes`, Sentinels and their `service`)."""
     cert, key = server_cert
     # RELAY_TEST_REDIS=cluster: redis_url is one Cluster node's, enough to find the others
     where = f'cluster_nodes = ["{redis_url}"]' if on_cluster() else f'url = "{redis_url}"'
@@ -68,6 +69,8 @@ retry_interval = "1s"
 [log]
 format = "json"
 level = "warning"
+[node]
+{node}
 """
     )
     if http_port is not None:

@@ -36,6 +36,7 @@ async def start_stack(
     quota_client=None,
     per_minute=1000,
     content_check=None,
+    draining=None,
     **limits,
 ) -> tuple:
     """`redis_client` / `quota_client`: another Redis for the queue / the quota (e.g. a dead
@@ -53,6 +54,7 @@ async def start_stack(
         clock=clock,
         store_timeout=1.0,
         content_check=content_check,
+        draining=draining,
     )
     listeners = [
         Listener(address=HostPort(host="127.0.0.1", port=free_port()), tls="starttls"),
@@ -64,6 +66,7 @@ async def start_stack(
         service=service,
         tls=server_context(*server_cert),
         hostname="relay.test",
+        draining=draining,
     )
     client_tls = ssl.create_default_context()
     ca.configure_trust(client_tls)
