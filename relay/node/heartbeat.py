@@ -36,7 +36,7 @@ from relay.clock import Clock
 from relay.config import Settings
 from relay.node.drain import DrainFlag
 from relay.node.registry import DRAIN, NODES, NodeRecord, Reported, node_key
-from relay.redis_client import redact_secret
+from relay.redis_client import hide_secrets
 
 __all__ = ["Heartbeat", "SpoolGauge", "rescan_after", "spool_usage"]
 
@@ -172,7 +172,7 @@ class Heartbeat:
         the drain state it knew (a Redis outage neither drains nor resumes it)."""
         if not self._failing:
             self._failing = True
-            error = redact_secret(str(exc) or type(exc).__name__, self.settings.redis.url)
+            error = hide_secrets(str(exc) or type(exc).__name__, self.settings.redis)
             log.error("node.beat_failed", node=self.settings.node.id, error=error)
 
     # --- the supervisor's beat (blocking) ---
