@@ -175,7 +175,7 @@ async def single_redis(work: Path) -> tuple[Redises, Any]:
 
 
 async def cluster_redis(work: Path) -> tuple[Redises, ClusterServers]:
-    cluster = await asyncio.to_thread(ClusterServers(work / "cluster").start)
+    cluster = await asyncio.to_thread(ClusterServers(work).start)
     from redis.asyncio.cluster import RedisCluster
 
     client = RedisCluster.from_url(cluster.url)
