@@ -31,14 +31,17 @@ scanners:
 
 test: $(STAMP) browser scanners
 	$(BIN)/pytest -q
-#	$(MAKE) test-cluster   # on once every script touches one slot (issue 11's key layout)
+	$(MAKE) test-cluster
 
 # The core suites again with the `redis` fixture and the relays they start on a 3-primary,
 # 3-replica Redis Cluster (started by the tests from the same redis-server binary).
-CLUSTER_SUITES := tests/test_queue_store.py tests/test_leases.py tests/test_quota.py \
-	tests/test_quota_smtp.py tests/test_submission.py tests/test_auth_guard.py \
-	tests/test_delivery_engine.py tests/test_suspensions.py tests/test_suspension_atomic.py \
-	tests/test_complaints.py tests/test_events.py tests/test_end_to_end.py
+CLUSTER_SUITES := tests/test_queue_store.py tests/test_queue_fleet.py tests/test_leases.py \
+	tests/test_quota.py tests/test_quota_smtp.py tests/test_submission.py \
+	tests/test_auth_guard.py tests/test_delivery_engine.py tests/test_suspensions.py \
+	tests/test_suspension_atomic.py tests/test_complaints.py tests/test_events.py \
+	tests/test_end_to_end.py tests/test_webhooks.py tests/test_quarantine.py \
+	tests/test_egress.py tests/test_shaping_gate.py tests/test_notices.py \
+	tests/test_apps_api.py tests/test_node_registry.py tests/test_node.py
 test-cluster: $(STAMP)
 	RELAY_TEST_REDIS=cluster $(BIN)/pytest -q $(CLUSTER_SUITES)
 

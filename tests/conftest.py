@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 import structlog
 import trustme
+from redis.asyncio.cluster import RedisCluster
 
 from quota import Duration
 from relay.clock import FakeClock
@@ -77,6 +78,23 @@ def client_of(server: EmbeddedRedis | ClusterServers, timeout: float = 5.0) -> a
             RedisSettings(cluster_nodes=(server.url,), timeout=Duration(timeout))
         )
     return connect(server.url, timeout=timeout)
+
+
+def redis_settings(server: EmbeddedRedis | ClusterServers) -> RedisSettings:
+    """The `redis` settings of a relay that uses `redis_server`."""
+    if isinstance(server, ClusterServers):
+        return RedisSettings(cluster_nodes=(server.url,))
+    return RedisSettings(url=server.url)
+
+
+async def command_calls(redis: aioredis.Redis, name: str) -> int:
+    """How often the server (every primary of a cluster) ran command `name` so far."""
+    if isinstance(redis, RedisCluster):
+        per_node = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        found = list(per_node.values())
+    else:
+        found = [await redis.info("commandstats")]
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for stats in found)
 
 
 def redis_toml(server: EmbeddedRedis | ClusterServers) -> str:

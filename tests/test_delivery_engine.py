@@ -14,6 +14,7 @@ import structlog.testing
 
 from relay.queue import LEASE_LOST, DsnRequest, RecipientDsn
 from relay.sink import Sink
+from tests.conftest import command_calls
 from tests.support.dns_server import DnsServer
 from tests.support.engine import BODY, SENDER, engine, parse, report_fields, sink_on
 
@@ -577,8 +578,7 @@ async def test_deliveries_asking_at_once_share_one_read_of_the_egress_state(redi
     in one round trip), and a change made after it is seen by the next one."""
 
     async def hgetalls() -> int:
-        stats = await redis.info("commandstats")
-        return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+        return await command_calls(redis, "hgetall")
 
     async with engine(redis, clock) as eng:
         before = await hgetalls()

@@ -145,5 +145,5 @@ async def test_every_key_shares_one_cluster_slot(state: EgressState, redis) -> N
     await state.set_listed("127.0.0.3", "y")
     await state.record_block("127.0.0.4", "a.test")
     await state.record_failure("127.0.0.2", "b.test")
-    keys = [k.decode() for k in await redis.keys("*")]
+    keys = [k.decode() async for k in redis.scan_iter("*")]
     assert len(keys) == 5 and all(k.startswith("{egress}:") for k in keys)

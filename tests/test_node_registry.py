@@ -18,6 +18,7 @@ from relay.node.drain import DrainFlag
 from relay.node.heartbeat import Heartbeat, SpoolGauge, rescan_after, spool_usage
 from relay.node.registry import NodeRecord, beat_age, node_key, node_state
 from relay.redis_client import connect_blocking, text_dict
+from tests.conftest import redis_settings
 
 RECORD = NodeRecord(
     id="node-a",
@@ -134,7 +135,7 @@ async def test_a_beat_writes_the_record_and_reads_the_drain_back(redis, redis_se
     settings = Settings(node={"id": "node-b", "heartbeat": "1s", "down_after": 3})
     drain = DrainFlag()
     heartbeat = Heartbeat(settings, drain, clock)
-    client = connect_blocking(RedisSettings(url=redis_server.url), 2.0)
+    client = connect_blocking(redis_settings(redis_server), 2.0)
     directory = NodeDirectory(redis, clock)
     try:
         heartbeat.beat(client, 3)

@@ -8,9 +8,11 @@ import time
 import pytest
 
 from relay.config import RedisSettings
-from relay.errors import NotFound, StoreUnavailable
-from relay.queue import Envelope, QueueStore
-from relay.redis_client import Wait
+from relay.embedded_redis import EmbeddedRedis
+from relay.errors import NotFound, NotReplicated
+from relay.queue import Envelope, QueueKeys, QueueStore
+from relay.redis_client import Wait, connect
+from tests.conftest import client_of
 from tests.support.spool import temp_spool
 
 
@@ -93,18 +95,42 @@ async def test_listing_merges_the_nodes_oldest_first(nodes, clock):
     assert await a.message_ids() == {second}, "this node's own (to compare with its spool)"
 
 
-async def test_an_enqueue_that_reaches_too_few_replicas_is_not_acknowledged(redis, clock):
-    """No replica runs: WAIT answers 0 after its timeout, and the enqueue fails (the client
-    gets a 4xx and retries) instead of acknowledging mail a failover could lose."""
+async def test_an_enqueue_that_reaches_too_few_replicas_is_not_acknowledged(tmp_path, clock):
+    """One server, no replica: WAIT answers 0 after its timeout, and the enqueue is taken
+    back and fails (the client gets a 4xx and retries) instead of acknowledging mail a
+    failover could lose."""
     wait = Wait.from_settings(RedisSettings(wait_replicas=1, wait_timeout="100ms"))
-    assert wait == Wait(1, 0.1)
-    queue = QueueStore(redis, clock, temp_spool(), wait=wait)
-    started = time.monotonic()
-    with pytest.raises(StoreUnavailable, match="reached 0 of 1 replicas"):
-        await queue.enqueue(envelope("x@y.com"), b"body")
-    assert 0.09 < time.monotonic() - started < 2
-    assert await queue.count() == 0, "taken back: the client's retry is the one delivered"
-    assert Wait.from_settings(RedisSettings()) is None
+    assert wait == Wait(1, 0.1) and Wait.from_settings(RedisSettings()) is None
+    server = EmbeddedRedis(tmp_path / "redis")  # one server, whatever the suite runs on
+    server.start()
+    redis = connect(server.url, timeout=5.0)
+    try:
+        queue = QueueStore(redis, clock, temp_spool(), wait=wait)
+        started = time.monotonic()
+        with pytest.raises(NotReplicated, match="reached 0 of 1 replicas"):
+            await queue.enqueue(envelope("x@y.com"), b"body")
+        assert 0.09 < time.monotonic() - started < 2
+        assert await queue.count() == 0, "taken back: the client's retry is the one delivered"
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def test_an_enqueue_waits_for_its_replica_on_each_primary_of_a_cluster(redis_cluster, clock):
+    """On the 3+3 cluster, WAIT goes to the primary of the queue's slot on the enqueue's own
+    connection, and its replica confirms; nodes whose queues live on different primaries."""
+    redis = client_of(redis_cluster)
+    try:
+        wait = Wait(1, 2.0)
+        nodes = [f"node-{n}" for n in range(6)]
+        primaries = {redis_cluster.primary_of(QueueKeys(node).due) for node in nodes}
+        assert len(primaries) >= 2, "the nodes' queues spread over the primaries"
+        for node in nodes:
+            queue = QueueStore(redis, clock, temp_spool(), node=node, wait=wait)
+            mid = await queue.enqueue(envelope("x@y.com"), b"body")
+            assert (await queue.meta(mid)).recipients == ("x@y.com",)
+    finally:
+        await redis.aclose()
 
 
 async def test_mail_queued_before_fleets_is_adopted_by_the_node(redis, clock):

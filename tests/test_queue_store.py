@@ -201,7 +201,7 @@ async def test_every_key_of_a_nodes_queue_shares_its_cluster_slot(queue, redis):
     (job, _) = await queue.claim(2, lease=60)
     await queue.hold_account("bob")
     await queue.hold(job.message_id)
-    keys = {k.decode() for k in await redis.keys("*")}
+    keys = {k.decode() async for k in redis.scan_iter("*")}
     fleet = {"queue:nodes", "queue:held_accounts"}
     assert fleet <= keys
     tag = "{q:" + queue.node + "}:"

@@ -6,6 +6,7 @@ from relay.queue.store import (
     NOTICE_QUEUED,
     Finished,
     Notice,
+    QueueKeys,
     QueueStore,
     StoredMessage,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Job",
     "LastError",
     "Notice",
+    "QueueKeys",
     "QueueStore",
     "QueuedMessage",
     "RecipientDsn",
