@@ -187,3 +187,23 @@ def _closed_port() -> int:
     from tests.conftest import free_port
 
     return free_port()
+
+
+def test_a_row_of_node_list_reads_as_an_operator_would() -> None:
+    from relay.cli.nodes import row, size_text
+
+    assert [size_text(n) for n in (0, 999, 1000, 21_900_000, 3 * 10**12)] == [
+        "0 B",
+        "999 B",
+        "1.0 KB",
+        "21.9 MB",
+        "3000.0 GB",
+    ]
+    line = row(RECORD, RECORD.beat_at + 0.8)
+    assert line.split() == [
+        "node-a", "0.1.0", "4", "proc", "12", "files", "34.0", "KB", "0.8s", "ago",
+        "accepting", "192.0.2.1,2001:db8::1",
+    ]  # fmt: skip
+    asked = row(replace(RECORD, drain_asked=RECORD.beat_at), RECORD.beat_at + 0.8)
+    assert "draining (asked)" in asked
+    assert " down " in row(RECORD, RECORD.beat_at + 60)

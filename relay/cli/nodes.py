@@ -44,7 +44,7 @@ def size_text(size: int) -> str:
 
 
 def row(record: NodeRecord, now: float) -> str:
-    """One node as a line of `relay node list`."""
+    """One node as a line of `relay node list` (a node that is down: what its last beat said)."""
     state: str = node_state(record, now)
     if record.drain_asked is not None and state == "accepting":
         state = "draining (asked)"  # the node reads it at its next beat
@@ -52,7 +52,7 @@ def row(record: NodeRecord, now: float) -> str:
     return clean_line(
         f"{record.id:<20} {record.version:<8} {record.processes:>3} proc"
         f" {record.spool_files:>8} files {size_text(record.spool_bytes):>9}"
-        f" {beat_age(record, now):>7.1f}s ago  {state:<10} {egress}"
+        f" {beat_age(record, now):>7.1f}s ago  {state:<16} {egress}"
     )
 
 
