@@ -57,23 +57,27 @@ SMTP_BODY = (
 )
 
 
-async def serve(config: Path, http_port: int) -> None:
-    """The child: SMTP listener + HTTP API over one SubmissionService, until SIGTERM."""
-    import uvicorn
-    from fastapi import FastAPI
+async def serve(config: Path) -> None:
+    """The child: SMTP listener + HTTP app over one SubmissionService, until SIGTERM.
 
+    Each door as `relay run` serves it: the SMTP listener with its AUTH guard and DATA
+    budget, the whole HTTP app (`create_app`: every router, the body guard and the session
+    middleware) on uvicorn as `serve_http` configures it. Only TLS is added to the HTTP
+    listener (`relay run` serves plain HTTP behind a TLS proxy), so both doors pay for TLS."""
     from relay.app import open_redis, quota_store
     from relay.config import load_settings
     from relay.events import event_recorder
     from relay.logging import configure_logging
     from relay.queue import QueueStore
     from relay.sender_auth import IdentityCache
+    from relay.spool import InflightBudget
+    from relay.submission.guard import AuthGuard, AuthPolicy
     from relay.submission.server import start_listeners
     from relay.submission.service import SubmissionService
     from relay.tls import server_context
-    from relay.web.api import events as events_api
-    from relay.web.api import messages as messages_api
     from relay.web.api.deps_apps import app_services
+    from relay.web.app import create_app, http_socket, serve_http
+    from relay.web.services import WebServices
 
     settings = load_settings(config)
     configure_logging(settings.log)
@@ -81,10 +85,11 @@ async def serve(config: Path, http_port: int) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with open_redis(settings) as redis:
+        quota = quota_store(redis, settings)
         service = SubmissionService(
             accounts=AccountStore(redis, clock),
             queue=QueueStore.from_settings(redis, clock, settings),
-            quota=quota_store(redis, settings),
+            quota=quota,
             settings=settings.submission,
             hostname=settings.hostname,
             clock=clock,
@@ -99,28 +104,21 @@ async def serve(config: Path, http_port: int) -> None:
             service=service,
             tls=server_context(settings.tls.cert, settings.tls.key),
             hostname=settings.hostname,
+            budget=InflightBudget(settings.spool.max_inflight),
+            guard=AuthGuard(
+                redis,
+                AuthPolicy.from_settings(settings.submission.auth_guard),
+                clock,
+                settings.redis.timeout.seconds,
+            ),
         )
-        app = FastAPI()
-        app.include_router(messages_api.router)
-        app.include_router(events_api.router)
-        app.state.apps = app_services(redis, settings, service, clock)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=http_port,
-                log_level="warning",
-                lifespan="off",
-                ws="none",
-                ssl_certfile=str(settings.tls.cert),
-                ssl_keyfile=str(settings.tls.key),
-            )
+        app = create_app(
+            WebServices.build(redis, settings, clock, quota=quota),
+            secret=b"bench-session-secret-0123456789",
+            apps=app_services(redis, settings, service, clock),
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.create_task(server.serve())
-        await stop.wait()
-        server.should_exit = True
-        await task
+        tls_files = {"ssl_certfile": str(settings.tls.cert), "ssl_keyfile": str(settings.tls.key)}
+        await serve_http(app, http_socket(settings.http, reuse_port=False), stop, **tls_files)
         for listener in servers:
             listener.close()
 
@@ -242,6 +240,7 @@ async def main(messages: int, concurrency: int, rounds_of: int = 3) -> dict[str,
         f'hostname = "relay.bench"\n[redis]\nurl = "{redis_server.url}"\n'
         f'[tls]\ncert = "{cert}"\nkey = "{key_file}"\n[spool]\ndir = "{work / "spool"}"\n'
         f'[[submission.listeners]]\naddress = "127.0.0.1:{smtp_port}"\ntls = "starttls"\n'
+        f'[http]\nenabled = true\nlisten = "127.0.0.1:{http_port}"\n'
         '[log]\nlevel = "warning"\n[quota]\nper_minute = "1000000000/min"\n'
     )
     redis = connect(redis_server.url, timeout=5)
@@ -261,7 +260,6 @@ async def main(messages: int, concurrency: int, rounds_of: int = 3) -> dict[str,
         "bench.apps",
         "serve",
         str(config),
-        str(http_port),
         env=os.environ.copy(),
     )
     try:
@@ -324,10 +322,10 @@ if __name__ == "__main__":
             import cProfile
 
             with cProfile.Profile() as profiler:
-                uvloop.run(serve(Path(sys.argv[2]), int(sys.argv[3])))
+                uvloop.run(serve(Path(sys.argv[2])))
             profiler.dump_stats(profile)
         else:
-            uvloop.run(serve(Path(sys.argv[2]), int(sys.argv[3])))
+            uvloop.run(serve(Path(sys.argv[2])))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--messages", type=int, default=1000)
