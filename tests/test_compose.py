@@ -5,9 +5,15 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import email.utils
+import string
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given
 
+from relay.address import is_mailbox
+from relay.submission import compose as composing
 from relay.submission.compose import FieldError, compose
 
 
@@ -77,6 +83,21 @@ def test_raw_message_takes_its_envelope_from_the_headers_and_loses_bcc():
         ({"from": "a@b.example", "to": ["c@d.example", "two@x.example, three@x.example"]}, "to[1]"),
         ({"from": "a@b.example\r\nBcc: x@y.example", "to": "c@d.example", "text": "x"}, "from"),
         ({"from": "a@b.example", "to": "c@d.example", "text": "x", "subject": "a\nb"}, "subject"),
+        # what str.splitlines breaks at: the stdlib's folding made a line of each (a header,
+        # or an error answered 500)
+        (
+            {"from": "a@b.example", "to": "c@d.example", "text": "x", "subject": "a\x0bBcc: e@f.g"},
+            "subject",
+        ),
+        ({"from": "a@b.example", "to": "c@d.example", "text": "x", "subject": "a\x1cb"}, "subject"),
+        (
+            {"from": "a@b.example", "to": "c@d.example", "text": "x", "subject": "é\u2028b"},
+            "subject",
+        ),
+        (
+            {"from": "a@b.example", "to": "c@d.example", "text": "x", "headers": {"X-A": "1\x0c2"}},
+            "headers.X-A",
+        ),
         (
             {"from": "a@b.example", "to": "c@d.example", "text": "x", "headers": {"Bcc": "x"}},
             "headers.Bcc",
@@ -101,3 +122,44 @@ def test_bad_input_names_the_field(request_body, field):
     with pytest.raises(FieldError) as caught:
         compose(request_body)
     assert caught.value.field == field
+
+
+_STDLIB_WIRE = email.policy.compat32.clone(linesep="\r\n")
+
+
+@given(
+    st.sampled_from(["Subject", "To", "From", "X-Order", "Content-Type", "X-" + "y" * 60]),
+    st.text(st.sampled_from(string.printable + "\x01\x7f\u00e9"), max_size=100),
+)
+def test_header_lines_are_the_bytes_the_standard_library_folds(name, value):
+    """Composing writes a short printable ASCII header line as it is instead of folding it:
+    the same bytes as the standard library's folding, for any line."""
+    try:
+        expected: bytes | type[Exception] = _STDLIB_WIRE.fold_binary(name, value)
+    except email.errors.HeaderParseError:
+        expected = email.errors.HeaderParseError
+    try:
+        found: bytes | type[Exception] = composing._WIRE.fold_binary(name, value)
+    except email.errors.HeaderParseError:
+        found = email.errors.HeaderParseError
+    assert found == expected
+
+
+def _parsed_mailbox(shown: str) -> tuple[str, str] | None:
+    """An address field as `parseaddr` reads it (what composing did for every address)."""
+    name, address = email.utils.parseaddr(shown)
+    if not address or not is_mailbox(address) or (not name and shown.strip("<>") != address):
+        return None
+    return shown, address
+
+
+@given(
+    st.from_regex(r"[a-zA-Z0-9.!'+_=-]{1,8}@[a-z0-9.-]{1,8}", fullmatch=True)
+    | st.text(st.sampled_from("ab9.-_+!'\"@<> ()[]\\,;:é"), min_size=1, max_size=20)
+)
+def test_a_bare_address_is_read_as_parseaddr_reads_it(entry):
+    try:
+        found: tuple[str, str] | None = composing._mailbox("to", entry)
+    except FieldError:
+        found = None
+    assert found == _parsed_mailbox(entry.strip())

@@ -154,6 +154,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.detail, dict):  # the applications' API: {"detail": {"code", ...}}
+            return JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
         return answer(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)

@@ -20,6 +20,10 @@ from relay.web.api import (
 __all__ = ["LARGE_BODIES", "ROUTERS"]
 
 ROUTERS: tuple[APIRouter, ...] = (
+    # First: a request is matched against the routers in this order, and the applications'
+    # send API is the hot one (matching it after all the others was ~10% of its CPU).
+    messages.router,  # the applications' send API (API keys; /v1)
+    events.router,
     session.router,
     accounts.router,
     suspensions.router,
@@ -27,8 +31,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     queue.router,
     ips.router,
     reports.router,
-    messages.router,  # the applications' send API (API keys; /v1)
-    events.router,
 )
 
 LARGE_BODIES: tuple[str, ...] = ("/v1/messages",)
