@@ -66,6 +66,7 @@ def create_app(
     # outermost: bounds bodies before the session is read
     large = 2 * services.settings.submission.max_message_size
     app.add_middleware(Guards, large=api.LARGE_BODIES, large_max=large)
+    app.router.routes.insert(0, api.SEND_ROUTE)  # matched first: the hot route
     for router in api.ROUTERS:
         app.include_router(router)
     for router in pages.ROUTERS:
