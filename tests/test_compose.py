@@ -15,6 +15,7 @@ from hypothesis import given
 from relay.address import is_mailbox
 from relay.submission import compose as composing
 from relay.submission.compose import FieldError, compose
+from tests.support.stdlib_mime import same_but_boundaries, stdlib_content
 
 
 def parsed(content: bytes) -> email.message.EmailMessage:
@@ -163,3 +164,44 @@ def test_a_bare_address_is_read_as_parseaddr_reads_it(entry):
     except FieldError:
         found = None
     assert found == _parsed_mailbox(entry.strip())
+
+
+def _pieces(*pieces: str, size: int = 12) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(pieces), max_size=size).map("".join)
+
+
+_TEXT = _pieces("a", "b", " ", "\t", "=", ".", "\n", "\r\n", "\x01", "é", "€", "😀", "x" * 80)
+_NAME = _pieces("a", "b", ".", '"', "\\", " ", "é", ";", "n" * 40)
+
+
+@given(
+    subject=_pieces("a", "b", " ", ",", ";", "é", "=?", "word " * 20),
+    text=_TEXT | st.just("y" * 1200),
+    html=_TEXT,
+    attachments=st.lists(
+        st.tuples(_NAME, st.binary(max_size=120), st.sampled_from(["application/pdf", "a/b"])),
+        max_size=2,
+    ),
+    extra=st.dictionaries(
+        st.sampled_from(["X-A", "X-Order"]), _pieces("a", " ", "é", ";", "long " * 20)
+    ),
+)
+def test_the_message_is_the_one_the_standard_library_writes(
+    subject, text, html, attachments, extra
+):
+    """compose writes the MIME entities itself: the same bytes as the standard library's
+    email.mime classes and generator (compat32, CRLF), but for the random boundaries."""
+    data = {
+        "from": "Zoë <a@b.example>",
+        "to": ["c@d.example", "Ça <e@f.example>"],
+        "cc": "g@h.example",
+        "subject": subject,
+        "text": text or "t",
+        "html": html,
+        "headers": extra,
+        "attachments": [
+            {"name": n, "content": base64.b64encode(raw).decode(), "content_type": t}
+            for n, raw, t in attachments
+        ],
+    }
+    assert same_but_boundaries(compose(data).content) == same_but_boundaries(stdlib_content(data))
