@@ -314,11 +314,16 @@ async def main(messages: int, concurrency: int, rounds_of: int = 3) -> dict[str,
         redis_server.stop()
     ratio = round(float(str(api["per_s"])) / float(str(smtp["per_s"])), 2)
     cpu_ratio = round(float(str(api["server_cpu_ms"])) / float(str(smtp["server_cpu_ms"])), 2)
+    pairs = [  # each API round against the SMTP round just before it
+        round(float(str(a["server_cpu_ms"])) / float(str(b["server_cpu_ms"])), 2)
+        for b, a in zip(rounds["smtp"], rounds["api"], strict=True)
+    ]
     results: dict[str, object] = {
         "smtp": smtp,
         "api": api,
         "api_over_smtp": ratio,
         "api_cpu_over_smtp_cpu": cpu_ratio,
+        "api_cpu_over_smtp_cpu_per_round": pairs,
         "events": events,
     }
     for door in (smtp, api):
@@ -330,6 +335,7 @@ async def main(messages: int, concurrency: int, rounds_of: int = 3) -> dict[str,
             f" {door['rounds']} rounds)"
         )
     print(f"API / SMTP: {ratio} in throughput, {cpu_ratio} in server CPU per message")
+    print(f"API / SMTP server CPU, round by round: {', '.join(map(str, pairs))}")
     print(
         f"event append: {events['append_ms']} ms (PING {events['ping_ms']} ms,"
         f" {events['append_over_ping']}x)"
