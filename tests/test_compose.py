@@ -117,6 +117,9 @@ def test_raw_message_takes_its_envelope_from_the_headers_and_loses_bcc():
             "attachments[0].content_type",
         ),
         ({"raw": "not base64!"}, "raw"),
+        # JSON can carry a lone surrogate, which no encoding writes (was a 500)
+        ({"from": "a@b.example", "to": "c@d.example", "text": "x", "subject": "\ud800"}, "body"),
+        ({"from": "a@b.example", "to": "c@d.example", "text": "é\udfff"}, "body"),
     ],
 )
 def test_bad_input_names_the_field(request_body, field):

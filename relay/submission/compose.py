@@ -175,6 +175,13 @@ def _attachments(data: dict[str, Any]) -> list[tuple[bytes, str, str, str]]:
 
 def compose(data: object) -> ComposedMessage:
     """The message a JSON send request describes; raises FieldError."""
+    try:
+        return _compose(data)
+    except UnicodeEncodeError:  # JSON may carry "\ud800", which no encoding writes
+        raise FieldError("body", "holds a lone surrogate (\\ud800-\\udfff), not text") from None
+
+
+def _compose(data: object) -> ComposedMessage:
     if not isinstance(data, dict):
         raise FieldError("body", "must be a JSON object")
     if "raw" in data:

@@ -43,7 +43,7 @@ async def send_message(request: Request) -> JSONResponse:
     key = request.headers.get("idempotency-key", "")
     if len(key) > MAX_KEY:
         raise problem(422, "bad_field", f"at most {MAX_KEY} characters", field="Idempotency-Key")
-    fingerprint = hashlib.sha256(body).hexdigest()
+    fingerprint = hashlib.sha256(body).hexdigest() if key else ""
     peer = request.client.host if request.client else "?"
     try:
         if key and (earlier := await services.idempotency.claim(caller.login, key, fingerprint)):
