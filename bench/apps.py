@@ -168,9 +168,9 @@ async def api_load(port: int, tls: ssl.SSLContext, key: str, n: int, c: int) -> 
     """`POST /v1/messages` over C kept-alive TLS connections, one request at a time on each
     (as the SMTP sessions send one transaction at a time). The client is the least an HTTP/1.1
     client does: the JSON body made per request, the request (with httpx's headers) written,
-    the status line, headers and Content-Length body read. httpx cost ~1.8 ms of CPU per request against
-    aiosmtplib's ~0.4 ms per transaction, and the client shares the machine's cores with the
-    relay: the throughput measured the client more than the door."""
+    the status line, headers and Content-Length body read. httpx cost ~1.8 ms of CPU per
+    request against aiosmtplib's ~0.4 ms per transaction, and the client shares the machine's
+    cores with the relay: the throughput measured the client more than the door."""
     latencies: list[float] = []
     counts = [n // c + (i < n % c) for i in range(c)]
     head = (  # the headers httpx sends, so that the server parses as many
