@@ -62,7 +62,8 @@ _BARE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 class _Wire(email.policy.Compat32):
     """compat32 with CRLF line ends, which writes a header line that needs no folding
     (printable ASCII, 78 characters at most) as it is: the standard library's folding
-    (`Header.encode`) gives the same bytes for it, at a tenth of a composition's cost each."""
+    (`Header.encode`) gives the same bytes for it (a property test says so) and was a third
+    of a composition's cost."""
 
     def fold_binary(self, name: str, value: Any) -> bytes:
         if isinstance(value, str) and len(name) + len(value) <= 76 and _PLAIN_LINE.fullmatch(value):
