@@ -660,6 +660,9 @@ class HttpSettings(Section):
     loopback (dev)."""
     metrics_dir: Path = Path("var/metrics")
     """Where the processes of one node write their Prometheus counters (emptied at start)."""
+    api_key_cache: DurationField = Duration(5.0)
+    """A process takes an API key it verified this long without reading its record again
+    (a revocation elsewhere takes effect within it); 0: read on every request."""
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")

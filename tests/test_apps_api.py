@@ -20,6 +20,7 @@ from tests.conftest import PASSWORD, add_sender, free_port, wait_until
 from tests.support.apps_http import app_stack, stack_settings
 from tests.support.engine import sink_on
 from tests.support.relay_process import start_relay, stop_relay, submit, write_config
+from tests.support.web import client, make_app, web_settings
 
 SENDER = "alice@example.org"
 
@@ -231,3 +232,29 @@ async def test_relay_run_serves_the_send_api_on_the_quota_smtp_uses(
                 await asyncio.sleep(0.05)
     finally:
         await stop_relay(process)
+
+
+async def test_the_app_relay_run_serves_answers_the_documented_error_shape(redis, tmp_path):
+    """`create_app` (not just the routers): the applications' errors are
+    `{"detail": {"code", "message", "field"?}}` with their headers, as documented."""
+    app, _ = make_app(redis, web_settings(tmp_path))
+    await add_sender(redis, "alice")
+    _, key = await ApiKeys(redis, SystemClock()).add("alice")
+    async with client(app) as http:
+        unknown = await http.post("/v1/messages", json=mail("x@dest.test"))
+        assert unknown.status_code == 401
+        assert unknown.headers["www-authenticate"] == "Bearer"
+        assert unknown.json()["detail"]["code"] == "unauthorized"
+        http.headers["Authorization"] = f"Bearer {key}"
+        bad = await http.post("/v1/messages", json=mail("x@dest.test", subject="a\r\nBcc: z@z"))
+        assert bad.status_code == 422
+        assert bad.json()["detail"] == {
+            "code": "bad_field",
+            "message": "must not contain line breaks or NUL",
+            "field": "subject",
+        }
+        assert (await http.post("/v1/messages", content=b"{")).json()["detail"]["field"] == "body"
+        missing = await http.get("/v1/messages/nothing")
+        assert missing.status_code == 404 and missing.json()["detail"]["code"] == "not_found"
+        sent = await http.post("/v1/messages", json=mail("x@dest.test"))
+        assert sent.status_code == 202 and sent.json()["accepted"] == ["x@dest.test"]

@@ -11,8 +11,14 @@ back into keys. The HMAC key is a fixed label: it separates these hashes from an
 SHA-256 use, and the comparison is constant-time.
 
 Scope: a key sends mail and reads the account's own events and suppression list (the
-application's surface), never the operator's commands. `relay apikey revoke` ends it at
-once: every request reads the record (one Redis round trip), nothing is cached.
+application's surface), never the operator's commands.
+
+A process remembers the keys it verified for `cache_for` seconds (`http.api_key_cache`, 5 s
+by default): reading the record on every request was one Redis round trip per message that
+an SMTP session pays once per AUTH. So `relay apikey revoke` (another process) ends a key
+within that time on every process, and at once on the process that revokes it; 0 reads the
+record on every request. Only the stored hash is remembered, never a secret: a cached key is
+still compared with the secret presented, in constant time.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -29,7 +36,7 @@ from relay.clock import Clock
 from relay.errors import NotFound
 from relay.redis_client import store_errors, text, text_dict
 
-__all__ = ["ApiKey", "ApiKeys", "hash_secret"]
+__all__ = ["ApiKey", "ApiKeys", "VerifiedKeys", "hash_secret"]
 
 _FORMAT = re.compile(r"rk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _LABEL = b"relay api key v1"
@@ -80,10 +87,46 @@ def _parse(key_id: str, fields: dict[str, str]) -> ApiKey:
     )
 
 
+class VerifiedKeys:
+    """Key records read from Redis in the last `ttl` seconds, by key id (at most `size`, the
+    oldest read forgotten first). Pure: the caller gives the time."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self._size = size
+        self._found: OrderedDict[str, tuple[float, str, ApiKey]] = OrderedDict()
+
+    def get(self, key_id: str, secret_hash: str, now: float) -> ApiKey | None:
+        """The key when its record was read less than `ttl` ago and `secret_hash` is its
+        hash; None: read the record."""
+        found = self._found.get(key_id)
+        if found is None:
+            return None
+        read_at, stored_hash, key = found
+        if not read_at <= now < read_at + self.ttl:
+            del self._found[key_id]
+            return None
+        return key if hmac.compare_digest(stored_hash, secret_hash) else None
+
+    def put(self, key: ApiKey, stored_hash: str, now: float) -> None:
+        if self.ttl <= 0:
+            return
+        self._found.pop(key.id, None)
+        self._found[key.id] = (now, stored_hash, key)
+        while len(self._found) > self._size:
+            self._found.popitem(last=False)
+
+    def forget(self, key_id: str) -> None:
+        self._found.pop(key_id, None)
+
+
 class ApiKeys:
-    def __init__(self, redis: aioredis.Redis, clock: Clock) -> None:
+    def __init__(self, redis: aioredis.Redis, clock: Clock, *, cache_for: float = 0.0) -> None:
+        """`cache_for`: seconds a verified key is taken without reading its record again
+        (0: read on every request)."""
         self._redis = redis
         self._clock = clock
+        self._verified = VerifiedKeys(cache_for)
 
     async def add(self, login: str, note: str = "") -> tuple[ApiKey, str]:
         """A new key for `login`: (its record, the key itself — shown once, never stored)."""
@@ -125,6 +168,7 @@ class ApiKeys:
             if not fields.get("revoked_at"):
                 fields["revoked_at"] = repr(self._clock.now())
                 await self._redis.hset(_key(key_id), "revoked_at", fields["revoked_at"])
+        self._verified.forget(key_id)
         return _parse(key_id, fields)
 
     async def remove_all(self, login: str) -> int:
@@ -134,6 +178,8 @@ class ApiKeys:
             if ids:
                 await self._redis.delete(*[_key(i) for i in ids])
             await self._redis.delete(_index(login))
+        for key_id in ids:
+            self._verified.forget(key_id)
         return len(ids)
 
     async def authenticate(self, presented: str) -> ApiKey | None:
@@ -142,10 +188,17 @@ class ApiKeys:
         if match is None:
             return None
         key_id, secret = match.groups()
+        presented_hash, now = hash_secret(secret), self._clock.now()
+        cached = self._verified.get(key_id, presented_hash, now)
+        if cached is not None:
+            return cached
         with store_errors():
             fields = text_dict(await self._redis.hgetall(_key(key_id)))
         if not fields or fields.get("revoked_at"):
             return None
-        if not hmac.compare_digest(fields.get("hash", ""), hash_secret(secret)):
+        stored_hash = fields.get("hash", "")
+        if not hmac.compare_digest(stored_hash, presented_hash):
             return None
-        return _parse(key_id, fields)
+        key = _parse(key_id, fields)
+        self._verified.put(key, stored_hash, now)
+        return key

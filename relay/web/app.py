@@ -31,7 +31,7 @@ from relay.web.services import WebServices
 from relay.web.templating import render
 from reputation import NotAllowed
 
-__all__ = ["create_app", "http_socket", "serve_http"]
+__all__ = ["create_app", "http_socket", "serve_http", "server_config"]
 
 log = structlog.get_logger("relay.web")
 
@@ -66,6 +66,7 @@ def create_app(
     # outermost: bounds bodies before the session is read
     large = 2 * services.settings.submission.max_message_size
     app.add_middleware(Guards, large=api.LARGE_BODIES, large_max=large)
+    app.router.routes.insert(0, api.SEND_ROUTE)  # matched first: the hot route
     for router in api.ROUTERS:
         app.include_router(router)
     for router in pages.ROUTERS:
@@ -154,6 +155,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.detail, dict):  # the applications' API: {"detail": {"code", ...}}
+            return JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
         return answer(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -200,18 +203,26 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve_http(app: FastAPI, sock: socket.socket, stop: asyncio.Event) -> None:
-    """Serve until `stop` (then let requests in flight end, 5 s at most). Raises when the
-    server ends without being asked: the part dies and the process is restarted."""
-    config = uvicorn.Config(
+def server_config(app: FastAPI, **extra: Any) -> uvicorn.Config:
+    """How `relay run` has uvicorn serve the app: with httptools, in the loop it runs in
+    (uvloop, `run.uvloop`)."""
+    return uvicorn.Config(
         app,
+        http="httptools",  # a dependency: uvicorn's pure-Python h11 parser costs far more
         log_config=None,
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
         server_header=False,
+        **extra,
     )
-    server = _Server(config)
+
+
+async def serve_http(app: FastAPI, sock: socket.socket, stop: asyncio.Event, **extra: Any) -> None:
+    """Serve until `stop` (then let requests in flight end, 5 s at most). Raises when the
+    server ends without being asked: the part dies and the process is restarted. `extra`:
+    more uvicorn options (the bench adds TLS)."""
+    server = _Server(server_config(app, **extra))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())
     try:

@@ -31,7 +31,8 @@ __all__ = [
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def get_services(request: Request) -> WebServices:
+async def get_services(request: Request) -> WebServices:
+    """Async so that FastAPI calls it in the loop (a `def` dependency runs on a thread)."""
     services: WebServices = request.app.state.services
     return services
 

@@ -166,7 +166,7 @@ async def app_stack(
                 queue,
                 quota,
                 events,
-                ApiKeys(redis, clock),
+                app.state.apps.keys,  # the app's: a revocation here ends its cached key
                 settings,
                 worker,
             )
