@@ -33,7 +33,8 @@ from relay.accounts import AccountStore
 from relay.accounts.provisioning import create_account
 from relay.clock import SystemClock
 from relay.content.clamd import ClamdAddress, ClamdClient
-from relay.content.rspamd import RspamdClient
+from relay.content.message_file import MessageFile
+from relay.content.rspamd import Envelope, RspamdClient
 from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
 from relay.sender_auth import IdentityStore
@@ -178,25 +179,25 @@ async def scanner_latency(
     clamd_client = ClamdClient(ClamdAddress.parse(clamd.unix_address))
     rspamd_client = RspamdClient(rspamd.url)
 
+    sizes = {small: small.stat().st_size, big: big.stat().st_size}
+
     async def clamd_scan(path: Path) -> float:
         started = time.perf_counter()
-        await clamd_client.scan_file(path)
+        await clamd_client.scan(MessageFile(path, sizes[path]))
         return time.perf_counter() - started
 
-    sizes = {small: small.stat().st_size, big: big.stat().st_size}
+    envelope = Envelope(
+        ip="192.0.2.10",
+        helo="client.bench",
+        mail_from="bench@load.bench",
+        recipients=("u@example.com",),
+        user="bench",
+        queue_id="bench",
+    )
 
     async def rspamd_scan(path: Path) -> float:
         started = time.perf_counter()
-        await rspamd_client.check_file(
-            path,
-            sizes[path],
-            ip="192.0.2.10",
-            helo="client.bench",
-            mail_from="bench@load.bench",
-            recipients=("u@example.com",),
-            user="bench",
-            queue_id="bench",
-        )
+        await rspamd_client.check(MessageFile(path, sizes[path]), envelope)
         return time.perf_counter() - started
 
     out: dict[str, Any] = {}
