@@ -19,6 +19,7 @@ better here (clamd 0.31 against 0.32 ms per scan) and brings idle-timeout and re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -129,21 +130,28 @@ class ClamdClient:
         loop = asyncio.get_running_loop()
         sock = await self._connect()
         try:
-            data = message.small()
-            if data is not None:  # one send for the command, the content and the end
-                frame = struct.pack("!I", len(data))
-                await loop.sock_sendall(sock, b"zINSTREAM\0" + frame + data + b"\0\0\0\0")
-            else:
-                await loop.sock_sendall(sock, b"zINSTREAM\0")
-                with open(message.path, "rb") as file:  # noqa: ASYNC230 (in the page cache)
-                    while piece := file.read(self._chunk):
-                        await loop.sock_sendall(sock, struct.pack("!I", len(piece)) + piece)
-                await loop.sock_sendall(sock, b"\0\0\0\0")
+            # clamd stops reading past StreamMaxLength: its reason is then in its reply.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await self._stream(loop, sock, message)
             return await _read_reply(loop, sock)
         except OSError as exc:
             raise ScannerUnavailable("clamd", f"scan failed: {exc}") from None
         finally:
             sock.close()
+
+    async def _stream(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, message: MessageFile
+    ) -> None:
+        data = message.small()
+        if data is not None:  # one send for the command, the content and the end
+            frame = struct.pack("!I", len(data))
+            await loop.sock_sendall(sock, b"zINSTREAM\0" + frame + data + b"\0\0\0\0")
+            return
+        await loop.sock_sendall(sock, b"zINSTREAM\0")
+        with open(message.path, "rb") as file:  # noqa: ASYNC230 (in the page cache)
+            while piece := file.read(self._chunk):
+                await loop.sock_sendall(sock, struct.pack("!I", len(piece)) + piece)
+        await loop.sock_sendall(sock, b"\0\0\0\0")
 
     async def ping(self) -> bool:
         try:
