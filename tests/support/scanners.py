@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,7 +136,12 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
 
 
 class Clamd:
-    """`/usr/sbin/clamd` in the foreground, on a unix socket and a loopback TCP port."""
+    """`/usr/sbin/clamd` in the foreground, on a unix socket and a loopback TCP port.
+
+    Its TemporaryDirectory is in memory (/dev/shm) as a provider's should be (README): clamd
+    writes each MIME part of every message there, and on a disk that made most of its CPU
+    per scan (measured 0.2-1.2 ms against 0.1 ms per 5 KB message).
+    """
 
     def __init__(self, folder: Path, *, stream_max: str = "60M") -> None:
         self.folder = folder
@@ -145,6 +151,16 @@ class Clamd:
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._log = folder / "clamd.out"
+        self._temp: Path | None = None
+
+    def _temporary_directory(self) -> Path:
+        if self._temp is None:
+            if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+                self._temp = Path(tempfile.mkdtemp(prefix="relay-clamd-", dir="/dev/shm"))
+            else:
+                self._temp = self.folder / "tmp"
+                self._temp.mkdir(exist_ok=True)
+        return self._temp
 
     @property
     def unix_address(self) -> str:
@@ -170,7 +186,7 @@ class Clamd:
             f"TCPSocket {self.port}\n"
             "TCPAddr 127.0.0.1\n"
             f"DatabaseDirectory {db}\n"
-            f"TemporaryDirectory {self.folder}\n"
+            f"TemporaryDirectory {self._temporary_directory()}\n"
             f"StreamMaxLength {self.stream_max}\n"
             "MaxScanSize 200M\n"
             "MaxFileSize 60M\n"
@@ -192,6 +208,9 @@ class Clamd:
     def stop(self) -> None:
         _stop(self.process)
         self.process = None
+        if self._temp is not None and self._temp.parent == Path("/dev/shm"):
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
