@@ -104,10 +104,14 @@ class ContentScanner:
         if self._clamd is None or self._rspamd is None:  # one scanner: no second task
             malware = await self._scan_malware(body)
             spam = await self._scan_spam(body, message)
-        else:
-            malware, spam = await asyncio.gather(
-                self._scan_malware(body), self._scan_spam(body, message)
-            )
+        else:  # both at once: clamd in a task of its own, rspamd in this one
+            clamd = asyncio.create_task(self._scan_malware(body))
+            try:
+                spam = await self._scan_spam(body, message)
+                malware = await clamd
+            except BaseException:
+                clamd.cancel()
+                raise
         allowed = False
         score = spam.score if spam is not None else None
         if (
