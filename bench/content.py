@@ -2,14 +2,19 @@
 
 `relay run` (its default processes) takes 5 KB messages over implicit TLS + AUTH from
 `bench.load` and delivers them to a sink process; the same load with `[content]` off and on,
-alternately (off, on, off, on), so both see the same machine. Reported: accepted/s and
-delivered/s (end to end), accept p50/p99, and the cost of scanning as the share of
-end-to-end throughput lost (target: at most 30%). Then each scanner alone, asked directly
-(the relay's own clients) at the relay's concurrency: p50/p99 per scan of a 5 KB message, and
-one 20 MB message. clamd and rspamd are started here as the tests start them
-(tests/support/scanners.py: their own signatures and rules, loopback, temp dirs).
+alternately (off, on, off, on, ...: `--rounds` pairs), so both see the same machine.
+Reported: accepted/s and delivered/s (end to end), accept p50/p99, and the cost of scanning
+as the share of end-to-end throughput lost (target: at most 30%), as the mean of each
+round's on/off ratio. The machine is shared, so the same cost is also given from CPU alone:
+the CPU per message of everything the run starts (relay, clamd, rspamd, sink, and this
+process, the load generator), off against on: the throughput a CPU-bound machine loses,
+whatever else ran meanwhile. Then each scanner alone, asked directly (the relay's own
+clients) at the relay's concurrency: p50/p99 per scan of a 5 KB message, and one 20 MB
+message. clamd and rspamd are started here as the tests start them
+(tests/support/scanners.py: their own signatures and rules, temp dirs, the relay talking to
+both over their unix sockets).
 
-    .venv/bin/python -m bench.content [--messages 2000] [--sessions 20]
+    .venv/bin/python -m bench.content [--messages 2000] [--sessions 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -33,7 +39,8 @@ from relay.accounts import AccountStore
 from relay.accounts.provisioning import create_account
 from relay.clock import SystemClock
 from relay.content.clamd import ClamdAddress, ClamdClient
-from relay.content.rspamd import RspamdClient
+from relay.content.message_file import MessageFile
+from relay.content.rspamd import Envelope, RspamdClient
 from relay.embedded_redis import EmbeddedRedis
 from relay.redis_client import connect
 from relay.sender_auth import IdentityStore
@@ -73,7 +80,7 @@ def config_text(
     if scan:
         text += (
             f'[content.clamd]\naddress = "{clamd.unix_address}"\n'
-            f'[content.rspamd]\nurl = "{rspamd.url}"\n'
+            f'[content.rspamd]\nurl = "{rspamd.unix_url}"\n'
         )
     return text
 
@@ -136,6 +143,8 @@ async def one_pass(
         }
         before = {name: tree_cpu(pid) for name, pid in scanners.items()}
         before["relay"] = tree_cpu(relay.pid)
+        before["sink"] = tree_cpu(sink.pid)
+        before["load"] = time.process_time()
         started = time.monotonic()
         result = await run(spec, client_context(str(work / "cert.pem")))
         accepted = len(result.acked)
@@ -145,6 +154,9 @@ async def one_pass(
         done = time.monotonic()
         cpu = {name: tree_cpu(pid) - before[name] for name, pid in scanners.items()}
         cpu["relay"] = tree_cpu(relay.pid) - before["relay"]
+        cpu["sink"] = tree_cpu(sink.pid) - before["sink"]
+        cpu["load"] = time.process_time() - before["load"]
+        cpu["total"] = sum(cpu.values())
         return {
             **{
                 f"{name}_cpu_ms_per_msg": round(s * 1000 / max(1, accepted), 2)
@@ -178,25 +190,25 @@ async def scanner_latency(
     clamd_client = ClamdClient(ClamdAddress.parse(clamd.unix_address))
     rspamd_client = RspamdClient(rspamd.url)
 
+    sizes = {small: small.stat().st_size, big: big.stat().st_size}
+
     async def clamd_scan(path: Path) -> float:
         started = time.perf_counter()
-        await clamd_client.scan_file(path)
+        await clamd_client.scan(MessageFile(path, sizes[path]))
         return time.perf_counter() - started
 
-    sizes = {small: small.stat().st_size, big: big.stat().st_size}
+    envelope = Envelope(
+        ip="192.0.2.10",
+        helo="client.bench",
+        mail_from="bench@load.bench",
+        recipients=("u@example.com",),
+        user="bench",
+        queue_id="bench",
+    )
 
     async def rspamd_scan(path: Path) -> float:
         started = time.perf_counter()
-        await rspamd_client.check_file(
-            path,
-            sizes[path],
-            ip="192.0.2.10",
-            helo="client.bench",
-            mail_from="bench@load.bench",
-            recipients=("u@example.com",),
-            user="bench",
-            queue_id="bench",
-        )
+        await rspamd_client.check(MessageFile(path, sizes[path]), envelope)
         return time.perf_counter() - started
 
     out: dict[str, Any] = {}
@@ -228,7 +240,7 @@ async def _concurrently(scan: Any, path: Path, count: int, concurrency: int) -> 
     return times
 
 
-async def main(messages: int, sessions: int) -> dict[str, Any]:
+async def main(messages: int, sessions: int, rounds: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="relay-bench-content-"))
     (work / "clamd").mkdir()
     (work / "rspamd").mkdir()
@@ -253,7 +265,7 @@ async def main(messages: int, sessions: int) -> dict[str, Any]:
         )
         await redis.aclose()
         passes = []
-        for n, scan in enumerate((False, True, False, True)):
+        for n, scan in enumerate((False, True) * rounds):
             name = f"{'on' if scan else 'off'}-{n // 2 + 1}"
             row = await one_pass(
                 name, work, redis_server.url, scan, clamd, rspamd, messages, sessions, n * messages
@@ -265,6 +277,7 @@ async def main(messages: int, sessions: int) -> dict[str, Any]:
         clamd.stop()
         rspamd.stop()
         redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return {"passes": passes, "scanners": latency}
 
 
@@ -272,21 +285,30 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
     def mean(scan: bool, key: str) -> float:
         return statistics.mean(p[key] for p in results["passes"] if p["scanning"] is scan)
 
-    summary = {}
+    def round_cost(key: str) -> float:
+        """The mean over rounds of 1 - on/off, each round's pair run back to back."""
+        passes = results["passes"]
+        pairs = [(passes[i], passes[i + 1]) for i in range(0, len(passes) - 1, 2)]
+        return statistics.mean(1 - on[key] / off[key] for off, on in pairs if off[key])
+
+    summary: dict[str, dict[str, Any]] = {}
     keys = ("accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms")
     keys += ("relay_cpu_ms_per_msg", "clamd_cpu_ms_per_msg", "rspamd_cpu_ms_per_msg")
+    keys += ("sink_cpu_ms_per_msg", "load_cpu_ms_per_msg", "total_cpu_ms_per_msg")
     for key in keys:
-        summary[key] = {"off": round(mean(False, key), 1), "on": round(mean(True, key), 1)}
+        summary[key] = {"off": round(mean(False, key), 2), "on": round(mean(True, key), 2)}
     for key in ("accepted_per_s", "delivered_per_s"):
-        off, on = summary[key]["off"], summary[key]["on"]
-        summary[key]["cost"] = round(1 - on / off, 3) if off else None
+        summary[key]["cost"] = round(round_cost(key), 3)
+    total = summary["total_cpu_ms_per_msg"]
+    total["cost"] = round(1 - total["off"] / total["on"], 3) if total["on"] else None
     print(f"{'':24}{'off':>10}{'on':>10}{'cost':>8}")
     for key, row in summary.items():
         cost = f"{row['cost']:.0%}" if row.get("cost") is not None else ""
         print(f"{key:24}{row['off']:>10}{row['on']:>10}{cost:>8}")
     cost = summary["delivered_per_s"]["cost"]
-    verdict = "met" if cost is not None and cost <= 0.30 else "MISSED"
-    print(f"target: scanning costs <= 30% of end-to-end throughput: {verdict} ({cost:.0%})")
+    verdict = "met" if cost <= 0.30 else "MISSED"
+    print(f"target: scanning costs <= 30% of end-to-end throughput: {verdict} ({cost:.0%});")
+    print(f"  from CPU per message alone (as if CPU-bound): {total['cost']:.0%}")
     for name, row in results["scanners"].items():
         print(
             f"{name}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms per 5 KB scan"
@@ -299,7 +321,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="off/on pairs, alternated")
     options = parser.parse_args()
-    results = asyncio.run(main(options.messages, options.sessions))
+    results = asyncio.run(main(options.messages, options.sessions, options.rounds))
     results["summary"] = report(results)
     save_results("content", results)

@@ -557,10 +557,15 @@ _CLAMD_ADDRESS = re.compile(r"unix:/\S+|/\S+|\[[0-9a-fA-F:.]+\]:\d{1,5}|[^:\s\[\
 
 
 class ClamdSettings(Section):
-    """ClamAV's clamd, asked at DATA over INSTREAM (relay/content/clamd.py)."""
+    """ClamAV's clamd, asked at DATA (relay/content/clamd.py): handed the spool file on its
+    unix socket (FILDES), sent the content over TCP (INSTREAM)."""
 
     address: str
     """`unix:/run/clamav/clamd.ctl` (a bare absolute path too) or `127.0.0.1:3310`."""
+    fdpass: bool = True
+    """On a unix socket, hand clamd the open spool file instead of streaming its content (no
+    copy, no temporary file in clamd); false: always stream. A clamd that refuses descriptors
+    is streamed to from its first refusal on."""
     deadline: DurationField = Duration(30.0)
     """Time one scan may take (a 20 MB message takes well under a second locally)."""
     on_error: Literal["tempfail", "fail_open"] = "tempfail"
@@ -578,17 +583,32 @@ class RspamdSettings(Section):
     """rspamd's normal worker, asked at DATA over HTTP (`/checkv2`, relay/content/rspamd.py)."""
 
     url: str
-    """E.g. `http://127.0.0.1:11333`."""
+    """E.g. `http://127.0.0.1:11333`, or its unix socket `unix:/run/rspamd/normal.sock`."""
     deadline: DurationField = Duration(15.0)
     on_error: Literal["tempfail", "fail_open"] = "fail_open"
+    settings_id: str | None = None
+    """Sent as `Settings-ID`: the settings entry of rspamd that applies to the relay's mail
+    (its outbound rules; README "Content scanning"). None: rspamd's defaults."""
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
+        value = value.strip()
+        if value.startswith("unix:"):
+            if not value.removeprefix("unix:").startswith("/"):
+                raise ValueError(f"unix: needs an absolute socket path: {value!r}")
+            return value
+        parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"not an http(s) URL: {value!r}")
-        return value.strip()
+            raise ValueError(f"not an http(s) URL or unix:/path: {value!r}")
+        return value
+
+    @field_validator("settings_id")
+    @classmethod
+    def _settings_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError(f"not a settings id (letters, digits, _ . -): {value!r}")
+        return value
 
 
 class ContentSettings(Section):

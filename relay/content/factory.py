@@ -62,8 +62,16 @@ def content_scanner(
     if content.clamd is None and content.rspamd is None:
         return None
     return ContentScanner(
-        clamd=ClamdClient(ClamdAddress.parse(content.clamd.address)) if content.clamd else None,
-        rspamd=RspamdClient(content.rspamd.url) if content.rspamd else None,
+        clamd=(
+            ClamdClient(ClamdAddress.parse(content.clamd.address), fdpass=content.clamd.fdpass)
+            if content.clamd
+            else None
+        ),
+        rspamd=(
+            RspamdClient(content.rspamd.url, settings_id=content.rspamd.settings_id)
+            if content.rspamd
+            else None
+        ),
         clamd_deadline=content.clamd.deadline.seconds if content.clamd else 0.0,
         rspamd_deadline=content.rspamd.deadline.seconds if content.rspamd else 0.0,
         policy=ScanPolicy(

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -24,8 +23,9 @@ from relay.clock import Clock
 from relay.content.clamd import ClamdClient
 from relay.content.errors import ScannerUnavailable
 from relay.content.lists import ListStore
+from relay.content.message_file import MessageFile
 from relay.content.quarantine import Held, Quarantined, QuarantineStore
-from relay.content.rspamd import RspamdClient
+from relay.content.rspamd import Envelope, RspamdClient
 from relay.content.stats import ContentStats
 from relay.content.verdict import (
     Action,
@@ -99,10 +99,19 @@ class ContentScanner:
 
     async def __call__(self, message: Submitted, prefix: bytes) -> str | None:
         """The reply for this message, or None to queue it."""
-        path = self._quarantine.spool.path(message.body.id)
-        malware, spam = await asyncio.gather(
-            self._scan_malware(path), self._scan_spam(path, message)
-        )
+        # One read of a small spool file for both scanners (clamd on a unix socket reads none).
+        body = MessageFile(self._quarantine.spool.path(message.body.id), message.body.size)
+        if self._clamd is None or self._rspamd is None:  # one scanner: no second task
+            malware = await self._scan_malware(body)
+            spam = await self._scan_spam(body, message)
+        else:  # both at once: clamd in a task of its own, rspamd in this one
+            clamd = asyncio.create_task(self._scan_malware(body))
+            try:
+                spam = await self._scan_spam(body, message)
+                malware = await clamd
+            except BaseException:
+                clamd.cancel()
+                raise
         allowed = False
         score = spam.score if spam is not None else None
         if (
@@ -118,13 +127,13 @@ class ContentScanner:
 
     # --- the scanners, each within its deadline; a failure is a result, not an exception ---
 
-    async def _scan_malware(self, path: Path) -> MalwareResult | None:
+    async def _scan_malware(self, body: MessageFile) -> MalwareResult | None:
         if self._clamd is None:
             return None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._clamd_deadline):
-                signature = await self._clamd.scan_file(path)
+                signature = await self._clamd.scan(body)
         except TimeoutError:
             deadline = self._clamd_deadline
             return MalwareResult(error=await self._failed("clamd", "timeout", deadline))
@@ -133,21 +142,22 @@ class ContentScanner:
         self._timed("clamd", started)
         return MalwareResult(signature=signature)
 
-    async def _scan_spam(self, path: Path, message: Submitted) -> SpamResult | None:
+    async def _scan_spam(self, body: MessageFile, message: Submitted) -> SpamResult | None:
         if self._rspamd is None:
             return None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._rspamd_deadline):
-                check = await self._rspamd.check_file(
-                    path,
-                    message.body.size,
-                    ip=message.peer_ip,
-                    helo=message.helo,
-                    mail_from=message.mail_from,
-                    recipients=message.recipients,
-                    user=message.account,
-                    queue_id=message.body.id,
+                check = await self._rspamd.check(
+                    body,
+                    Envelope(
+                        ip=message.peer_ip,
+                        helo=message.helo,
+                        mail_from=message.mail_from,
+                        recipients=message.recipients,
+                        user=message.account,
+                        queue_id=message.body.id,
+                    ),
                 )
         except TimeoutError:
             deadline = self._rspamd_deadline
