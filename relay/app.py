@@ -394,7 +394,7 @@ def http_part(
     from relay.web.auth import session_secret
     from relay.web.services import WebServices
 
-    services = WebServices.build(redis, settings, clock, quota=quota)
+    services = WebServices.build(redis, settings, clock, quota=quota, draining=service.draining)
     app = create_app(
         services,
         secret=session_secret(settings.http),

@@ -134,9 +134,11 @@ async def test_a_node_beats_drains_resumes_and_is_forgotten_once_down(
                         "text": "Hello.",
                     },
                 )
+                ready = await http.get("/readyz")  # a load balancer sends elsewhere too
             assert sent.status_code == 503, sent.text
             assert sent.headers["Retry-After"]
             assert "4.3.2" in sent.text
+            assert ready.status_code == 503 and ready.json()["problems"] == {"node": "draining"}
 
             # What it took before the drain is still delivered.
             sink.open = True

@@ -223,6 +223,10 @@ class SubmissionService:
         except (StoreUnavailable, TimeoutError):
             return unknown_login(login)
 
+    def draining(self) -> bool:
+        """Whether the node is draining: it takes no new mail by any door."""
+        return self._draining is not None and self._draining()
+
     async def check_sender(
         self, account: str, address: str, tx: str, ret: str | None = None
     ) -> str | None:
@@ -234,7 +238,7 @@ class SubmissionService:
         SPF enforced, its domain must authorize our egress IPs. A draining node refuses
         every new transaction (421 4.3.2: the HTTP API answers 503).
         """
-        if self._draining is not None and self._draining():
+        if self.draining():
             return str(replies.NODE_DRAINING)
         if is_null_sender(address):
             self._senders[tx] = ("<>", True)  # never gets notices: nothing to refuse

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class WebServices:
     operators: OperatorStore
     guard: AuthGuard
     activity: ActivityLog
+    draining: Callable[[], bool] = lambda: False
+    """Whether the node is draining (`relay node drain`)."""
 
     @classmethod
     def build(
@@ -53,6 +56,7 @@ class WebServices:
         *,
         quota: QuotaStore,
         hashing: HashingQueue | None = None,
+        draining: Callable[[], bool] = lambda: False,
     ) -> WebServices:
         suspensions = suspension_service(redis, settings, clock, quota)
         return cls(
@@ -74,11 +78,15 @@ class WebServices:
                 settings.redis.timeout.seconds,
             ),
             activity=ActivityLog(redis),
+            draining=draining,
         )
 
     async def ready(self) -> dict[str, str]:
-        """What `/readyz` checks: Redis answers, the spool folder takes a file. Empty: ready."""
+        """What `/readyz` checks: the node is not draining (a load balancer then sends
+        elsewhere), Redis answers, the spool folder takes a file. Empty: ready."""
         problems: dict[str, str] = {}
+        if self.draining():
+            problems["node"] = "draining"
         try:
             await self.redis.ping()
         except Exception as exc:  # any failure means not ready; the reason is shown
