@@ -68,7 +68,8 @@ clean:
 # and root; without them, our numbers only), with Redis commands and round trips per message;
 # whole-path throughput against a direct-to-sink baseline, and quota decisions/s against a
 # bare Redis round trip, and a customer's login during an AUTH flood against no flood
-# (loopback only; JSON in var/bench/), and HTTP API sends/s against SMTP submissions/s.
+# (loopback only; JSON in var/bench/), and HTTP API sends/s against SMTP submissions/s,
+# and one node on one Redis against two nodes on a 3+3 Redis Cluster.
 # `make test` never needs Postfix.
 bench: $(STAMP) scanners
 	bash bench/install-postfix.sh
@@ -81,3 +82,4 @@ bench: $(STAMP) scanners
 	$(BIN)/python -m bench.auth_flood
 	$(BIN)/python -m bench.apps
 	$(BIN)/python -m bench.content
+	$(BIN)/python -m bench.fleet
