@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -169,15 +169,31 @@ _FAILOVER_ERRORS = (
 
 
 class _ClusterPipeline(ClusterPipeline):
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: EncodableT) -> Any:
+        """redis-py blocks scripts in cluster pipelines. Each script here touches one slot
+        (its keys share a hash tag), so it is routed by its keys like any keyed command;
+        the callers (`script_with`, the auth guard) run a script alone after a NOSCRIPT,
+        which loads it on every primary."""
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    @property
+    def command_stack(self) -> Sequence[object]:
+        """The queued commands, under the single-server Pipeline's name (`script_with`
+        counts them to know which replies are whose)."""
+        queued: Sequence[object] = getattr(self._execution_strategy, "_command_queue", ())
+        return queued
+
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
         client = cast(_ClusterClient, self.cluster_client)
-        async with client.budget(client.pipeline_budget):
-            try:
-                return await super().execute(raise_on_error, allow_redirections)
-            except SlotNotCoveredError as exc:  # not a RedisError: a failover's error
-                raise ClusterDownError(str(exc)) from None
+        await client.take(client.pipeline_budget)
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except SlotNotCoveredError as exc:  # not a RedisError: a failover's error
+            raise ClusterDownError(str(exc)) from None
+        finally:
+            client.pipeline_budget.release()
 
 
 class _ClusterClient(RedisCluster):
@@ -194,17 +210,13 @@ class _ClusterClient(RedisCluster):
         self.command_budget = asyncio.Semaphore(limit)
         self.pipeline_budget = asyncio.Semaphore(limit)
 
-    @contextlib.asynccontextmanager
-    async def budget(self, budget: asyncio.Semaphore) -> AsyncIterator[None]:
+    async def take(self, budget: asyncio.Semaphore) -> None:
+        """A place in `budget` (the caller releases it), waiting up to `budget_wait`."""
         try:
             async with asyncio.timeout(self.budget_wait):
                 await budget.acquire()
         except TimeoutError:
             raise RedisConnectionError("no free connection to the cluster in time") from None
-        try:
-            yield
-        finally:
-            budget.release()
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:
@@ -218,10 +230,9 @@ class _ClusterClient(RedisCluster):
         while its replica takes over in seconds. Here the tries go on with a backoff until
         `budget_wait` (`redis.timeout`) has passed since the first."""
         deadline = time.monotonic() + self.budget_wait
-        backoff = self.backoff
-        backoff.reset()  # type: ignore[no-untyped-call]
         failures = 0
-        async with self.budget(self.command_budget):
+        await self.take(self.command_budget)
+        try:
             while True:
                 try:
                     return await super().execute_command(*args, **kwargs)
@@ -229,12 +240,14 @@ class _ClusterClient(RedisCluster):
                     raise  # a ConnectionError too, but no failover ends it
                 except _FAILOVER_ERRORS as exc:
                     failures += 1
-                    pause = backoff.compute(failures)
+                    pause = self.backoff.compute(failures)  # stateless: shared by all calls
                     if time.monotonic() + pause >= deadline:
                         if isinstance(exc, SlotNotCoveredError):  # not a RedisError
                             raise ClusterDownError(str(exc)) from None
                         raise
                     await asyncio.sleep(pause)
+        finally:
+            self.command_budget.release()
 
     def pipeline(
         self, transaction: Any | None = None, shard_hint: Any | None = None
