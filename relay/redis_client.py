@@ -22,7 +22,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -49,6 +49,7 @@ __all__ = [
     "connect",
     "connect_settings",
     "describe",
+    "failure_text",
     "hide_secrets",
     "insecure_settings",
     "insecure_url",
@@ -128,6 +129,17 @@ def hide_secrets(message: str, settings: RedisSettings) -> str:
         if "://" in url:
             message = redact_secret(message, url)
     return message
+
+
+def failure_text(exc: BaseException, settings: RedisSettings) -> str:
+    """Why connecting failed, for one line: no password, and not the Sentinel clients'
+    long reprs that redis-py puts after a MasterNotFoundError's first words."""
+    message = str(exc)
+    if isinstance(exc, MasterNotFoundError):
+        message = message.partition(" : ")[0]
+        if " : " in str(exc):
+            message += " (no Sentinel could be reached)"
+    return hide_secrets(message, settings)
 
 
 def insecure_settings(settings: RedisSettings) -> str | None:
