@@ -208,10 +208,16 @@ class ClusterServers(_Servers):
                 c.close()
 
     def wait_healthy(
-        self, clients: Sequence[redis.Redis] | None = None, within: float = 20
+        self,
+        clients: Sequence[redis.Redis] | None = None,
+        within: float = 20,
+        *,
+        replicas: bool = True,
     ) -> None:
         """cluster_state:ok on every live node, every replica's link up, and every shard
-        listed with its replica in CLUSTER SLOTS (a client maps slots from there)."""
+        listed in CLUSTER SLOTS (a client maps slots from there) with a primary, and with
+        its replica unless `replicas` is false (after a failover the promoted one has
+        none)."""
         own = clients is None
         live = [p for p in self.ports if self.processes[p].poll() is None]
         clients = clients or [self.client(port) for port in live]
@@ -225,7 +231,8 @@ class ClusterServers(_Servers):
                     if info["role"] == "slave" and info.get("master_link_status") != "up":
                         return False
                 slots = clients[0].execute_command("CLUSTER", "SLOTS")
-                return bool(slots) and all(len(entry) >= 4 for entry in slots)
+                least = 4 if replicas else 3
+                return bool(slots) and all(len(entry) >= least for entry in slots)
 
             wait_for(healthy, within, "a healthy cluster")
         finally:
@@ -269,7 +276,7 @@ class ClusterServers(_Servers):
                 return bool(c.info("replication")["role"] == "master")
 
         wait_for(promoted, within, f"the replica {replica} promoted")
-        self.wait_healthy(within=within)
+        self.wait_healthy(within=within, replicas=False)
         return replica
 
     def flush(self) -> None:
