@@ -50,7 +50,7 @@ from relay.queue import QueueStore
 from relay.redis_client import (
     connect_settings,
     describe,
-    hide_secrets,
+    failure_text,
     insecure_settings,
     insecure_url,
     redact_url,
@@ -97,7 +97,7 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             await client.ping()
         except (RedisError, OSError) as exc:
             where = describe(settings.redis, url=url)
-            reason = hide_secrets(str(exc), settings.redis)
+            reason = failure_text(exc, settings.redis)
             raise StoreUnavailable(f"cannot reach Redis at {where}: {reason}") from None
         yield client
     finally:

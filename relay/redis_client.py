@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -23,7 +23,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import EqualJitterBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
@@ -56,6 +56,7 @@ __all__ = [
     "connect_blocking",
     "connect_settings",
     "describe",
+    "failure_text",
     "hide_secrets",
     "insecure_settings",
     "insecure_url",
@@ -167,6 +168,17 @@ def hide_secrets(message: str, settings: RedisSettings) -> str:
     return message
 
 
+def failure_text(exc: BaseException, settings: RedisSettings) -> str:
+    """Why connecting failed, for one line: no password, and not the Sentinel clients'
+    long reprs that redis-py puts after a MasterNotFoundError's first words."""
+    message = str(exc)
+    if isinstance(exc, MasterNotFoundError):
+        message = message.partition(" : ")[0]
+        if " : " in str(exc):
+            message += " (no Sentinel could be reached)"
+    return hide_secrets(message, settings)
+
+
 def insecure_settings(settings: RedisSettings) -> str | None:
     """`insecure_url` of the first URL that is unsafe over a network, named by its key. With
     Sentinels, the primary (whose address they give) is judged at the Sentinels' hosts."""
@@ -206,15 +218,20 @@ _FAILOVER_ERRORS = (
 
 
 class _ClusterPipeline(ClusterPipeline):
+    """Scripts go in with `stage_script` (redis-py blocks `evalsha` on cluster pipelines;
+    EVALSHA by `execute_command` is routed by its keys, one slot each)."""
+
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
         client = cast(_ClusterClient, self.cluster_client)
-        async with client.budget(client.pipeline_budget):
-            try:
-                return await super().execute(raise_on_error, allow_redirections)
-            except SlotNotCoveredError as exc:  # not a RedisError: a failover's error
-                raise ClusterDownError(str(exc)) from None
+        await client.take(client.pipeline_budget)
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except SlotNotCoveredError as exc:  # not a RedisError: a failover's error
+            raise ClusterDownError(str(exc)) from None
+        finally:
+            client.pipeline_budget.release()
 
 
 class _ClusterClient(RedisCluster):
@@ -231,17 +248,13 @@ class _ClusterClient(RedisCluster):
         self.command_budget = asyncio.Semaphore(limit)
         self.pipeline_budget = asyncio.Semaphore(limit)
 
-    @contextlib.asynccontextmanager
-    async def budget(self, budget: asyncio.Semaphore) -> AsyncIterator[None]:
+    async def take(self, budget: asyncio.Semaphore) -> None:
+        """A place in `budget` (the caller releases it), waiting up to `budget_wait`."""
         try:
             async with asyncio.timeout(self.budget_wait):
                 await budget.acquire()
         except TimeoutError:
             raise RedisConnectionError("no free connection to the cluster in time") from None
-        try:
-            yield
-        finally:
-            budget.release()
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:
@@ -255,10 +268,9 @@ class _ClusterClient(RedisCluster):
         while its replica takes over in seconds. Here the tries go on with a backoff until
         `budget_wait` (`redis.timeout`) has passed since the first."""
         deadline = time.monotonic() + self.budget_wait
-        backoff = self.backoff
-        backoff.reset()  # type: ignore[no-untyped-call]
         failures = 0
-        async with self.budget(self.command_budget):
+        await self.take(self.command_budget)
+        try:
             while True:
                 try:
                     return await super().execute_command(*args, **kwargs)
@@ -266,12 +278,14 @@ class _ClusterClient(RedisCluster):
                     raise  # a ConnectionError too, but no failover ends it
                 except _FAILOVER_ERRORS as exc:
                     failures += 1
-                    pause = backoff.compute(failures)
+                    pause = self.backoff.compute(failures)  # stateless: shared by all calls
                     if time.monotonic() + pause >= deadline:
                         if isinstance(exc, SlotNotCoveredError):  # not a RedisError
                             raise ClusterDownError(str(exc)) from None
                         raise
                     await asyncio.sleep(pause)
+        finally:
+            self.command_budget.release()
 
     def pipeline(
         self, transaction: Any | None = None, shard_hint: Any | None = None

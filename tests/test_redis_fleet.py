@@ -25,6 +25,7 @@ from relay.sink import Sink
 from tests.conftest import PASSWORD, add_sender, free_port
 from tests.support.redis_fleet import ClusterServers, SentinelGroup
 from tests.support.relay_process import start_relay, stop_relay, write_config
+from tests.test_redis_url import cli
 
 SECRET = "s3cret-pw"
 
@@ -127,6 +128,32 @@ async def test_tls_users_and_passwords_reach_every_connection() -> None:
         "redis.service: no TLS (use rediss://); "
         "no password (use an ACL user: rediss://user:password@host)"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        (
+            {"RELAY_REDIS__CLUSTER_NODES": f'["redis://u:{SECRET}@127.0.0.1:1"]'},
+            "relay: cannot reach Redis at cluster redis://u:***@127.0.0.1:1: ",
+        ),
+        (
+            {
+                "RELAY_REDIS__SENTINELS": '["127.0.0.1:1"]',
+                "RELAY_REDIS__SERVICE": f"redis://:{SECRET}@mm",
+            },
+            "relay: cannot reach Redis at sentinel service 'mm' via 127.0.0.1:1: "
+            "No master found for 'mm' (no Sentinel could be reached)",
+        ),
+    ],
+)
+def test_an_unreachable_fleet_is_one_line_without_the_password(
+    env: dict[str, str], shown: str, tmp_path: Path
+) -> None:
+    result = cli("account", "list", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(shown), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and SECRET not in result.stderr
 
 
 # -- connecting to real servers -----------------------------------------------------------

@@ -58,7 +58,7 @@ from relay.node.heartbeat import Heartbeat
 from relay.node.restart import RestartPolicy, exit_status
 from relay.node.share import NodeShare, attach
 from relay.queue import QueueStore
-from relay.redis_client import connect_blocking, connect_settings, describe, hide_secrets
+from relay.redis_client import connect_blocking, connect_settings, describe, failure_text
 from relay.tls import ensure_self_signed
 
 __all__ = ["STOP_GRACE", "run_node", "run_one"]
@@ -192,7 +192,7 @@ def _ping(settings: RedisSettings) -> None:
     try:
         asyncio.run(ping())
     except (RedisError, OSError) as exc:
-        reason = hide_secrets(str(exc), settings)
+        reason = failure_text(exc, settings)
         raise StoreUnavailable(f"cannot reach Redis at {describe(settings)}: {reason}") from None
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -50,6 +51,11 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _command(client: redis.Redis, *args: object) -> Any:
+    """`client.execute_command(*args)` (untyped in redis-py's sync client)."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
@@ -184,21 +190,21 @@ class ClusterServers(_Servers):
         try:
             for i, c in enumerate(primaries):
                 end = SLOTS if i == 2 else (i + 1) * (SLOTS // 3)
-                c.execute_command("CLUSTER", "ADDSLOTS", *range(i * (SLOTS // 3), end))
+                _command(c, "CLUSTER", "ADDSLOTS", *range(i * (SLOTS // 3), end))
             for i, c in enumerate(clients):
-                c.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+                _command(c, "CLUSTER", "SET-CONFIG-EPOCH", i + 1)
             for port in self.ports[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+                _command(clients[0], "CLUSTER", "MEET", "127.0.0.1", port)
             wait_for(
-                lambda: all(len(c.execute_command("CLUSTER", "NODES").splitlines()) == 6
+                lambda: all(len(_command(c, "CLUSTER", "NODES").splitlines()) == 6
                             for c in clients),
                 15, "every node knowing the 6",
             )  # fmt: skip
             for primary, replica in zip(primaries, replicas, strict=True):
-                primary_id = primary.execute_command("CLUSTER", "MYID")
+                primary_id = _command(primary, "CLUSTER", "MYID")
                 wait_for(
                     lambda r=replica, p=primary_id: bool(  # type: ignore[misc]
-                        r.execute_command("CLUSTER", "REPLICATE", p)
+                        _command(r, "CLUSTER", "REPLICATE", p)
                     ),
                     15, "a replica taking its primary",
                 )  # fmt: skip
@@ -208,10 +214,16 @@ class ClusterServers(_Servers):
                 c.close()
 
     def wait_healthy(
-        self, clients: Sequence[redis.Redis] | None = None, within: float = 20
+        self,
+        clients: Sequence[redis.Redis] | None = None,
+        within: float = 20,
+        *,
+        replicas: bool = True,
     ) -> None:
         """cluster_state:ok on every live node, every replica's link up, and every shard
-        listed with its replica in CLUSTER SLOTS (a client maps slots from there)."""
+        listed in CLUSTER SLOTS (a client maps slots from there) with a primary, and with
+        its replica unless `replicas` is false (after a failover the promoted one has
+        none)."""
         own = clients is None
         live = [p for p in self.ports if self.processes[p].poll() is None]
         clients = clients or [self.client(port) for port in live]
@@ -219,13 +231,14 @@ class ClusterServers(_Servers):
 
             def healthy() -> bool:
                 for c in clients:
-                    if "cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
+                    if "cluster_state:ok" not in _command(c, "CLUSTER", "INFO"):
                         return False
                     info = c.info("replication")
                     if info["role"] == "slave" and info.get("master_link_status") != "up":
                         return False
-                slots = clients[0].execute_command("CLUSTER", "SLOTS")
-                return bool(slots) and all(len(entry) >= 4 for entry in slots)
+                slots = _command(clients[0], "CLUSTER", "SLOTS")
+                least = 4 if replicas else 3
+                return bool(slots) and all(len(entry) >= least for entry in slots)
 
             wait_for(healthy, within, "a healthy cluster")
         finally:
@@ -247,8 +260,8 @@ class ClusterServers(_Servers):
         """Port of the live primary that serves `key`'s slot."""
         live = next(p for p in self.ports if self.processes[p].poll() is None)
         with self.client(live) as c:
-            slot = c.execute_command("CLUSTER", "KEYSLOT", key)
-            for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+            slot = _command(c, "CLUSTER", "KEYSLOT", key)
+            for start, end, primary, *_ in _command(c, "CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     return int(primary[1])
         raise LookupError(key)
@@ -269,7 +282,7 @@ class ClusterServers(_Servers):
                 return bool(c.info("replication")["role"] == "master")
 
         wait_for(promoted, within, f"the replica {replica} promoted")
-        self.wait_healthy(within=within)
+        self.wait_healthy(within=within, replicas=False)
         return replica
 
     def flush(self) -> None:
@@ -335,12 +348,12 @@ class SentinelGroup(_Servers):
 
     def _master_state(self, port: int) -> dict[str, str]:
         with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True) as c:
-            return dict(c.execute_command("SENTINEL", "MASTER", self.SERVICE))
+            return dict(_command(c, "SENTINEL", "MASTER", self.SERVICE))
 
     def current_primary(self) -> int:
         """The primary's port as the Sentinels name it."""
         with redis.Redis(host="127.0.0.1", port=self.sentinel_ports[0], socket_timeout=2) as c:
-            _, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+            _, port = _command(c, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
         return int(port)
 
     def wait_healthy(self, within: float = 20) -> None:
