@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from relay.app import open_redis
 from relay.config import RedisSettings, Settings, load_settings
 from relay.errors import ConfigError, StoreUnavailable
+from relay.queue import QueueKeys
 from relay.redis_client import connect_settings, describe, insecure_settings, store_errors
 from relay.sink import Sink
 from tests.conftest import PASSWORD, add_sender, free_port
@@ -28,6 +29,7 @@ from tests.support.relay_process import start_relay, stop_relay, write_config
 from tests.test_redis_url import cli
 
 SECRET = "s3cret-pw"
+FAILOVER_NODE = "failover-node"
 
 # -- configuration ------------------------------------------------------------------------
 
@@ -350,6 +352,7 @@ async def _send_through_failover(
             server_cert=server_cert,
             submit_port=port,
             sink_port=server.sockets[0].getsockname()[1],
+            node=f'id = "{FAILOVER_NODE}"',
         )
         relay = await start_relay(config, port)
         load, stop = Load(), asyncio.Event()
@@ -405,7 +408,8 @@ async def test_relay_on_a_cluster_through_a_kill_9_of_a_primary(
     servers = ClusterServers(tmp_path)
     await asyncio.to_thread(servers.start)
     try:
-        victim = servers.primary_of("{q}")  # the shard of the queue: the worst one to lose
+        # the shard of the node's queue: the worst one to lose
+        victim = servers.primary_of(QueueKeys(FAILOVER_NODE).due)
         fleet = f'cluster_nodes = ["{servers.url}"]'
         setup = RedisSettings(cluster_nodes=(servers.url,))
         load = await _send_through_failover(
