@@ -95,15 +95,24 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             await asyncio.to_thread(embedded.stop)
 
 
-def give_back_large_blocks(threshold: int = 256 * 1024) -> None:
+def give_back_large_blocks(threshold: int = 512 * 1024, keep: int = 4 << 20) -> None:
     """Blocks of `threshold` bytes and more come from mmap and go back to the system when
     freed. glibc's default raises that threshold as large blocks are freed (up to 32 MB), so
-    a burst of big messages left the process holding its peak for good (2.6 GB seen)."""
+    a burst of big messages left the process holding its peak for good (2.6 GB seen).
+
+    Above 256 KiB, not at it: every TLS read asks for a 256 KiB buffer (uvloop's and
+    asyncio's SSL layers) and shrinks it to the few bytes read, which at a 256 KiB threshold
+    cost an mmap, an mremap and a munmap (a TLB flush on every core the process's threads
+    ran on) per TLS record: about 4% of the relay's CPU under load. `keep`: free memory at
+    the top of the heap kept rather than given back at once (glibc's default, 128 KiB, gave
+    those buffers back and took them again on every read)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        libc.mallopt(_M_TRIM_THRESHOLD, keep)
 
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
