@@ -75,16 +75,14 @@ def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]
     plain = _plain_path(arg)
     if plain is not None:
         addr, rest = plain
-        if local_part_limit and len(local_part(addr)) > local_part_limit:
+    else:
+        try:
+            parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+            address, rest = parse(arg)
+            addr = address.addr_spec
+        # The email parser runs off the end ('<', '"') or trips on its own defects ('<a@[>').
+        except (HeaderParseError, IndexError, AttributeError):
             return None, None
-        return addr, rest
-    try:
-        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
-        address, rest = parse(arg)
-        addr: str = address.addr_spec
-    # The email parser can run off the end ('<', '"') or trip on its own defects ('<a@[>').
-    except (HeaderParseError, IndexError, AttributeError):
-        return None, None
     if local_part_limit and len(local_part(addr)) > local_part_limit:
         return None, None
     return addr, rest
