@@ -280,3 +280,34 @@ async def test_free_space_is_read_again_at_most_once_a_second_unless_it_refuses(
     assert not spool.has_room(20_000), "more than the reading had: read again, refused"
     assert spool.reads == 2
     assert not spool.has_room(1_000) and spool.reads == 3, "a refusal is always fresh"
+
+
+async def test_bodies_ended_together_are_removed_together_each_with_its_answer():
+    from tests.support.spool import temp_spool
+
+    spool = temp_spool()
+    hops: list[int] = []
+    remove_all = spool._remove_all
+
+    def counted(message_ids: list[str]) -> list[bool | Exception]:
+        hops.append(len(message_ids))
+        return remove_all(message_ids)
+
+    spool._remove_all = counted  # type: ignore[method-assign]
+    present = ids(20)
+    for message_id in present:
+        await spool.write(message_id, b"body")
+    (absent,) = ids(1)
+    answers = await asyncio.gather(*(spool.discard(m) for m in [*present, absent]))
+    assert answers == [True] * 20 + [False]
+    assert list(spool.entries()) == []
+    assert hops == [21], "one hop to a thread for all of them"
+    # Asked while a removal is on its thread: they wait for it, then go together.
+    more = ids(6)
+    for message_id in more:
+        await spool.write(message_id, b"body")
+    first = asyncio.ensure_future(spool.discard(more[0]))
+    await asyncio.sleep(0.001)
+    rest = [asyncio.ensure_future(spool.discard(m)) for m in more[1:]]
+    assert await asyncio.gather(first, *rest) == [True] * 6
+    assert hops[1:] in ([1, 5], [6]) and list(spool.entries()) == []

@@ -52,6 +52,16 @@ class Spooled:
     """DKIM relaxed body hash (base64 SHA-256), when asked for."""
 
 
+class _Unlinks:
+    """Spool files to remove in one hop to a thread, and the outcome of each (in order)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ids: list[str] = []
+        self.started = False
+        self.done: asyncio.Future[list[bool | SpoolError]] = loop.create_future()
+
+
 class Spool:
     def __init__(self, root: Path, *, head_limit: int = 1 << 20, fsync: bool = True) -> None:
         self.root = Path(root)
@@ -60,6 +70,10 @@ class Spool:
         self._ready: set[str] = set()
         self._free = 0
         self._free_at = -math.inf
+        self._unlinks: _Unlinks | None = None
+        """Removals waiting for the thread (`discard`)."""
+        self._unlinking: set[asyncio.Task[None]] = set()
+        self._last_unlink: asyncio.Future[list[bool | SpoolError]] | None = None
 
     def path(self, message_id: str) -> Path:
         if not _ID.fullmatch(message_id):
@@ -136,8 +150,50 @@ class Spool:
     async def discard(self, message_id: str) -> bool:
         """`remove`, on a thread: an unlink waits for the file system's journal, which the
         fsyncs of other messages keep busy (measured: 0.1 ms alone, several under load),
-        and the event loop must not wait with it."""
-        return await asyncio.to_thread(self.remove, message_id)
+        and the event loop must not wait with it.
+
+        Removals asked for while one thread is at it wait for it and then go together on
+        the next one: one hop to a thread for many messages ended at once, none of them
+        later than it would be one by one (the hops queued on the same threads anyway)."""
+        loop = asyncio.get_running_loop()
+        batch = self._unlinks
+        if batch is None or batch.loop is not loop or batch.started:
+            batch = self._unlinks = _Unlinks(loop)
+            task = loop.create_task(self._unlink(batch))
+            self._unlinking.add(task)
+            task.add_done_callback(self._unlinking.discard)
+        at = len(batch.ids)
+        batch.ids.append(message_id)
+        outcome = (await asyncio.shield(batch.done))[at]
+        if isinstance(outcome, SpoolError):
+            raise outcome
+        return outcome
+
+    async def _unlink(self, batch: _Unlinks) -> None:
+        """Remove a batch once the one before it is done (it collects ids meanwhile)."""
+        before, self._last_unlink = self._last_unlink, batch.done
+        try:
+            if before is not None and before.get_loop() is batch.loop:
+                await asyncio.wait([before])
+            batch.started = True
+            outcomes = await asyncio.to_thread(self._remove_all, batch.ids)
+        except asyncio.CancelledError:  # the loop is closing: its waiters are cancelled too
+            batch.done.cancel()
+            raise
+        except Exception as exc:  # every waiter gets it
+            batch.done.set_exception(exc)
+            batch.done.exception()  # retrieved: nobody may be waiting any more
+        else:
+            batch.done.set_result(outcomes)
+
+    def _remove_all(self, message_ids: list[str]) -> list[bool | SpoolError]:
+        outcomes: list[bool | SpoolError] = []
+        for message_id in message_ids:
+            try:
+                outcomes.append(self.remove(message_id))
+            except SpoolError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def entries(self) -> Iterator[tuple[str, float, int]]:
         """(id, modification time, size) of every body in the spool."""
