@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,28 @@ class Spooled:
     """DKIM relaxed body hash (base64 SHA-256), when asked for."""
 
 
+class _FolderFds:
+    """A descriptor per spool folder, opened once and kept, to fsync the folder after each
+    new file in it: opening and closing it for every message cost two more system calls
+    on the committing thread, each a handoff of the GIL with the event loop."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def fd(self, folder: Path) -> int:
+        found = self._fds.get(folder)
+        if found is not None:
+            return found
+        with self._lock:  # two committing threads may meet a new folder at once
+            found = self._fds.get(folder)
+            if found is None:
+                found = self._fds[folder] = os.open(
+                    folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+            return found
+
+
 class _Unlinks:
     """Spool files to remove in one hop to a thread, and the outcome of each (in order)."""
 
@@ -68,6 +91,7 @@ class Spool:
         self._head_limit = head_limit
         self._fsync = fsync
         self._ready: set[str] = set()
+        self._folder_fds = _FolderFds()
         self._free = 0
         self._free_at = -math.inf
         self._unlinks: _Unlinks | None = None
@@ -97,6 +121,7 @@ class Spool:
             head_limit=self._head_limit,
             fsync=self._fsync,
             hasher=RelaxedBodyHash() if hash_body else None,
+            folders=self._folder_fds,
         )
 
     async def write(self, message_id: str, data: bytes) -> Spooled:
@@ -246,9 +271,11 @@ class Incoming:
         head_limit: int,
         fsync: bool,
         hasher: RelaxedBodyHash | None,
+        folders: _FolderFds,
     ) -> None:
         self.id = message_id
         self.path = path
+        self._folders = folders
         self._fd: int | None = None
         self._held: bytearray | None = bytearray()
         """What was received while the file does not exist (None once it does)."""
@@ -309,7 +336,7 @@ class Incoming:
         fd, held = self._fd, self._held
         self._fd = self._held = None
         job = asyncio.get_running_loop().run_in_executor(
-            None, _persist, self.path, fd, held, self._fsync
+            None, _persist, self.path, fd, held, self._fsync, self._folders
         )
         self._committing = job
         try:
@@ -370,7 +397,9 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         raise SpoolError(f"cannot write to the spool: {exc.strerror}") from None
 
 
-def _persist(path: Path, fd: int | None, held: bytearray | None, fsync: bool) -> None:
+def _persist(
+    path: Path, fd: int | None, held: bytearray | None, fsync: bool, folders: _FolderFds
+) -> None:
     """On a thread: the file created and written when it was held whole, then made durable
     (the file, and its folder for its name), then closed. Raises SpoolError when the file
     could not be created or written (nothing of it is left), OSError when it could not be
@@ -386,15 +415,11 @@ def _persist(path: Path, fd: int | None, held: bytearray | None, fsync: bool) ->
             raise
     try:
         if fsync:
-            _sync(fd, path.parent)
+            _sync(fd, folders.fd(path.parent))
     finally:
         os.close(fd)
 
 
-def _sync(fd: int, folder: Path) -> None:
+def _sync(fd: int, folder_fd: int) -> None:
     os.fsync(fd)
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    os.fsync(folder_fd)
