@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -110,6 +111,20 @@ def give_back_large_blocks(threshold: int = 512 * 1024, keep: int = 4 << 20) -> 
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
         libc.mallopt(_M_TRIM_THRESHOLD, keep)
+
+
+def collect_less(young: int = 5000) -> None:
+    """The cyclic garbage collector, told what a long-running server looks like: what was
+    made before serving (modules, classes, settings: hundreds of thousands of objects) is
+    never garbage, so full collections leave it out (`gc.freeze`, before the supervisor
+    forks, which also keeps those pages shared); and the youngest generation is collected
+    every `young` allocations, not 700 (each collection walks every young object still
+    alive, and under load that is every session's tasks and frames). Measured: the
+    collector took about 3% of the relay's CPU under load. Garbage without cycles is freed
+    at once as before; cycles wait for a few thousand more allocations."""
+    gc.freeze()
+    threshold, *older = gc.get_threshold()
+    gc.set_threshold(max(threshold, young), *older)
 
 
 _M_TRIM_THRESHOLD = -1
