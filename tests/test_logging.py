@@ -93,3 +93,26 @@ def test_reconfiguring_replaces_the_handler() -> None:
     assert text.count("\n") == 1
     assert "relay.started" in text and "listeners=2" in text
     assert "\x1b[" not in text  # no colours when not writing to a terminal
+
+
+def test_records_skip_the_caller_and_process_lookups_no_line_shows() -> None:
+    """Per record the stdlib would walk the stack for the caller, call getpid twice and
+    name the thread; no line shows any of it, so it is not looked up (same lines)."""
+    out = io.StringIO()
+    configure_logging(LogSettings(format="json", level="info"), stream=out)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        structlog.get_logger("relay.delivery").info("delivery.session", reused=True)
+    finally:
+        logging.getLogger().removeHandler(keep)
+    (record,) = seen
+    assert (record.lineno, record.process, record.thread) == (0, None, None)
+    (line,) = lines(out)
+    assert set(line) == {"event", "reused", "logger", "level", "timestamp"}

@@ -7,6 +7,8 @@ import signal
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.node.restart import Restart, RestartPolicy, exit_status
 from relay.node.shared import FULL, KEY_LIMIT, TOTAL_LIMIT, SharedCounts, _hash
@@ -77,6 +79,32 @@ def test_keys_sharing_a_home_entry_keep_their_own_counts() -> None:
     # Freed entries are reused by other keys; the old ones are gone for good.
     assert all(counts.acquire(f"other{n}", per_key=1) is None for n in range(64))
     assert counts.count(keys[0]) == 0 and counts.total() == 64
+
+
+# Keys whose home entries are the first three of a 256-entry table: long shared windows.
+_CROWDED = [k for k in (f"site{n}" for n in range(4000)) if _hash(k) % 256 < 3][:24]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(_CROWDED)), max_size=120))
+def test_counts_match_a_plain_model_whatever_the_order_of_takes_and_gives(ops) -> None:
+    """Lookups stop at an entry never used (a key is never placed past one): what each key
+    holds is what a dict would say, after any order of acquires and releases."""
+    counts = SharedCounts(rows=2, live=1)
+    counts.bind(1)
+    model: dict[str, int] = {}
+    for take, key in ops:
+        if take:
+            answer = counts.acquire(key, per_key=2)
+            assert answer == (KEY_LIMIT if model.get(key, 0) >= 2 else None)
+            if answer is None:
+                model[key] = model.get(key, 0) + 1
+        else:
+            counts.release(key)
+            if model.get(key):
+                model[key] -= 1
+        assert all(counts.count(k) == model.get(k, 0) for k in _CROWDED)
+    assert counts.total() == sum(model.values())
 
 
 def test_a_full_probe_window_refuses_rather_than_counting_nothing() -> None:

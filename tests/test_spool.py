@@ -175,3 +175,139 @@ async def test_spool_check_finds_orphans_and_missing_bodies(redis, redis_server,
     result = await asyncio.to_thread(check, "--remove-orphans")
     assert "removed 1 orphan file(s)" in result.stdout
     assert not queue.spool.exists(orphan) and queue.spool.exists(kept)
+
+
+# --- the file of a body: when it is made, and what a failure or a cancel leaves ---
+
+
+def ids(n: int) -> list[str]:
+    return [os.urandom(8).hex() for _ in range(n)]
+
+
+async def test_a_usual_body_is_held_and_made_durable_in_one_step_at_commit():
+    from tests.support.spool import temp_spool
+
+    spool = temp_spool()
+    (small,) = ids(1)
+    incoming = spool.receive(small)
+    incoming.write(HEADERS + b"Hello.\r\n")
+    assert not spool.exists(small), "no file (nor its creation on a thread) before commit"
+    spooled = await incoming.commit()
+    assert spooled.head == HEADERS and spooled.size == len(HEADERS) + 8
+    assert await spool.read(small) == HEADERS + b"Hello.\r\n"
+    assert stat.S_IMODE(spool.path(small).stat().st_mode) == 0o600
+
+
+async def test_a_body_past_what_is_held_streams_to_its_file():
+    from relay.spool.store import HELD
+    from tests.support.spool import temp_spool
+
+    spool = temp_spool()
+    (big,) = ids(1)
+    incoming = spool.receive(big)
+    piece = b"x" * 76 + b"\r\n"
+    body = HEADERS + piece * (HELD // len(piece) + 10)
+    incoming.write(body[:1000])
+    assert not spool.exists(big)
+    incoming.write(body[1000:])
+    assert spool.path(big).stat().st_size == len(body), "written as it arrived"
+    await incoming.commit()
+    assert await spool.read(big) == body
+
+
+async def test_an_aborted_body_leaves_no_file_held_or_streamed():
+    from relay.spool.store import HELD
+    from tests.support.spool import temp_spool
+
+    spool = temp_spool()
+    small, big = ids(2)
+    for message_id, size in ((small, 10), (big, HELD + 10)):
+        incoming = spool.receive(message_id)
+        incoming.write(b"x" * size)
+        incoming.abort()
+    assert list(spool.entries()) == []
+
+
+async def test_a_commit_whose_caller_is_cancelled_leaves_no_file():
+    from tests.support.spool import temp_spool
+
+    spool = temp_spool()
+    (message_id,) = ids(1)
+    incoming = spool.receive(message_id)
+    incoming.write(HEADERS)
+    commit = asyncio.ensure_future(incoming.commit())
+    await asyncio.sleep(0)  # the thread has the job: the file is being made
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    incoming.abort()  # what the server does when the body was not spooled
+    for _ in range(200):  # the thread finishes in its own time, then the file goes
+        if not spool.path(message_id).parent.exists() or not list(spool.entries()):
+            break
+        await asyncio.sleep(0.01)
+    assert list(spool.entries()) == []
+
+
+async def test_a_body_that_cannot_be_created_is_a_spool_error_and_leaves_nothing(tmp_path):
+    from relay.spool import Spool, SpoolError
+
+    spool = Spool(tmp_path / "spool")
+    (message_id,) = ids(1)
+    incoming = spool.receive(message_id)
+    incoming.write(HEADERS)
+    spool.path(message_id).write_bytes(b"someone else's")  # the name is taken (O_EXCL)
+    with pytest.raises(SpoolError, match="cannot create"):
+        await incoming.commit()
+    incoming.abort()
+    assert spool.path(message_id).read_bytes() == b"someone else's", "not ours to remove"
+
+
+async def test_free_space_is_read_again_at_most_once_a_second_unless_it_refuses(tmp_path):
+    from relay.spool import Spool
+
+    class Counted(Spool):  # the disk's answer, counted (and set by the test)
+        reads = 0
+        free = 10_000
+
+        def free_bytes(self) -> int:
+            self.reads += 1
+            return self.free
+
+    spool = Counted(tmp_path / "spool")
+    assert all(spool.has_room(1_000) for _ in range(50)) and spool.reads == 1
+    spool.free = 500  # the disk filled up: the reading in hand still says there is room
+    assert spool.has_room(1_000) and spool.reads == 1
+    assert not spool.has_room(20_000), "more than the reading had: read again, refused"
+    assert spool.reads == 2
+    assert not spool.has_room(1_000) and spool.reads == 3, "a refusal is always fresh"
+
+
+async def test_bodies_ended_together_are_removed_together_each_with_its_answer():
+    from tests.support.spool import temp_spool
+
+    spool = temp_spool()
+    hops: list[int] = []
+    remove_all = spool._remove_all
+
+    def counted(message_ids: list[str]) -> list[bool | Exception]:
+        hops.append(len(message_ids))
+        return remove_all(message_ids)
+
+    spool._remove_all = counted  # type: ignore[method-assign]
+    present = ids(20)
+    for message_id in present:
+        await spool.write(message_id, b"body")
+    (absent,) = ids(1)
+    answers = await asyncio.gather(*(spool.discard(m) for m in [*present, absent]))
+    assert answers == [True] * 20 + [False]
+    assert list(spool.entries()) == []
+    assert hops == [21], "one hop to a thread for all of them"
+    # Asked while a removal is on its thread: they wait for it, then go together.
+    more = ids(6)
+    for message_id in more:
+        await spool.write(message_id, b"body")
+    first = asyncio.ensure_future(spool.discard(more[0]))
+    await asyncio.sleep(0.001)
+    rest = [asyncio.ensure_future(spool.discard(m)) for m in more[1:]]
+    assert await asyncio.gather(first, *rest) == [True] * 6
+    assert hops[1:] in ([1, 5], [6]) and list(spool.entries()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from relay.app import install_stop_signals
+from relay.app import collect_less, install_stop_signals
 from relay.cli.common import Failure, load, read_password
 from relay.config import HostPort, Settings, SinkSettings
 from relay.logging import configure_logging
@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     processes = settings.run.count() if not args.processes else args.processes
     if settings.tls.self_signed:
         print(_first_message_hint(settings), file=sys.stderr)
+    collect_less()
     if processes == 1:
         run_one(settings)
     else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import mmap
 import os
@@ -46,6 +47,7 @@ def _slots_for(live: int) -> int:
     return min(_MAX_SLOTS, 1 << (wanted - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=4096)  # the same few sites and client addresses, over and over
 def _hash(key: str) -> int:
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "little") or 1  # 0 marks an entry never used
@@ -80,41 +82,57 @@ class SharedCounts:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
+        self._lock()
         try:
             yield
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
+            self._unlock()
+
+    def _lock(self) -> None:
+        """(`acquire` and `release`, once per delivery and per session, call these two
+        directly: a generator-based context manager cost as much as the lock itself.)"""
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
+
+    def _unlock(self) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
 
     def acquire(self, key: str, per_key: int, total: int | None = None) -> str | None:
         """Count one more holder of `key` in this process's row; or say why not
         (TOTAL_LIMIT, KEY_LIMIT, FULL) and count nothing."""
         row = self._my_row()
-        with self.locked():
+        wanted = _hash(key)
+        self._lock()
+        try:
             if total is not None and sum(self._open) >= total:
                 return TOTAL_LIMIT
-            index, found = self._find(_hash(key))
+            index, found = self._find(wanted)
             if index is None:
                 return FULL
             if found and self._total(index) >= per_key:
                 return KEY_LIMIT
             if not found:
-                self._keys[index] = _hash(key)
+                self._keys[index] = wanted
             self._counts[index * self.rows + row] += 1
             self._open[row] += 1
+        finally:
+            self._unlock()
         return None
 
     def release(self, key: str) -> None:
         """One holder of `key` in this process is gone (ignored if it held nothing)."""
         row = self._my_row()
-        with self.locked():
-            index, found = self._find(_hash(key))
+        wanted = _hash(key)
+        self._lock()
+        try:
+            index, found = self._find(wanted)
             if index is None or not found:
                 return
             at = index * self.rows + row
             if self._counts[at] > 0:
                 self._counts[at] -= 1
                 self._open[row] -= 1
+        finally:
+            self._unlock()
 
     def count(self, key: str) -> int:
         """Holders of `key` over the node (for tests and metrics)."""
@@ -142,12 +160,18 @@ class SharedCounts:
         mask = self.slots - 1
         free = None
         home = wanted & mask
+        keys = self._keys
         for step in range(_PROBES):
             index = (home + step) & mask
+            key = keys[index]
+            if key == 0:
+                # Never used: a key is placed at the first free entry of its window and an
+                # entry's key is never cleared, so `wanted` is not further on.
+                return (index if free is None else free), False
             if self._total(index) == 0:
                 if free is None:
                     free = index
-            elif self._keys[index] == wanted:
+            elif key == wanted:
                 return index, True
         return free, False
 

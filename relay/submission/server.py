@@ -73,15 +73,40 @@ def parse_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]
     malformed path is a 553, not the IndexError that aiosmtpd lets escape."""
     if not arg:
         return "", ""
-    try:
-        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
-        address, rest = parse(arg)
-        addr: str = address.addr_spec
-    except (HeaderParseError, IndexError):  # the email parser can run off the end ('<', '"')
-        return None, None
+    plain = _plain_path(arg)
+    if plain is not None:
+        addr, rest = plain
+    else:
+        try:
+            parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+            address, rest = parse(arg)
+            addr = address.addr_spec
+        # The email parser runs off the end ('<', '"') or trips on its own defects ('<a@[>').
+        except (HeaderParseError, IndexError, AttributeError):
+            return None, None
     if local_part_limit and len(local_part(addr)) > local_part_limit:
         return None, None
     return addr, rest
+
+
+def _plain_path(arg: str) -> tuple[str, str] | None:
+    """`parse_path`'s answer for the usual argument, `<dot-atom@host.name>` and maybe
+    parameters, without the email parser (about 20 us a call, twice a message); None for
+    anything else, which the parser then reads. The same answer as the parser's, including
+    the white space it drops after the `>` (tests/test_parse_path.py)."""
+    match = _PLAIN_PATH.match(arg)
+    if match is None:
+        return None
+    rest = arg[match.end() :]
+    if rest[:1] in (" ", "\t"):
+        rest = rest.lstrip()  # the parser's folding white space: str.lstrip's
+    if rest[:1] == "(":  # a comment: the parser's to read
+        return None
+    return match.group(1), rest
+
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
 class SubmissionSMTP(SMTP):

@@ -312,12 +312,11 @@ class SubmissionService:
         spool = self._queue.spool
         hash_body = self._dkim is not None and await self._dkim.signs_for(account)
         try:
-            if self._min_free and spool.free_bytes() < self._min_free:
+            if self._min_free and not spool.has_room(self._min_free):
                 log.error("spool.disk_full", dir=str(spool.root), min_free=self._min_free)
                 return str(replies.SPOOL_FULL)
-            # On a thread: creating a file waits for the file system's journal, which the
-            # fsyncs of other messages keep busy (5% of the loop's time in a profile).
-            return await asyncio.to_thread(spool.receive, self._queue.new_id(), hash_body=hash_body)
+            # No file yet: it is created on the thread that makes it durable (`Incoming`).
+            return spool.receive(self._queue.new_id(), hash_body=hash_body)
         except (SpoolError, OSError) as exc:
             log.error("spool.unavailable", error=str(exc))
             return str(replies.SPOOL_FULL)
