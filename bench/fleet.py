@@ -43,6 +43,7 @@ from bench.scenarios import (
     cpu_seconds,
     exactly_once,
     relay_pids,
+    relay_toml,
 )
 from relay.redis_client import connect
 from relay.tls import ensure_self_signed
@@ -78,16 +79,19 @@ def node_config(
 ) -> Path:
     config = work / f"relay-{name}.toml"
     config.write_text(
-        f'hostname = "relay.bench"\n[node]\nid = "{name}"\n[run]\nprocesses = {processes}\n'
-        f"{redis_toml}"
-        f'[tls]\ncert = "{work / "cert.pem"}"\nkey = "{work / "key.pem"}"\n'
-        f'[spool]\ndir = "{work / f"spool-{name}"}"\n'
-        f"[submission]\nmax_connections_per_ip = 200\n"
-        f'[[submission.listeners]]\naddress = "127.0.0.1:{port}"\ntls = "starttls"\n'
-        f'[delivery]\nworkers = 32\npoll_interval = "100ms"\n'
-        + "".join(f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out.bench"\n' for ip in egress)
-        + f'[delivery.routes]\n"*" = "127.0.0.1:{sink}"\n'
-        + '[log]\nlevel = "warning"\nformat = "json"\n'
+        relay_toml(
+            redis=redis_toml,
+            cert=work / "cert.pem",
+            key=work / "key.pem",
+            port=port,
+            tls="starttls",
+            max_per_ip=200,
+            workers=32,
+            egress=egress,
+            sink_port=sink,
+            extra=f'[node]\nid = "{name}"\n[run]\nprocesses = {processes}\n'
+            f'[spool]\ndir = "{work / f"spool-{name}"}"\n',
+        )
     )
     return config
 
@@ -171,7 +175,7 @@ async def single_redis(work: Path) -> tuple[Redises, Any]:
     server = EmbeddedRedis(work / "redis", port=free_port())
     server.start()
     client = connect(server.url, timeout=10)
-    return Redises(f'[redis]\nurl = "{server.url}"\n', client, [client]), server
+    return Redises(f'url = "{server.url}"', client, [client]), server
 
 
 async def cluster_redis(work: Path) -> tuple[Redises, ClusterServers]:
@@ -183,7 +187,7 @@ async def cluster_redis(work: Path) -> tuple[Redises, ClusterServers]:
     counted = [connect(f"redis://127.0.0.1:{p}", timeout=10) for p in cluster.primaries()]
     nodes_toml = ", ".join(f'"{u}"' for u in cluster.urls)
     return (
-        Redises(f"[redis]\ncluster_nodes = [{nodes_toml}]\n", client, counted),  # type: ignore[arg-type]
+        Redises(f"cluster_nodes = [{nodes_toml}]", client, counted),  # type: ignore[arg-type]
         cluster,
     )
 

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,33 @@ def exactly_once(acked: set[str], stats: dict[str, Any]) -> str:
     return f"MISSING {missing}, TWICE {twice} of {len(acked)}"
 
 
+def relay_toml(
+    *,
+    redis: str,
+    cert: Path,
+    key: Path,
+    port: int,
+    tls: str,
+    max_per_ip: int,
+    workers: int,
+    egress: Sequence[str],
+    sink_port: int,
+    extra: str = "",
+) -> str:
+    """A bench relay's config: one listener, every domain to the counting sink; `redis`:
+    the lines of its [redis] section; `extra`: more sections."""
+    return (
+        f'hostname = "relay.bench"\n{extra}[redis]\n{redis}\n'
+        f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        f"[submission]\nmax_connections_per_ip = {max_per_ip}\n"
+        f'[[submission.listeners]]\naddress = "127.0.0.1:{port}"\ntls = "{tls}"\n'
+        f'[delivery]\nworkers = {workers}\npoll_interval = "100ms"\n'
+        + "".join(f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out.bench"\n' for ip in egress)
+        + f'[delivery.routes]\n"*" = "127.0.0.1:{sink_port}"\n'
+        + '[log]\nlevel = "warning"\nformat = "json"\n'
+    )
+
+
 class Bench:
     def __init__(self, work: Path, options: argparse.Namespace) -> None:
         self.work = work
@@ -286,15 +314,17 @@ class Bench:
     def relay_config(self, port: int, workers: int, sessions: int) -> Path:
         config = self.work / f"relay-{port}.toml"
         config.write_text(
-            f'hostname = "relay.bench"\n[redis]\nurl = "{self.redis_server.url}"\n'
-            f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n'
-            f"[submission]\nmax_connections_per_ip = {sessions + 10}\n"
-            f'[[submission.listeners]]\naddress = "127.0.0.1:{port}"\n'
-            f'tls = "{self.options.tls}"\n'
-            f'[delivery]\nworkers = {workers}\npoll_interval = "100ms"\n'
-            + "".join(f'[[delivery.egress]]\nip = "{ip}"\nhelo = "out.bench"\n' for ip in EGRESS)
-            + f'[delivery.routes]\n"*" = "127.0.0.1:{self.sink.port}"\n'
-            + '[log]\nlevel = "warning"\nformat = "json"\n'
+            relay_toml(
+                redis=f'url = "{self.redis_server.url}"',
+                cert=self.cert,
+                key=self.key,
+                port=port,
+                tls=self.options.tls,
+                max_per_ip=sessions + 10,
+                workers=workers,
+                egress=EGRESS,
+                sink_port=self.sink.port,
+            )
         )
         return config
 

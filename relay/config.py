@@ -116,6 +116,13 @@ def _ip(value: Any) -> str:
 IPField = Annotated[str, BeforeValidator(_ip)]
 
 
+def _longer_than_zero(cls: type, value: Duration) -> Duration:
+    """A validator of durations that must not be 0 (timeouts, intervals)."""
+    if value.seconds <= 0:
+        raise ValueError("must be longer than 0s")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -267,12 +274,7 @@ class SubmissionTimeouts(Section):
     """Time from connect within which a session must authenticate, whatever it sends
     meanwhile (a NOOP every few seconds does not keep a connection slot); then `421 4.7.0`."""
 
-    @field_validator("tls_handshake", "pre_auth")
-    @classmethod
-    def _positive(cls, value: Duration) -> Duration:
-        if value.seconds <= 0:
-            raise ValueError("must be longer than 0s")
-        return value
+    _positive = field_validator("tls_handshake", "pre_auth")(_longer_than_zero)
 
 
 class AuthGuardSettings(Section):
@@ -383,12 +385,7 @@ class DeliverySettings(Section):
     mta_sts_port: int = Field(443, gt=0, lt=65536)
     """HTTPS port of the policy hosts (443; tests serve policies on another)."""
 
-    @field_validator("retry_interval", "max_age")
-    @classmethod
-    def _positive(cls, value: Duration) -> Duration:
-        if value.seconds <= 0:
-            raise ValueError("must be longer than 0s")
-        return value
+    _positive = field_validator("retry_interval", "max_age")(_longer_than_zero)
 
     @field_validator("routes")
     @classmethod
@@ -644,12 +641,7 @@ class ContentSettings(Section):
             raise ValueError("must not be below spam_quarantine")
         return value
 
-    @field_validator("sweep_interval")
-    @classmethod
-    def _positive(cls, value: Duration) -> Duration:
-        if value.seconds <= 0:
-            raise ValueError("must be longer than 0s")
-        return value
+    _positive = field_validator("sweep_interval")(_longer_than_zero)
 
 
 class RunSettings(Section):
@@ -710,12 +702,7 @@ class NodeSettings(Section):
             )
         return value
 
-    @field_validator("heartbeat")
-    @classmethod
-    def _positive(cls, value: Duration) -> Duration:
-        if value.seconds <= 0:
-            raise ValueError("must be longer than 0s")
-        return value
+    _positive = field_validator("heartbeat")(_longer_than_zero)
 
 
 class LogSettings(Section):
