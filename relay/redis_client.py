@@ -299,11 +299,7 @@ def _cluster(urls: Sequence[str], timeout: float, limit: int) -> _ClusterClient:
     """The first URL's user, password and TLS options apply to every node (a cluster's
     nodes share them); the others are only more ways in."""
     try:
-        options: dict[str, Any] = dict(parse_url(urls[0]))
-        if options.pop("connection_class", None) is SSLConnection:
-            options["ssl"] = True
-        options.pop("host", None)
-        options.pop("port", None)
+        options = _options(urls[0])
         nodes = [_host_port(url) for url in urls]
         return _ClusterClient(
             wait=timeout,
@@ -571,33 +567,47 @@ async def script_with(
     """
     if not along and wait is None:
         return await script(keys=list(keys), args=list(args))
+    replies = await _in_one_trip(redis, script, keys, args, along, wait)
+    if isinstance(replies[0], NoScriptError):
+        # Loaded (on every primary of a cluster), then run again with its WAIT on one
+        # connection: a WAIT on another connection would not wait for this write.
+        await redis.script_load(script.script)
+        replies = await _in_one_trip(redis, script, keys, args, (), wait)
+    first = replies[0]
+    if isinstance(first, Exception):
+        raise first
+    if wait is not None:
+        _check_wait(replies[1], wait)
+    return first
+
+
+async def _in_one_trip(
+    redis: aioredis.Redis,
+    script: AsyncScript,
+    keys: Sequence[str],
+    args: Sequence[EncodableT],
+    along: Sequence[Along],
+    wait: Wait | None,
+) -> list[object]:
+    """One pipeline: the script, its WAIT, then `along` (whose failures are dealt with
+    here); the replies, the script's first and the WAIT's second."""
     async with redis.pipeline(transaction=False) as pipe:
         stage_script(pipe, script, keys, args)
         if wait is not None:
             _stage_wait(redis, pipe, keys[0], wait)
-        skip = len(pipe)
         spans = []
         for extra in along:
             start = len(pipe)
             extra.add(pipe)
             spans.append((extra, start, len(pipe)))
-        replies = await pipe.execute(raise_on_error=False)
+        replies: list[object] = await pipe.execute(raise_on_error=False)
     for extra, start, end in spans:
         failed = [reply for reply in replies[start:end] if isinstance(reply, Exception)]
         if failed and extra.again is not None and isinstance(failed[0], NoScriptError):
             await extra.again()
         elif failed:
             log.warning(extra.event, error=str(failed[0]), **extra.fields)
-    first = replies[0]
-    if isinstance(first, NoScriptError):
-        first = await script(keys=list(keys), args=list(args))
-        if wait is not None:
-            replies = [first, await _wait_alone(redis, keys[0], wait)]
-    elif isinstance(first, Exception):
-        raise first
-    if wait is not None:
-        _check_wait(replies[skip - 1], wait)
-    return first
+    return replies
 
 
 def _stage_wait(redis: aioredis.Redis, pipe: Pipeline, key: str, wait: Wait) -> None:
@@ -606,13 +616,6 @@ def _stage_wait(redis: aioredis.Redis, pipe: Pipeline, key: str, wait: Wait) -> 
         pipe.execute_command(*command, target_nodes=redis.get_node_from_key(key))
     else:
         pipe.execute_command(*command)
-
-
-async def _wait_alone(redis: aioredis.Redis, key: str, wait: Wait) -> object:
-    """WAIT after a script that was run on its own (it loaded itself first)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        _stage_wait(redis, pipe, key, wait)
-        return (await pipe.execute(raise_on_error=False))[0]
 
 
 def _check_wait(reply: object, wait: Wait) -> None:
