@@ -134,13 +134,12 @@ def connect_blocking(settings: RedisSettings, timeout: float) -> redis.Redis:
             )
             return cast(redis.Redis, cluster)  # same commands, as in connect_settings
         if settings.sentinels:
-            name, primary = _service(settings.service)
-            own = next((s for s in settings.sentinels if "://" in s), "")
+            name, addresses, sentinel_options, primary_options = _sentinel_setup(settings)
             sentinel = SyncSentinel(  # type: ignore[no-untyped-call]
-                [_host_port(_sentinel_url(s)) for s in settings.sentinels],
-                sentinel_kwargs={**(_options(own) if own else {}), **common},
+                addresses,
+                sentinel_kwargs={**sentinel_options, **common},
                 **common,
-                **_options(primary),
+                **primary_options,
             )
             primary_client: redis.Redis = sentinel.master_for(name)  # type: ignore[no-untyped-call]
             return primary_client
@@ -336,12 +335,8 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
 
 
 def _sentinel_primary(settings: RedisSettings, timeout: float, limit: int) -> aioredis.Redis:
-    name, primary = _service(settings.service)
     try:
-        addresses = [_host_port(_sentinel_url(s)) for s in settings.sentinels]
-        own = next((s for s in settings.sentinels if "://" in s), "")
-        sentinel_options = _options(own) if own else {}
-        master_options = _options(primary)
+        name, addresses, sentinel_options, master_options = _sentinel_setup(settings)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             addresses,
             sentinel_kwargs={
@@ -366,6 +361,17 @@ def _sentinel_primary(settings: RedisSettings, timeout: float, limit: int) -> ai
     assert isinstance(client, _SentinelPrimary)
     client.sentinel_group = sentinel
     return client
+
+
+def _sentinel_setup(
+    settings: RedisSettings,
+) -> tuple[str, list[tuple[str, int]], dict[str, Any], dict[str, Any]]:
+    """(service name, Sentinel addresses, options for the Sentinels, options for the
+    primary) of the settings, for the async and the blocking client alike."""
+    name, primary = _service(settings.service)
+    addresses = [_host_port(_sentinel_url(s)) for s in settings.sentinels]
+    own = next((s for s in settings.sentinels if "://" in s), "")
+    return name, addresses, _options(own) if own else {}, _options(primary)
 
 
 def _options(url: str) -> dict[str, Any]:
