@@ -45,6 +45,7 @@ from redis.typing import EncodableT
 
 from relay.config import RedisSettings
 from relay.errors import ConfigError, NotReplicated, StoreUnavailable
+from relay.redis_connections import guarded
 
 if TYPE_CHECKING:
     from relay.config import RedisSettings
@@ -92,6 +93,7 @@ def connect(url: str, *, timeout: float, max_connections: int = 64) -> aioredis.
         )
     except ValueError as exc:
         raise ConfigError(f"redis.url: {redact_secret(str(exc), url)}") from None
+    pool.connection_class = guarded(pool.connection_class)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
 
 
@@ -242,6 +244,12 @@ class _ClusterClient(RedisCluster):
         # Commands and pipelines have a budget each: a pipeline resends a redirected command
         # through execute_command, so one shared budget could wait on itself.
         super().__init__(max_connections=2 * limit, **kwargs)
+        # The nodes it finds later are made with these options, those it starts from
+        # were made already: both get writes that fail as ConnectionError.
+        options = self.nodes_manager.connection_kwargs
+        options["connection_class"] = guarded(options["connection_class"])
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = guarded(node.connection_class)
         self.budget_wait = wait
         self.backoff = EqualJitterBackoff(cap=0.5, base=0.05)
         self.command_budget = asyncio.Semaphore(limit)
@@ -333,6 +341,10 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
     """Connections to whichever server the Sentinels name as primary, at most
     `max_connections`; a caller past that waits (up to `timeout`) as with one server."""
 
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self.connection_class = guarded(self.connection_class)
+
 
 def _sentinel_primary(settings: RedisSettings, timeout: float, limit: int) -> aioredis.Redis:
     try:
@@ -360,6 +372,8 @@ def _sentinel_primary(settings: RedisSettings, timeout: float, limit: int) -> ai
         raise ConfigError(f"redis.sentinels: {hide_secrets(str(exc), settings)}") from None
     assert isinstance(client, _SentinelPrimary)
     client.sentinel_group = sentinel
+    for asked in sentinel.sentinels:  # asked again in a failover: the same writes
+        asked.connection_pool.connection_class = guarded(asked.connection_pool.connection_class)
     return client
 
 

@@ -163,7 +163,7 @@ async def test_url_forms_the_client_accepts() -> None:
     tls = connect("rediss://relay:pw@r.example:6380/2?ssl_ca_certs=/etc/relay/ca.pem", timeout=1)
     try:
         pool = tls.connection_pool
-        assert pool.connection_class is SSLConnection
+        assert issubclass(pool.connection_class, SSLConnection)
         kwargs = pool.connection_kwargs
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("r.example", 6380, 2)
         assert (kwargs["username"], kwargs["password"]) == ("relay", "pw")
@@ -172,7 +172,7 @@ async def test_url_forms_the_client_accepts() -> None:
         await tls.aclose()
     sock = connect("unix:///run/redis/redis.sock?db=3", timeout=1)
     try:
-        assert sock.connection_pool.connection_class is UnixDomainSocketConnection
+        assert issubclass(sock.connection_pool.connection_class, UnixDomainSocketConnection)
         assert sock.connection_pool.connection_kwargs["path"] == "/run/redis/redis.sock"
         assert sock.connection_pool.connection_kwargs["db"] == 3
     finally:
