@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelManagedSSLConnection
 from redis.exceptions import RedisError
 
@@ -96,7 +97,7 @@ async def test_tls_users_and_passwords_reach_every_connection() -> None:
     )
     try:
         kwargs = cluster.nodes_manager.connection_kwargs  # type: ignore[attr-defined]
-        assert kwargs["connection_class"].__name__ == "SSLConnection"
+        assert issubclass(kwargs["connection_class"], SSLConnection)
         assert (kwargs["username"], kwargs["password"]) == ("relay", SECRET)
         assert kwargs["ssl_ca_certs"] == "/etc/relay/ca.pem"
         assert [n.name for n in cluster.nodes_manager.startup_nodes.values()] == [  # type: ignore[attr-defined]
@@ -113,14 +114,14 @@ async def test_tls_users_and_passwords_reach_every_connection() -> None:
     try:
         pool = primary.connection_pool
         assert pool.service_name == "MyMaster"  # type: ignore[attr-defined]  # as written
-        assert pool.connection_class is SentinelManagedSSLConnection
+        assert issubclass(pool.connection_class, SentinelManagedSSLConnection)
         assert pool.connection_kwargs["username"] == "relay"
         assert pool.connection_kwargs["password"] == SECRET
         assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/relay/ca.pem"
         sentinels = primary.sentinel_group.sentinels  # type: ignore[attr-defined]
         own = sentinels[1].connection_pool.connection_kwargs
         assert (own["host"], own["port"], own["password"]) == ("s2.internal", 26380, f"{SECRET}-s")
-        assert sentinels[1].connection_pool.connection_class.__name__ == "SSLConnection"
+        assert issubclass(sentinels[1].connection_pool.connection_class, SSLConnection)
     finally:
         await primary.aclose()
     assert SECRET not in describe(settings)
