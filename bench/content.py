@@ -244,8 +244,10 @@ async def main(messages: int, sessions: int, rounds: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="relay-bench-content-"))
     (work / "clamd").mkdir()
     (work / "rspamd").mkdir()
-    # rspamd as deployed: a normal worker per core (its default), not the tests' single one.
-    clamd, rspamd = Clamd(work / "clamd"), Rspamd(work / "rspamd", workers=os.cpu_count() or 1)
+    # rspamd as deployed: a normal worker per core (its default), not the tests' single one,
+    # and without the tests' markers and envelope echo (a Lua rule run on every message).
+    clamd = Clamd(work / "clamd")
+    rspamd = Rspamd(work / "rspamd", workers=os.cpu_count() or 1, test_rules=False)
     redis_server = EmbeddedRedis(work / "redis", port=free_port())
     redis_server.start()
     ensure_self_signed(work / "cert.pem", work / "key.pem", "relay.bench")

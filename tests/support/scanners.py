@@ -223,10 +223,13 @@ class Rspamd:
     hyperscan databases (13-15 s); later starts take about a second.
     """
 
-    def __init__(self, folder: Path, workers: int = 1) -> None:
+    def __init__(self, folder: Path, workers: int = 1, *, test_rules: bool = True) -> None:
         self.folder = folder
         self.workers = workers
         """Normal workers (rspamd's own default: one per core; the tests need one)."""
+        self.test_rules = test_rules
+        """The tests' markers and envelope echo (off: rspamd as a provider runs it, for the
+        bench)."""
         self.port = _free_port()
         self.controller_port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -258,6 +261,8 @@ class Rspamd:
                 " retransmits = 1; }\n"
             ),
             "actions.conf": "greylist = null;\n",
+        }
+        tests = {
             "regexp.conf": (
                 f"TEST_REJECT_MARKER {{ re = '/{REJECT_MARKER}/{{sa_body}}'; score = 100.0;"
                 ' description = "test"; group = "test"; }\n'
@@ -275,9 +280,13 @@ class Rspamd:
         }
         for module in DNS_MODULES + OUTBOUND_OFF:
             files[f"{module}.conf"] = "enabled = false;\n"
+        if self.test_rules:
+            files.update(tests)
+        for name in tests.keys() - files.keys():  # a folder used before with them
+            (local / name).unlink(missing_ok=True)
         for name, text in files.items():
             (local / name).write_text(text)
-        (etc / "rspamd.local.lua").write_text(ECHO_RULE)
+        (etc / "rspamd.local.lua").write_text(ECHO_RULE if self.test_rules else "")
         conf = self.folder / "rspamd.conf"
         # $CONFDIR/common.conf less statistic.conf: Bayes needs Redis, which this rspamd has
         # not, and would tokenize every message for nothing.
