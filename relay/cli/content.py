@@ -16,6 +16,7 @@ from relay.content.desk import QuarantineDesk
 from relay.content.factory import list_store, quarantine_desk
 from relay.content.lists import GLOBAL, ListAction, ListEntry, ListKind
 from relay.content.quarantine import Held, Quarantined
+from relay.content.report import content_report
 from relay.content.stats import ContentStats
 from relay.safe_text import clean_line
 
@@ -223,17 +224,7 @@ def _entry_line(e: ListEntry) -> str:
 async def _report(args: argparse.Namespace) -> int:
     settings = load(args)
     async with open_redis(settings) as redis:
-        counts = await ContentStats(redis).counts()
-        held = await _desk(redis, settings).store.listing(limit=1_000_000)
-    sizes: dict[str, dict[str, int]] = {k.value: {"messages": 0, "bytes": 0} for k in Held}
-    by_account: dict[str, dict[str, int]] = {}
-    for q in held:
-        sizes[q.kind.value]["messages"] += 1
-        sizes[q.kind.value]["bytes"] += q.size
-        row = by_account.setdefault(q.account, {"messages": 0, "bytes": 0})
-        row["messages"] += 1
-        row["bytes"] += q.size
-    report = {**counts, "quarantine": {"by_kind": sizes, "by_account": by_account}}
+        report = await content_report(ContentStats(redis), _desk(redis, settings).store)
     if args.json:
         print_json(report)
         return 0
@@ -247,7 +238,7 @@ async def _report(args: argparse.Namespace) -> int:
             clean_line(f"  {account}: " + ", ".join(f"{a} {n}" for a, n in sorted(actions.items())))
         )
     print("Quarantine:")
-    for kind, row in sizes.items():
+    for kind, row in report["quarantine"]["by_kind"].items():
         print(f"  {kind}: {row['messages']} message(s), {row['bytes']} bytes")
     for scanner, failures in report["scanner_failures"].items():
         print(

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from relay.config import HttpSettings
+from relay.content.errors import ReleaseRefused
 from relay.errors import ConfigError, InvalidInput, NotFound, RelayError, StoreUnavailable
 from relay.web import api, pages
 from relay.web.api.deps_apps import AppServices
@@ -120,6 +121,8 @@ def _wants_json(request: Request) -> bool:
 def _status_of(exc: RelayError) -> int:
     if isinstance(exc, WebError):
         return exc.status
+    if isinstance(exc, ReleaseRefused):  # over the quota, another node's, being released
+        return 409
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, StoreUnavailable):

@@ -18,9 +18,11 @@ from relay.web.errors import CsrfFailed, Forbidden, NotFoundError, Unauthenticat
 from relay.web.services import WebServices
 
 __all__ = [
+    "Acting",
     "Admin",
     "Anyone",
     "Customer",
+    "OnAccount",
     "Operator",
     "Services",
     "csrf_token",
@@ -123,6 +125,26 @@ async def customer(who: Anyone) -> Principal:
 
 
 Customer = Annotated[Principal, Depends(customer)]
+
+
+async def acting(who: Anyone) -> Principal:
+    """A customer acting on their own things, or an admin: a viewer may only look."""
+    if who.kind == "operator" and who.role is not Role.ADMIN:
+        raise Forbidden(f"operator {who.name} is a viewer: only an admin may do this")
+    return who
+
+
+Acting = Annotated[Principal, Depends(acting)]
+
+
+async def on_account(who: Acting, login: str) -> Principal:
+    """`Acting` on the account of the path's `{login}`: checked before the request's body,
+    so a customer naming another account gets 404 whatever they send."""
+    own_account(who, login)
+    return who
+
+
+OnAccount = Annotated[Principal, Depends(on_account)]
 
 
 def own_account(who: Principal, login: str) -> None:

@@ -20,6 +20,9 @@ from relay.accounts import AccountStore
 from relay.accounts.hashing import HashingQueue
 from relay.clock import Clock
 from relay.config import Settings
+from relay.content.desk import QuarantineDesk
+from relay.content.factory import list_store, quarantine_desk
+from relay.content.lists import ListStore
 from relay.delivery.egress_state import EgressState, egress_state
 from relay.queue import QueueStore
 from relay.reports import ActivityLog
@@ -44,6 +47,8 @@ class WebServices:
     operators: OperatorStore
     guard: AuthGuard
     activity: ActivityLog
+    quarantine: QuarantineDesk
+    lists: ListStore
     draining: Callable[[], bool] = lambda: False
     """Whether the node is draining (`relay node drain`)."""
 
@@ -78,6 +83,8 @@ class WebServices:
                 settings.redis.timeout.seconds,
             ),
             activity=ActivityLog(redis),
+            quarantine=quarantine_desk(redis, settings, clock, quota, suspensions),
+            lists=list_store(redis, settings, clock),
             draining=draining,
         )
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from relay.web.api import (
     accounts,
     audit,
+    content,
     events,
     ips,
     messages,
@@ -35,6 +36,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     queue.router,
     ips.router,
     reports.router,
+    content.router,
 )
 
 LARGE_BODIES: tuple[str, ...] = ("/v1/messages",)

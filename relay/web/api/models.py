@@ -10,6 +10,8 @@ __all__ = [
     "Credentials",
     "IpDisable",
     "Lift",
+    "ListEntryIn",
+    "ListEntryOut",
     "NewPlan",
     "PasswordChange",
     "Reason",
@@ -58,3 +60,18 @@ class PasswordChange(_Body):
 
 class UnblockAsk(_Body):
     message: str = Field(min_length=1, max_length=2000)
+
+
+class ListEntryOut(_Body):
+    kind: Literal["recipient", "domain", "sender"] = Field(
+        description="recipient address, recipient domain, or sender address"
+    )
+    value: str = Field(min_length=1, max_length=320)
+
+
+class ListEntryIn(ListEntryOut):
+    action: Literal["allow", "deny"] = Field(
+        description="deny: refused at MAIL/RCPT with the reason; allow: skips the spam"
+        " quarantine (never the malware scan)"
+    )
+    reason: str = Field("", max_length=200, description="shown in the refusal (audited)")

@@ -7,6 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from relay.content.report import content_report
+from relay.content.stats import ContentStats
 from relay.web.deps import Anyone, Operator, Services, own_account
 from relay.web.views import reports, rows_csv
 
@@ -23,6 +25,13 @@ async def all_reports(
     """Top senders by recipients, active accounts, per egress IP volumes and refusals, per
     account delivered/deferred/bounced, over the last 24 h or 30 days."""
     return {"period": period, **await reports(services, period)}
+
+
+@router.get("/reports/content")
+async def content(services: Services, who: Operator) -> dict[str, Any]:
+    """As `relay report content`: viruses by signature and account, spam verdicts by
+    account, scanner failures, the quarantine by kind and by account (since the start)."""
+    return await content_report(ContentStats(services.redis), services.quarantine.store)
 
 
 @router.get("/reports/{name}.csv", response_class=Response)

@@ -1,15 +1,19 @@
-"""The operators' console: dashboard, suspensions, queue, IP pool, accounts, audit."""
+"""The operators' console: dashboard, suspensions, queue, quarantine, lists, IP pool, accounts,
+audit."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from relay.content.quarantine import Held
+from relay.content.report import content_report
+from relay.content.stats import ContentStats
 from relay.errors import NotFound
-from relay.web import actions
+from relay.web import actions, content_actions
 from relay.web.chart import hourly_svg
 from relay.web.deps import Admin, Operator, Services
 from relay.web.templating import render
@@ -215,7 +219,11 @@ async def reports_page(
     request: Request, services: Services, who: Operator, period: str = "24h"
 ) -> Response:
     period = "30d" if period == "30d" else "24h"
-    context = {"period": period, **await reports(services, period)}
+    context = {
+        "period": period,
+        **await reports(services, period),
+        "content": await content_report(ContentStats(services.redis), services.quarantine.store),
+    }
     return render(request, "console/reports.html", context)
 
 
@@ -265,3 +273,72 @@ async def audit_csv(
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+@router.get("/quarantine")
+async def quarantine(
+    request: Request,
+    services: Services,
+    who: Operator,
+    account: str = "",
+    kind: Literal["", "malware", "spam"] = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> Response:
+    held = await services.quarantine.store.listing(
+        account=account, kind=Held(kind) if kind else None, limit=limit
+    )
+    context = {
+        "held": held,
+        "account": account,
+        "kind": kind,
+        "role": who.role,
+        "done": _done(request),
+    }
+    return render(request, "console/quarantine.html", context)
+
+
+@router.post("/quarantine/{qid}/{verb}")
+async def act_on_held(
+    services: Services, who: Admin, qid: str, verb: Literal["release", "delete"]
+) -> Response:
+    """Malware too (an operator's release is audited as any other)."""
+    if verb == "release":
+        return _back("/console/quarantine", await content_actions.release_held(services, who, qid))
+    return _back("/console/quarantine", await content_actions.delete_held(services, who, qid))
+
+
+@router.get("/lists")
+async def lists(request: Request, services: Services, who: Operator) -> Response:
+    context = {"entries": await services.lists.show(None), "role": who.role, "done": _done(request)}
+    return render(request, "console/lists.html", context)
+
+
+@router.post("/lists")
+async def add_entry(
+    services: Services,
+    who: Admin,
+    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
+    action: Annotated[Literal["allow", "deny"], Form()],
+    value: Annotated[str, Form(max_length=320)],
+    account: Annotated[str, Form(max_length=256)] = "",
+    reason: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """Into the global list (no account) or an account's."""
+    entry = await content_actions.add_entry(
+        services, who, account.strip(), kind, action, value, reason
+    )
+    return _back(
+        "/console/lists", f"{entry.scope}: {entry.action.value} {entry.kind.value} {entry.value}"
+    )
+
+
+@router.post("/lists/remove")
+async def remove_entry(
+    services: Services,
+    who: Admin,
+    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
+    value: Annotated[str, Form(max_length=320)],
+    account: Annotated[str, Form(max_length=256)] = "",
+) -> Response:
+    done = await content_actions.remove_entry(services, who, account.strip(), kind, value)
+    return _back("/console/lists", done)

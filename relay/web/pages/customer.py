@@ -1,16 +1,18 @@
 """The customer's home: 24 h volume against the quota, the banner while suspended, password
 change (which lifts a first offence, as `relay account passwd` does), an unblock request to
-support, and the mail still queued with its last remote reply."""
+support, the mail still queued with its last remote reply, the mail held by the content scan
+(suspected spam to deliver or delete) and the account's own allow and deny lists."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from relay.errors import InvalidInput
+from relay.web import content_actions
 from relay.web.auth import customer_login
 from relay.web.deps import Customer, Services
 from relay.web.pages.login import check_form_csrf, client_ip
@@ -38,6 +40,8 @@ async def _home(
         ],
         "queued": await queued_mail(services, login),
         "recent": await services.activity.recent(login),
+        "held": await services.quarantine.store.listing(account=login, limit=200),
+        "entries": await services.lists.show(login),
         "notice": notice or request.query_params.get("done", "")[:200],
         "error": error,
     }
@@ -103,3 +107,46 @@ async def ask_unblock(
         return await _home(request, services, who.name, error=str(exc), status=400)
     done = f"request {request_.id} sent to support"
     return RedirectResponse("/home?" + urlencode({"done": done}), status_code=303)
+
+
+def _done(done: str) -> Response:
+    return RedirectResponse("/home?" + urlencode({"done": done[:300]}), status_code=303)
+
+
+@router.post("/home/quarantine/{qid}/{verb}")
+async def act_on_held(
+    services: Services, who: Customer, qid: str, verb: Literal["release", "delete"]
+) -> Response:
+    """Deliver (on the quota) or delete suspected spam; malware is refused with 403."""
+    if verb == "release":
+        return _done(await content_actions.release_held(services, who, qid))
+    return _done(await content_actions.delete_held(services, who, qid))
+
+
+@router.post("/home/lists")
+async def add_entry(
+    request: Request,
+    services: Services,
+    who: Customer,
+    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
+    action: Annotated[Literal["allow", "deny"], Form()],
+    value: Annotated[str, Form(max_length=320)],
+    reason: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    try:
+        entry = await content_actions.add_entry(
+            services, who, who.name, kind, action, value, reason
+        )
+    except InvalidInput as exc:
+        return await _home(request, services, who.name, error=str(exc), status=400)
+    return _done(f"{entry.action.value} {entry.kind.value} {entry.value} added to your list")
+
+
+@router.post("/home/lists/remove")
+async def remove_entry(
+    services: Services,
+    who: Customer,
+    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
+    value: Annotated[str, Form(max_length=320)],
+) -> Response:
+    return _done(await content_actions.remove_entry(services, who, who.name, kind, value))
