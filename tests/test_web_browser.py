@@ -1,7 +1,9 @@
 """A real headless Chromium (Debian's, driven by Playwright) against `relay run`'s HTTP
 listener: an operator lifts a suspension after reading its evidence, the customer's banner
 is there before and gone after; a customer lifts a first-offence block by changing the
-password. Screenshots of each page go to var/screenshots/.
+password; a customer delivers their own mail that rspamd had held as suspected spam, and
+cannot release their mail that clamd found malware in. Screenshots of each page go to
+var/screenshots/.
 
 Chromium is installed by `make test` (scripts/install-chromium.sh). Without it this test
 fails rather than skip, so CI cannot pass without running it; RELAY_BROWSER_TESTS=skip
@@ -25,7 +27,9 @@ from relay.web.auth import OperatorStore, Role
 from reputation import Kind
 from tests.conftest import PASSWORD, add_sender, free_port
 from tests.support.relay_process import start_relay, stop_relay, write_config
+from tests.support.scanners import EICAR, QUARANTINE_MARKER
 from tests.support.web import OPERATOR_PASSWORD
+from tests.test_content_scan import message, send
 
 SCREENSHOTS = Path("var/screenshots")
 CHROMIUM_ARGS = [
@@ -154,3 +158,71 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
     assert (await service.store.get(first.id)).closed_by == "operator:adam@web"
     history = await service.store.of_account("carol")
     assert history[0].status.value == "lifted" and history[0].closed_by == "user:carol"
+
+
+async def test_customer_delivers_held_spam_but_not_malware_in_chromium(
+    redis_server, redis, server_cert, sink, ca, clamd_server, rspamd_server, tmp_path: Path
+) -> None:
+    """`relay run` with the real scanners: spam held at DATA (250, nothing delivered), the
+    customer's page lists it with a Deliver button that sends it through the queue; the mail
+    with malware (554) is listed as kept for investigation, with no button."""
+    from playwright.async_api import async_playwright
+
+    received, sink_port = sink
+    smtp_port, http_port = free_port(), free_port()
+    config = tmp_path / "relay.toml"
+    write_config(
+        config,
+        redis_url=redis_server.url,
+        server_cert=server_cert,
+        submit_port=smtp_port,
+        sink_port=sink_port,
+        http_port=http_port,
+        tls="starttls",
+    )
+    with config.open("a") as toml:
+        toml.write(
+            "[content]\nspam_quarantine = 5.0\nspam_reject = 15.0\n"
+            f'[content.clamd]\naddress = "{clamd_server.unix_address}"\n'
+            f'[content.rspamd]\nurl = "{rspamd_server.url}"\ndeadline = "20s"\n'
+        )
+    await add_sender(redis, "alice")
+    settings = load_settings(config)
+    base = f"http://127.0.0.1:{http_port}"
+    process = await start_relay(config, smtp_port)
+    try:
+        code, reply = await send(settings, ca, message(subject=f"offer {QUARANTINE_MARKER}"))
+        assert code == 250 and "held in quarantine" in reply, reply
+        code, reply = await send(settings, ca, message(**{"invoice.com": EICAR}))
+        assert code == 554, reply
+        await asyncio.sleep(0.5)
+        assert received.count == 0
+
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{base}/login")
+                await page.fill("input[name=login]", "alice")
+                await page.fill("input[name=password]", PASSWORD)
+                await page.click("button[type=submit]")
+                await page.wait_for_url(f"{base}/home")
+                rows = page.locator("#quarantine tr")
+                assert await rows.count() == 3  # the header, the spam, the malware
+                held = await page.locator("#quarantine").inner_text()
+                assert "Test.EICAR" in held and "kept for investigation" in held
+                buttons = page.locator("#quarantine form[action$='/release'] button")
+                assert await buttons.count() == 1  # the spam's only
+                await page.screenshot(
+                    path=str(SCREENSHOTS / "7-customer-quarantine.png"), full_page=True
+                )
+                await buttons.click()
+                await page.wait_for_url(f"{base}/home?*")
+                assert "released" in await page.locator("[role=status]").inner_text()
+                assert await page.locator("#quarantine tr").count() == 2
+            finally:
+                await browser.close()
+        (delivered,) = await received.wait_for(1, timeout=30)
+        assert QUARANTINE_MARKER.encode() in delivered.data
+    finally:
+        await stop_relay(process)
