@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import socket
 
 from quota import Plan, QuotaStore
@@ -13,6 +12,7 @@ from relay.content.factory import quarantine_store
 from relay.content.quarantine import Held
 from relay.content.stats import ContentStats
 from relay.queue import QueueStore
+from tests.support.quarantine import hold
 from tests.test_cli import relay as run_relay_command
 
 BODY = b"From: alice@example.org\r\nSubject: Weekly offer\r\n\r\nBuy.\r\n"
@@ -35,20 +35,7 @@ async def held(redis, tmp_path, kind: Held) -> str:
     clock = SystemClock()
     queue = QueueStore(redis, clock, QueueStore.from_settings(redis, clock, settings).spool)
     assert queue.node == socket.gethostname()
-    store = quarantine_store(redis, settings, clock, queue)
-    body_id = secrets.token_hex(8)
-    stored = await queue.spool.write(body_id, BODY)
-    record = await store.hold(
-        kind,
-        body_id=body_id,
-        size=stored.size,
-        head=stored.head,
-        account="alice",
-        mail_from="alice@example.org",
-        recipients=("bob@example.com",),
-        reason="score 9.00" if kind is Held.SPAM else "Test.EICAR.NDB",
-    )
-    return record.id
+    return await hold(quarantine_store(redis, settings, clock, queue), kind, body=BODY)
 
 
 async def test_quarantine_commands(redis, redis_server, tmp_path):

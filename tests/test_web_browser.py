@@ -53,8 +53,10 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture
-async def relay_with_http(redis_server, redis, server_cert, sink, tmp_path: Path):
+def http_relay_config(
+    tmp_path: Path, redis_server, server_cert, sink_port: int, **options: str
+) -> tuple[Path, int, int]:
+    """A relay.toml with the HTTP listener: (its path, the SMTP port, the HTTP port)."""
     smtp_port, http_port = free_port(), free_port()
     config = tmp_path / "relay.toml"
     write_config(
@@ -62,9 +64,26 @@ async def relay_with_http(redis_server, redis, server_cert, sink, tmp_path: Path
         redis_url=redis_server.url,
         server_cert=server_cert,
         submit_port=smtp_port,
-        sink_port=sink[1],
+        sink_port=sink_port,
         http_port=http_port,
+        **options,
     )
+    return config, smtp_port, http_port
+
+
+async def log_in_page(page, base: str, login: str, password: str, operator: bool = False) -> None:
+    """The login form, filled and sent as a person does; waits for the first page after."""
+    start = f"{base}/console" if operator else f"{base}/home"
+    await page.goto(f"{base}/console/login" if operator else f"{base}/login")
+    await page.fill("input[name=login]", login)
+    await page.fill("input[name=password]", password)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(start)
+
+
+@pytest.fixture
+async def relay_with_http(redis_server, redis, server_cert, sink, tmp_path: Path):
+    config, smtp_port, http_port = http_relay_config(tmp_path, redis_server, server_cert, sink[1])
     process = await start_relay(config, smtp_port)
     try:
         yield load_settings(config), f"http://127.0.0.1:{http_port}"
@@ -95,11 +114,7 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
         browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             customer = await browser.new_page()
-            await customer.goto(f"{base}/login")
-            await customer.fill("input[name=login]", "alice")
-            await customer.fill("input[name=password]", PASSWORD)
-            await customer.click("button[type=submit]")
-            await customer.wait_for_url(f"{base}/home")
+            await log_in_page(customer, base, "alice", PASSWORD)
             banner = customer.locator("#suspended-banner")
             assert await banner.is_visible()
             assert "dbl.example" in await banner.inner_text()
@@ -108,11 +123,7 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
             )
 
             operator = await (await browser.new_context()).new_page()
-            await operator.goto(f"{base}/console/login")
-            await operator.fill("input[name=login]", "adam")
-            await operator.fill("input[name=password]", OPERATOR_PASSWORD)
-            await operator.click("button[type=submit]")
-            await operator.wait_for_url(f"{base}/console")
+            await log_in_page(operator, base, "adam", OPERATOR_PASSWORD, operator=True)
             await operator.screenshot(
                 path=str(SCREENSHOTS / "2-operator-dashboard.png"), full_page=True
             )
@@ -136,11 +147,7 @@ async def test_operator_lifts_and_customer_changes_password_in_chromium(
             )
 
             carol = await (await browser.new_context()).new_page()
-            await carol.goto(f"{base}/login")
-            await carol.fill("input[name=login]", "carol")
-            await carol.fill("input[name=password]", PASSWORD)
-            await carol.click("button[type=submit]")
-            await carol.wait_for_url(f"{base}/home")
+            await log_in_page(carol, base, "carol", PASSWORD)
             assert await carol.locator("#suspended-banner").is_visible()
             await carol.fill("input[name=current]", PASSWORD)
             await carol.fill("input[name=new]", "a brand new password")
@@ -169,16 +176,8 @@ async def test_customer_delivers_held_spam_but_not_malware_in_chromium(
     from playwright.async_api import async_playwright
 
     received, sink_port = sink
-    smtp_port, http_port = free_port(), free_port()
-    config = tmp_path / "relay.toml"
-    write_config(
-        config,
-        redis_url=redis_server.url,
-        server_cert=server_cert,
-        submit_port=smtp_port,
-        sink_port=sink_port,
-        http_port=http_port,
-        tls="starttls",
+    config, smtp_port, http_port = http_relay_config(
+        tmp_path, redis_server, server_cert, sink_port, tls="starttls"
     )
     with config.open("a") as toml:
         toml.write(
@@ -202,11 +201,7 @@ async def test_customer_delivers_held_spam_but_not_malware_in_chromium(
             browser = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page()
-                await page.goto(f"{base}/login")
-                await page.fill("input[name=login]", "alice")
-                await page.fill("input[name=password]", PASSWORD)
-                await page.click("button[type=submit]")
-                await page.wait_for_url(f"{base}/home")
+                await log_in_page(page, base, "alice", PASSWORD)
                 rows = page.locator("#quarantine tr")
                 assert await rows.count() == 3  # the header, the spam, the malware
                 held = await page.locator("#quarantine").inner_text()

@@ -6,7 +6,6 @@ action is in the audit log with who did it."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from relay.content.stats import ContentStats
 from relay.web.auth import OperatorStore, Role
 from relay.web.services import WebServices
 from tests.conftest import PASSWORD, add_sender
+from tests.support.quarantine import hold as quarantined
 from tests.support.web import (
     OPERATOR_PASSWORD,
     client,
@@ -26,25 +26,9 @@ from tests.support.web import (
     web_settings,
 )
 
-BODY = b"From: alice@example.org\r\nSubject: Cheap offer\r\n\r\nBuy now.\r\n"
-
 
 async def hold(services: WebServices, account: str, kind: Held, to: str = "bob@example.com") -> str:
-    body_id = secrets.token_hex(8)
-    store = services.quarantine.store
-    stored = await store.spool.write(body_id, BODY)
-    record = await store.hold(
-        kind,
-        body_id=body_id,
-        size=stored.size,
-        head=stored.head,
-        account=account,
-        mail_from=f"{account}@example.org",
-        recipients=(to,),
-        reason="score 8.00" if kind is Held.SPAM else "Test.EICAR.NDB",
-        prefix=b"Received: from test\r\n",
-    )
-    return record.id
+    return await quarantined(services.quarantine.store, kind, account, (to,))
 
 
 @pytest.fixture

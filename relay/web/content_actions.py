@@ -9,6 +9,8 @@ their own lists; the global list is the operators'.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from relay.content.lists import GLOBAL, ListAction, ListEntry, ListKind
 from relay.content.quarantine import Held, Quarantined
 from relay.errors import NotFound
@@ -16,7 +18,19 @@ from relay.web.auth import Principal
 from relay.web.errors import Forbidden, NotFoundError
 from relay.web.services import WebServices
 
-__all__ = ["add_entry", "delete_held", "held_for", "release_held", "remove_entry"]
+__all__ = [
+    "ActionName",
+    "KindName",
+    "add_entry",
+    "delete_held",
+    "held_for",
+    "release_held",
+    "remove_entry",
+]
+
+KindName = Literal["recipient", "domain", "sender"]
+"""A list entry's kind (`ListKind`) as the API and the forms take it."""
+ActionName = Literal["allow", "deny"]
 
 
 async def held_for(services: WebServices, who: Principal, qid: str) -> Quarantined:

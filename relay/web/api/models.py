@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relay.web.content_actions import ActionName, KindName
+
 __all__ = [
     "Credentials",
     "IpDisable",
@@ -63,14 +65,12 @@ class UnblockAsk(_Body):
 
 
 class ListEntryOut(_Body):
-    kind: Literal["recipient", "domain", "sender"] = Field(
-        description="recipient address, recipient domain, or sender address"
-    )
+    kind: KindName = Field(description="recipient address, recipient domain, or sender address")
     value: str = Field(min_length=1, max_length=320)
 
 
 class ListEntryIn(ListEntryOut):
-    action: Literal["allow", "deny"] = Field(
+    action: ActionName = Field(
         description="deny: refused at MAIL/RCPT with the reason; allow: skips the spam"
         " quarantine (never the malware scan)"
     )

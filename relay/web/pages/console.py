@@ -16,6 +16,7 @@ from relay.errors import NotFound
 from relay.web import actions, content_actions
 from relay.web.chart import hourly_svg
 from relay.web.deps import Admin, Operator, Services
+from relay.web.pages.forms import ActionField, KindField, ReasonField, ValueField
 from relay.web.templating import render
 from relay.web.views import queued_mail, reports, usage_view
 
@@ -317,11 +318,11 @@ async def lists(request: Request, services: Services, who: Operator) -> Response
 async def add_entry(
     services: Services,
     who: Admin,
-    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
-    action: Annotated[Literal["allow", "deny"], Form()],
-    value: Annotated[str, Form(max_length=320)],
+    kind: KindField,
+    action: ActionField,
+    value: ValueField,
     account: Annotated[str, Form(max_length=256)] = "",
-    reason: Annotated[str, Form(max_length=200)] = "",
+    reason: ReasonField = "",
 ) -> Response:
     """Into the global list (no account) or an account's."""
     entry = await content_actions.add_entry(
@@ -336,8 +337,8 @@ async def add_entry(
 async def remove_entry(
     services: Services,
     who: Admin,
-    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
-    value: Annotated[str, Form(max_length=320)],
+    kind: KindField,
+    value: ValueField,
     account: Annotated[str, Form(max_length=256)] = "",
 ) -> Response:
     done = await content_actions.remove_entry(services, who, account.strip(), kind, value)

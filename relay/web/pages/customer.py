@@ -15,6 +15,7 @@ from relay.errors import InvalidInput
 from relay.web import content_actions
 from relay.web.auth import customer_login
 from relay.web.deps import Customer, Services
+from relay.web.pages.forms import ActionField, KindField, ReasonField, ValueField
 from relay.web.pages.login import check_form_csrf, client_ip
 from relay.web.templating import render
 from relay.web.views import account_state, banner, queued_mail, usage_view
@@ -128,10 +129,10 @@ async def add_entry(
     request: Request,
     services: Services,
     who: Customer,
-    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
-    action: Annotated[Literal["allow", "deny"], Form()],
-    value: Annotated[str, Form(max_length=320)],
-    reason: Annotated[str, Form(max_length=200)] = "",
+    kind: KindField,
+    action: ActionField,
+    value: ValueField,
+    reason: ReasonField = "",
 ) -> Response:
     try:
         entry = await content_actions.add_entry(
@@ -146,7 +147,7 @@ async def add_entry(
 async def remove_entry(
     services: Services,
     who: Customer,
-    kind: Annotated[Literal["recipient", "domain", "sender"], Form()],
-    value: Annotated[str, Form(max_length=320)],
+    kind: KindField,
+    value: ValueField,
 ) -> Response:
     return _done(await content_actions.remove_entry(services, who, who.name, kind, value))
