@@ -55,8 +55,9 @@ def digest_lines(account: str, held: list[Quarantined], support: str) -> list[st
     lines.append("")
     if spam:
         lines.append(
-            "Suspected spam can be delivered or deleted by its reference; otherwise it is"
-            " deleted when its time is up."
+            "Suspected spam can be delivered or deleted from your page on the relay's web"
+            ' site (Home, "Mail held by the content scan"), or by support with its'
+            " reference; otherwise it is deleted when its time is up."
         )
     if malware:
         lines.append(
