@@ -9,8 +9,9 @@ uvloop's `RuntimeError: unable to perform operation on <TCPTransport closed=True
 Those are not RedisErrors: no retry sees them and they killed the delivery loop during a
 Cluster failover.
 
-`guarded(cls)` is `cls` with its writes checked: a transport that is closed, or closes
-during the write, is an OSError there, which redis-py turns into a ConnectionError (and
+`guarded(cls)` is `cls` with its writes checked: a write that fails on a transport that is
+closed (or a writer already gone) is an OSError there (nothing is checked before the write,
+so a write that succeeds costs what it did), which redis-py turns into a ConnectionError (and
 disconnects), so its retries and the relay's `store_errors` see an ordinary failure. Every
 client the relay makes passes its `redis.timeout` as the socket timeout, so every write
 goes through `_send_packed_command`, the method replaced here.
@@ -36,17 +37,15 @@ class _CheckedWrites:
     _writer: asyncio.StreamWriter | None
 
     async def _send_packed_command(self, command: Iterable[bytes]) -> None:
-        writer = self._writer
-        if writer is None or writer.transport.is_closing():
-            raise ConnectionResetError(errno.ECONNRESET, "the connection was already closed")
+        writer = self._writer  # None: disconnected by another task meanwhile
         try:
-            writer.writelines(command)
-            await writer.drain()
+            writer.writelines(command)  # type: ignore[union-attr]  # None: AttributeError
+            await writer.drain()  # type: ignore[union-attr]
         except (AttributeError, TypeError, RuntimeError) as exc:
-            if not writer.transport.is_closing():
+            if writer is not None and not writer.transport.is_closing():
                 raise  # not a closed transport: a bug to see as it is
             raise ConnectionResetError(
-                errno.ECONNRESET, f"the connection closed during the write ({exc})"
+                errno.ECONNRESET, f"the connection was closed under this write ({exc})"
             ) from exc
 
 
