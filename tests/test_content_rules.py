@@ -213,5 +213,5 @@ def test_digest_lists_every_message_with_what_can_be_done():
     assert "q1" in text and "Big offer" in text and "bob@example.com" in text
     assert "q2" in text and "Invoice" in text and "(+2)" in text and "Test.EICAR.NDB" in text
     assert "kept one year" in text and "change your password" in text
-    assert "delivered or deleted by its reference" in text
+    assert "delivered or deleted from your page" in text and "Mail held by the content scan" in text
     assert lines[-1] == "Support: support@provider.test"
