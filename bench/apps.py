@@ -73,7 +73,7 @@ async def serve(config: Path) -> None:
     from relay.queue import QueueStore
     from relay.sender_auth import IdentityCache
     from relay.spool import InflightBudget
-    from relay.submission.guard import AuthGuard, AuthPolicy
+    from relay.submission.guard import AuthGuard
     from relay.submission.server import start_listeners
     from relay.submission.service import SubmissionService
     from relay.tls import server_context
@@ -107,12 +107,7 @@ async def serve(config: Path) -> None:
             tls=server_context(settings.tls.cert, settings.tls.key),
             hostname=settings.hostname,
             budget=InflightBudget(settings.spool.max_inflight),
-            guard=AuthGuard(
-                redis,
-                AuthPolicy.from_settings(settings.submission.auth_guard),
-                clock,
-                settings.redis.timeout.seconds,
-            ),
+            guard=AuthGuard.from_settings(redis, settings, clock),
         )
         app = create_app(
             WebServices.build(redis, settings, clock, quota=quota),

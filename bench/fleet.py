@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
 import statistics
 import sys
 import time
@@ -33,7 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.load import LoadSpec, client_context, run, summary
-from bench.net import OUT, free_port, save_results, wait_port
+from bench.net import OUT, free_port, save_results, stop_process, wait_port
 from bench.redis_cost import RedisSnapshot, cost, snapshot
 from bench.scenarios import (
     EGRESS,
@@ -112,14 +110,7 @@ async def nodes(configs: list[tuple[Path, int]]):  # type: ignore[no-untyped-def
         yield [p for p, _ in started]
     finally:
         for process, log in started:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 60)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await stop_process(process)
             log.close()
 
 

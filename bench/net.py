@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import time
 from pathlib import Path
 
-__all__ = ["OUT", "children", "free_port", "save_results", "wait_port"]
+__all__ = ["OUT", "children", "free_port", "save_results", "stop_process", "wait_port"]
 
 OUT = Path("var/bench")
 
@@ -53,3 +55,19 @@ def children(pid: int) -> list[int]:
                 if int(stat[1]) == pid:
                     found.append(int(entry.name))
     return found
+
+
+async def stop_process(
+    process: asyncio.subprocess.Process, pid: int | None = None, grace: float = 60
+) -> None:
+    """SIGTERM to `pid` (default: the process itself; a wrapper's child, such as the relay
+    under py-spy), then wait `grace` seconds for the process to end before killing it."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid if pid is None else pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()

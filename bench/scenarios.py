@@ -36,7 +36,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from typing import Any
 
 from bench.dovecot import Dovecot, dovecot_binary
 from bench.load import LoadResult, LoadSpec, client_context, run
-from bench.net import OUT, children, free_port, save_results, wait_port
+from bench.net import OUT, children, free_port, save_results, stop_process, wait_port
 from bench.postfix import Postfix, postfix_binary, pss
 from bench.redis_cost import RedisCost, RedisSnapshot, cost, snapshot
 from quota import Plan, QuotaStore
@@ -360,13 +359,7 @@ class Bench:
         finally:
             if process.returncode is None:
                 # Under py-spy, stop the relay itself: py-spy writes its profile when it ends.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(relay_pid(process), signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 60)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+                await stop_process(process, relay_pid(process))
             log.close()
 
     async def run_relay(

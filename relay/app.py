@@ -60,7 +60,7 @@ from relay.reports import ActivityLog
 from relay.sender_auth import DkimKeyStore, DkimSigner, IdentityCache, IdentityStore, SpfChecker
 from relay.sender_auth.spf import install_resolver
 from relay.spool import InflightBudget
-from relay.submission.guard import AuthGuard, AuthPolicy
+from relay.submission.guard import AuthGuard
 from relay.submission.server import start_listeners
 from relay.submission.service import SubmissionService
 from relay.tls import ensure_self_signed, server_context
@@ -321,12 +321,7 @@ async def serve(
             tls=tls,
             hostname=settings.hostname,
             budget=InflightBudget(settings.spool.max_inflight),
-            guard=AuthGuard(
-                redis,
-                AuthPolicy.from_settings(settings.submission.auth_guard),
-                clock,
-                settings.redis.timeout.seconds,
-            ),
+            guard=AuthGuard.from_settings(redis, settings, clock),
             connections=node_connection_limits(node, settings),
             reuse_port=node is not None,
             draining=drain.is_set,

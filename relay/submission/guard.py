@@ -34,7 +34,7 @@ from redis.typing import EncodableT
 
 from relay import metrics, replies
 from relay.clock import Clock
-from relay.config import AuthGuardSettings
+from relay.config import AuthGuardSettings, Settings
 from relay.errors import AuthLocked, StoreUnavailable
 from relay.redis_client import load_script, stage_script
 from relay.submission.policy import format_wait
@@ -243,6 +243,12 @@ class AuthGuard:
         self._clock = clock
         self._timeout = store_timeout
         self._script = load_script(redis, __file__, "guard.lua")
+
+    @classmethod
+    def from_settings(cls, redis: aioredis.Redis, settings: Settings, clock: Clock) -> AuthGuard:
+        """The guard of the config: `submission.auth_guard`, within `redis.timeout`."""
+        policy = AuthPolicy.from_settings(settings.submission.auth_guard)
+        return cls(redis, policy, clock, settings.redis.timeout.seconds)
 
     async def check(
         self, login: str, ip: str, *, no_room: Callable[[bool], bool] | None = None

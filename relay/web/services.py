@@ -26,7 +26,7 @@ from relay.content.lists import ListStore
 from relay.delivery.egress_state import EgressState, egress_state
 from relay.queue import QueueStore
 from relay.reports import ActivityLog
-from relay.submission.guard import AuthGuard, AuthPolicy
+from relay.submission.guard import AuthGuard
 from relay.web.auth import OperatorStore
 
 __all__ = ["WebServices"]
@@ -76,12 +76,7 @@ class WebServices:
             audit=suspensions.audit,
             unblocks=UnblockRequests(redis, suspensions.audit, clock),
             operators=OperatorStore(redis, hashing),
-            guard=AuthGuard(
-                redis,
-                AuthPolicy.from_settings(settings.submission.auth_guard),
-                clock,
-                settings.redis.timeout.seconds,
-            ),
+            guard=AuthGuard.from_settings(redis, settings, clock),
             activity=ActivityLog(redis),
             quarantine=quarantine_desk(redis, settings, clock, quota, suspensions),
             lists=list_store(redis, settings, clock),
