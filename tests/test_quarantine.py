@@ -15,7 +15,7 @@ from relay.abuse.audit import AuditLog
 from relay.abuse.notify import SYSTEM_ACCOUNT, Notifier
 from relay.accounts import AccountStore
 from relay.content.desk import QuarantineDesk
-from relay.content.errors import NotInQuarantine, ReleaseRefused
+from relay.content.errors import KeptAsEvidence, NotInQuarantine, ReleaseRefused
 from relay.content.quarantine import Held, QuarantineStore
 from relay.queue import QueueStore
 from tests.support.spool import temp_spool
@@ -114,6 +114,8 @@ async def test_malware_release_is_for_operators_only(desk):
     qid = await hold(desk, Held.MALWARE)
     with pytest.raises(ReleaseRefused, match="only an operator"):
         await desk.release(qid, actor="user:alice", operator=False)
+    with pytest.raises(KeptAsEvidence, match="only an operator can delete"):
+        await desk.delete(qid, actor="user:alice", operator=False)
     assert await desk.release(qid, actor="operator:test", operator=True) == qid
 
 

@@ -18,7 +18,7 @@ from relay.abuse.audit import AuditLog
 from relay.abuse.notify import Notifier
 from relay.accounts import AccountStore
 from relay.clock import Clock
-from relay.content.errors import ReleaseRefused
+from relay.content.errors import KeptAsEvidence, ReleaseRefused
 from relay.content.quarantine import Held, Quarantined, QuarantineStore
 from relay.errors import RelayError, StoreUnavailable
 from relay.queue import DsnRequest, Envelope, QueueStore
@@ -91,9 +91,8 @@ class QuarantineDesk:
         """Queue a held message for delivery, once: its queue id. Malware only by an
         operator. Its recipients count on the account's quota like new mail (refused when
         over it, and it stays held)."""
-        record = await self.store.get(qid)
-        if record.kind is Held.MALWARE and not operator:
-            raise ReleaseRefused(f"{qid} carries malware: only an operator can release it")
+        if not operator:
+            await self._not_evidence(qid, "release")
         record = await self.store.claim(qid)
         try:
             queue_id = await self._enqueue(record)
@@ -142,7 +141,19 @@ class QuarantineDesk:
             log.warning("quota.commit_failed", account=record.account, error=str(exc))
         return queue_id
 
-    async def delete(self, qid: str, *, actor: str) -> Quarantined:
+    async def _not_evidence(self, qid: str, verb: str) -> None:
+        """KeptAsEvidence when `qid` carries malware (asked by someone not an operator)."""
+        record = await self.store.get(qid)
+        if record.kind is Held.MALWARE:
+            raise KeptAsEvidence(
+                f"{qid} carries malware ({record.reason}): it is kept one year for"
+                f" investigation; only an operator can {verb} it"
+            )
+
+    async def delete(self, qid: str, *, actor: str, operator: bool = True) -> Quarantined:
+        """Remove it and its body. Malware only by an operator (it is evidence)."""
+        if not operator:
+            await self._not_evidence(qid, "delete")
         record = await self.store.delete(qid)
         await self._audit.append(
             actor=actor,

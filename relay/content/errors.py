@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from relay.errors import NotFound, RelayError
 
-__all__ = ["ContentError", "NotInQuarantine", "ReleaseRefused", "ScannerUnavailable"]
+__all__ = [
+    "ContentError",
+    "KeptAsEvidence",
+    "NotInQuarantine",
+    "ReleaseRefused",
+    "ScannerUnavailable",
+]
 
 
 class ContentError(RelayError):
@@ -28,3 +34,8 @@ class NotInQuarantine(NotFound, ContentError):
 class ReleaseRefused(ContentError):
     """A release the rules do not allow now (malware by a customer, over quota, another
     node's body, already being released); the message says why."""
+
+
+class KeptAsEvidence(ReleaseRefused):
+    """Mail with malware, asked for by someone who is not an operator (its sender): it is
+    kept one year for investigation, never released or deleted on request."""

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from relay.config import HttpSettings
-from relay.content.errors import ReleaseRefused
+from relay.content.errors import KeptAsEvidence, ReleaseRefused
 from relay.errors import ConfigError, InvalidInput, NotFound, RelayError, StoreUnavailable
 from relay.web import api, pages
 from relay.web.api.deps_apps import AppServices
@@ -121,6 +121,8 @@ def _wants_json(request: Request) -> bool:
 def _status_of(exc: RelayError) -> int:
     if isinstance(exc, WebError):
         return exc.status
+    if isinstance(exc, KeptAsEvidence):  # malware, asked for by its sender
+        return 403
     if isinstance(exc, ReleaseRefused):  # over the quota, another node's, being released
         return 409
     if isinstance(exc, NotFound):

@@ -3,8 +3,8 @@ as `relay quarantine|list` (relay/cli/content.py), for a customer on their own a
 admin on any, each written to the audit log with who did it.
 
 A customer may deliver or delete their own suspected spam; mail with malware stays one year
-as evidence whatever they ask (only an operator releases or deletes it). A customer keeps
-their own lists; the global list is the operators'.
+as evidence whatever they ask (the desk refuses it: `KeptAsEvidence`, answered 403). A
+customer keeps their own lists; the global list is the operators'.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Literal
 
 from relay.content.lists import GLOBAL, ListAction, ListEntry, ListKind
-from relay.content.quarantine import Held, Quarantined
+from relay.content.quarantine import Quarantined
 from relay.errors import NotFound
 from relay.web.auth import Principal
-from relay.web.errors import Forbidden, NotFoundError
+from relay.web.errors import NotFoundError
 from relay.web.services import WebServices
 
 __all__ = [
@@ -41,18 +41,9 @@ async def held_for(services: WebServices, who: Principal, qid: str) -> Quarantin
     return record
 
 
-def _customer_may(who: Principal, record: Quarantined, verb: str) -> None:
-    if who.kind == "customer" and record.kind is Held.MALWARE:
-        raise Forbidden(
-            f"{record.id} carries malware ({record.reason}): it is kept one year for"
-            f" investigation and cannot be {verb} on request; ask support"
-        )
-
-
 async def release_held(services: WebServices, who: Principal, qid: str) -> str:
     """Deliver it through the queue, on the account's quota (audited by the desk)."""
-    record = await held_for(services, who, qid)
-    _customer_may(who, record, "delivered")
+    await held_for(services, who, qid)
     queue_id = await services.quarantine.release(
         qid, actor=who.actor, operator=who.kind == "operator"
     )
@@ -60,9 +51,8 @@ async def release_held(services: WebServices, who: Principal, qid: str) -> str:
 
 
 async def delete_held(services: WebServices, who: Principal, qid: str) -> str:
-    record = await held_for(services, who, qid)
-    _customer_may(who, record, "deleted")
-    await services.quarantine.delete(qid, actor=who.actor)
+    await held_for(services, who, qid)
+    await services.quarantine.delete(qid, actor=who.actor, operator=who.kind == "operator")
     return f"{qid} deleted"
 
 
