@@ -26,6 +26,7 @@ __all__ = [
     "Operator",
     "Services",
     "csrf_token",
+    "existing_account",
     "own_account",
     "principal",
 ]
@@ -109,9 +110,13 @@ async def operator(who: Anyone) -> Principal:
 Operator = Annotated[Principal, Depends(operator)]
 
 
-async def admin(who: Operator) -> Principal:
+def _admin_only(who: Principal) -> None:
     if who.role is not Role.ADMIN:
         raise Forbidden(f"operator {who.name} is a viewer: only an admin may do this")
+
+
+async def admin(who: Operator) -> Principal:
+    _admin_only(who)
     return who
 
 
@@ -129,8 +134,8 @@ Customer = Annotated[Principal, Depends(customer)]
 
 async def acting(who: Anyone) -> Principal:
     """A customer acting on their own things, or an admin: a viewer may only look."""
-    if who.kind == "operator" and who.role is not Role.ADMIN:
-        raise Forbidden(f"operator {who.name} is a viewer: only an admin may do this")
+    if who.kind == "operator":
+        _admin_only(who)
     return who
 
 
@@ -151,3 +156,9 @@ def own_account(who: Principal, login: str) -> None:
     """A customer sees only their own account: anything else is 404, like a missing one."""
     if who.kind == "customer" and who.name != login:
         raise NotFoundError(f"no account {login!r}")
+
+
+async def existing_account(services: WebServices, who: Principal, login: str) -> None:
+    """`own_account`, and the account exists (404 otherwise)."""
+    own_account(who, login)
+    await services.accounts.require(login)

@@ -10,17 +10,20 @@ from relay.errors import InvalidInput
 from relay.web import actions
 from relay.web.api.models import NewPlan, PasswordChange, Reason, UnblockAsk
 from relay.web.auth import customer_login
-from relay.web.deps import Admin, Anyone, Customer, Operator, Services, own_account
+from relay.web.deps import (
+    Admin,
+    Anyone,
+    Customer,
+    Operator,
+    Services,
+    existing_account,
+    own_account,
+)
 from relay.web.errors import Unauthenticated
 from relay.web.pages.login import client_ip
 from relay.web.views import account_state, banner, usage_view
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
-
-
-async def _require(services: Services, who: Anyone, login: str) -> None:
-    own_account(who, login)
-    await services.accounts.require(login)
 
 
 @router.get("/accounts")
@@ -43,7 +46,7 @@ async def show_account(services: Services, who: Anyone, login: str) -> dict[str,
 
 @router.get("/accounts/{login}/plans")
 async def list_plans(services: Services, who: Anyone, login: str) -> list[dict[str, Any]]:
-    await _require(services, who, login)
+    await existing_account(services, who, login)
     now = services.clock.now()
     return [p.as_dict(now) for p in await services.quota.plans(login)]
 
@@ -72,14 +75,14 @@ async def remove_plan(services: Services, who: Admin, login: str, plan_id: str) 
 @router.get("/accounts/{login}/usage")
 async def usage(services: Services, who: Anyone, login: str) -> dict[str, Any]:
     """Last 24 h: used, quota, remaining, next free slot, per-hour series (as `relay usage`)."""
-    await _require(services, who, login)
+    await existing_account(services, who, login)
     now = services.clock.now()
     return {"login": login, **usage_view(await services.quota.usage(login, now), now)}
 
 
 @router.get("/accounts/{login}/suspensions")
 async def account_suspensions(services: Services, who: Anyone, login: str) -> list[dict[str, Any]]:
-    await _require(services, who, login)
+    await existing_account(services, who, login)
     return [s.as_dict() for s in await services.suspensions.store.of_account(login)]
 
 

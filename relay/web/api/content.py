@@ -12,7 +12,7 @@ from relay.content.lists import GLOBAL
 from relay.content.quarantine import Held
 from relay.web import content_actions
 from relay.web.api.models import ListEntryIn, ListEntryOut
-from relay.web.deps import Acting, Admin, Anyone, OnAccount, Operator, Services, own_account
+from relay.web.deps import Acting, Admin, Anyone, OnAccount, Operator, Services, existing_account
 
 router = APIRouter(prefix="/api/v1", tags=["content"])
 
@@ -38,8 +38,7 @@ async def list_quarantine(
 async def account_quarantine(
     services: Services, who: Anyone, login: str, limit: Limit = 1000
 ) -> list[dict[str, Any]]:
-    own_account(who, login)
-    await services.accounts.require(login)
+    await existing_account(services, who, login)
     return [
         q.as_dict() for q in await services.quarantine.store.listing(account=login, limit=limit)
     ]
@@ -89,8 +88,7 @@ async def remove_global(services: Services, who: Admin, body: ListEntryOut) -> d
 
 @router.get("/accounts/{login}/lists")
 async def account_entries(services: Services, who: Anyone, login: str) -> list[dict[str, Any]]:
-    own_account(who, login)
-    await services.accounts.require(login)
+    await existing_account(services, who, login)
     return [e.as_dict() for e in await services.lists.show(login)]
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from relay.content.report import content_report
 from relay.content.stats import ContentStats
-from relay.web.deps import Anyone, Operator, Services, own_account
+from relay.web.deps import Anyone, Operator, Services, existing_account
 from relay.web.views import reports, rows_csv
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
@@ -51,8 +51,7 @@ async def account_report(
     services: Services, who: Anyone, login: str, period: PeriodParam = "24h"
 ) -> dict[str, Any]:
     """One account's recipients delivered, deferred (attempts) and bounced."""
-    own_account(who, login)
-    await services.accounts.require(login)
+    await existing_account(services, who, login)
     totals = await services.activity.totals(services.clock.now(), period)
     row = totals.of("a").get(login, {"delivered": 0, "deferred": 0, "bounced": 0})
     recent = await services.activity.recent(login)
